@@ -1,0 +1,151 @@
+"""Plain-PyTorch building blocks of StyleGAN2: equalised linear layers, FIR resampling and
+modulated convolution. No compiled extensions, so everything runs on CPU and CUDA alike.
+
+The numerics follow the StyleGAN2 papers' definitions (and therefore both public PyTorch
+ports, whose weights we load): weights are stored unscaled and multiplied by their He
+constant at run time ("equalised learning rate"); the up-sampling convolution is a stride-2
+transposed convolution followed by a [1, 3, 3, 1] blur.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LRELU_SLOPE = 0.2
+LRELU_GAIN = math.sqrt(2.0)
+
+
+def make_fir_filter(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
+    """Separable 2-D FIR filter, normalised to sum 1. Returns ``[k, k]`` float32."""
+    f1 = torch.tensor(taps, dtype=torch.float32)
+    f2 = torch.outer(f1, f1)
+    return f2 / f2.sum()
+
+
+def upfirdn2d(x: Tensor, fir: Tensor, *, up: int = 1, pad: tuple[int, int] = (0, 0), gain: float = 1.0) -> Tensor:
+    """Upsample by zero insertion, pad, then convolve every channel with ``fir``.
+
+    Args:
+        x: ``[B, C, H, W]``.
+        fir: ``[k, k]`` filter (true convolution: the filter is flipped, which only matters
+            for asymmetric filters).
+        up: integer up-sampling factor.
+        pad: (before, after) padding applied to both spatial axes after up-sampling.
+        gain: multiplies the filter; ``up**2`` keeps the mean brightness when up-sampling.
+
+    Returns:
+        ``[B, C, H*up + pad0 + pad1 - k + 1, ...]``.
+    """
+    b, c, h, w = x.shape
+    if up > 1:
+        # Zero insertion: every input pixel lands on the top-left of an up x up cell.
+        x = x.reshape(b, c, h, 1, w, 1)
+        x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
+        x = x.reshape(b, c, h * up, w * up)
+    x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    k = (fir * gain).flip([0, 1]).to(dtype=x.dtype, device=x.device)
+    weight = k[None, None].expand(c, 1, *k.shape)
+    return F.conv2d(x, weight, groups=c)
+
+
+def upsample2d(x: Tensor, fir: Tensor) -> Tensor:
+    """2x FIR up-sampling of ``[B, C, H, W]`` to ``[B, C, 2H, 2W]`` (the skip-RGB path)."""
+    k = fir.shape[-1]
+    return upfirdn2d(x, fir, up=2, pad=((k + 1) // 2, (k - 2) // 2), gain=4.0)
+
+
+@contextlib.contextmanager
+def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
+    """Make CPU convolutions round identically whatever the batch size.
+
+    oneDNN picks convolution algorithms by shape, batch size included, so an image computed
+    alone and inside a batch can differ in the last bits, and the noise stage's Adam at lr 5
+    amplifies that. PyTorch's native CPU kernels work image by image and are batch invariant
+    (about 25% slower on large layers, faster on small ones). No effect on CUDA.
+    """
+    if enabled and torch.device(device).type == "cpu":
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+    else:
+        yield
+
+
+def batch_invariant_linear(x: Tensor, weight: Tensor) -> Tensor:
+    """``x [B, K] @ weight[N, K].T -> [B, N]`` whose rows do not depend on the other rows.
+
+    CPU BLAS switches kernels with the number of rows (gemv for one), which changes rounding;
+    a broadcast product + row sum rounds identically for any batch, so on CPU an image's
+    embedding is bitwise independent of the batch it is computed in. These products are tiny
+    next to the convolutions. On CUDA the ordinary GEMM is used (agreement to float tolerance).
+    """
+    w = weight.to(x.dtype)
+    if x.device.type == "cpu":
+        return (x[:, None, :] * w).sum(dim=-1)
+    return F.linear(x, w)
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with the equalised learning rate of ProGAN/StyleGAN.
+
+    ``y = x @ (weight * lr_mul / sqrt(in)).T + bias * lr_mul``, optionally followed by a
+    leaky ReLU scaled by sqrt(2). ``lr_mul`` is 0.01 in the mapping network.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias_init: float = 0.0,
+                 lr_mul: float = 1.0, activation: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init)))
+        self.weight_gain = lr_mul / math.sqrt(in_features)
+        self.lr_mul = lr_mul
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = batch_invariant_linear(x, self.weight * self.weight_gain) + (self.bias * self.lr_mul).to(x.dtype)
+        if self.activation:
+            y = F.leaky_relu(y, LRELU_SLOPE) * LRELU_GAIN
+        return y
+
+
+def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *, demodulate: bool = True,
+                     up: bool = False, fir: Tensor | None = None) -> Tensor:
+    """StyleGAN2 modulated convolution, batched without grouped convolutions.
+
+    Modulating the input activations instead of the weights is algebraically identical to
+    per-image weights, and it lets the whole batch share one dense convolution (fast on GPU,
+    friendly to channels_last and autocast).
+
+    Args:
+        x: ``[B, Cin, H, W]``.
+        weight: ``[Cout, Cin, k, k]`` (already He-scaled or not; demodulation removes scale).
+        styles: ``[B, Cin]`` per-image channel scales.
+        demodulate: normalise each output channel to unit expected variance.
+        up: 2x up-sampling via transposed convolution + FIR blur (needs ``fir``).
+
+    Returns:
+        ``[B, Cout, H, W]`` (``2H, 2W`` when ``up``).
+    """
+    cout, cin, kh, kw = weight.shape
+    x = x * styles.to(x.dtype)[:, :, None, None]
+    w = weight.to(x.dtype)
+    if up:
+        assert fir is not None
+        # Transposed conv wants [Cin, Cout, k, k]; stride 2 up-samples, the blur removes the
+        # checkerboard. Padding matches the reference: output is exactly 2H x 2W.
+        x = F.conv_transpose2d(x, w.transpose(0, 1), stride=2)
+        p = fir.shape[-1] - 2 - (kw - 1)
+        x = upfirdn2d(x, fir, pad=((p + 1) // 2 + 1, p // 2 + 1), gain=4.0)
+    else:
+        x = F.conv2d(x, w, padding=kw // 2)
+    if demodulate:
+        # d[b, o] = 1 / sqrt(sum_{i,k} (w[o,i,k] * s[b,i])^2 + eps), computed in fp32.
+        wsq = weight.float().square().sum(dim=[2, 3])  # [Cout, Cin]
+        dcoefs = (batch_invariant_linear(styles.float().square(), wsq) + 1e-8).rsqrt()  # [B, Cout]
+        x = x * dcoefs.to(x.dtype)[:, :, None, None]
+    return x

