@@ -1,0 +1,564 @@
+"""Named pretrained StyleGAN2 checkpoints, and resolution of any model source to a local file.
+
+A *model source* is one of
+
+* a registry name (``"ffhq-1024"``; see :data:`MODELS` or ``i2s models list``),
+* a local path (``/data/ffhq.pkl``, ``file:///data/ffhq.pkl``), or
+* any fsspec URL (``https://...``, ``s3://bucket/key.pkl``, ``memory://...``).
+
+:func:`resolve_model_file` turns a source into a local file the loaders can open. Remote files
+are copied once into a cache directory and reused afterwards. Downloads are bounded by
+connect/read timeouts, so an offline machine gets a clear :class:`ModelUnavailableError` within
+seconds instead of hanging.
+
+Offline use
+-----------
+Nothing here needs the network if the file is already present. Either pass the local path of
+the checkpoint, or copy the file into the cache under the name that :func:`model_cache_path`
+returns (it is also printed in every :class:`ModelUnavailableError` and by
+``i2s models fetch NAME``)::
+
+    <cache dir>/<16 hex chars of sha256(url)>_<file name from the url>
+
+The cache directory is ``$I2S_CACHE_DIR`` when set, else ``~/.cache/i2score/models``.
+
+Checksums
+---------
+NVIDIA does not publish checksums for these pickles (none in the READMEs, docs or code of
+NVlabs/stylegan2, stylegan2-ada-pytorch or stylegan3), so every built-in ``sha256`` is ``None``
+rather than a guessed value. Pass ``sha256=`` to :func:`resolve_model_file` to pin a file you
+have verified yourself; the cached copy is then re-checked on every resolve.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import shutil
+import socket
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+__all__ = [
+    "DOMAINS",
+    "FORMATS",
+    "MODELS",
+    "ChecksumMismatchError",
+    "Domain",
+    "ModelFormat",
+    "ModelSpec",
+    "ModelUnavailableError",
+    "UnknownModelError",
+    "cache_path_for_url",
+    "default_cache_dir",
+    "get_model_spec",
+    "model_cache_path",
+    "resolve_model_file",
+    "sha256_file",
+]
+
+ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt"]
+"""Checkpoint layouts the loaders understand.
+
+* ``nvidia-pkl``: stylegan2-ada-pytorch / stylegan3 pickles (PyTorch, dict with ``G_ema``).
+* ``nvidia-tf-pkl``: original TensorFlow StyleGAN2 pickles (tuple ``G, D, Gs``).
+* ``rosinality-pt``: rosinality/stylegan2-pytorch ``torch.save`` dicts with ``g_ema``.
+"""
+
+Domain = Literal["face", "other"]
+"""``face`` models are embedded starting from the mean latent (the paper's choice for FFHQ);
+``other`` models need a different initialisation (random or per-domain)."""
+
+FORMATS: tuple[str, ...] = get_args(ModelFormat)
+DOMAINS: tuple[str, ...] = get_args(Domain)
+
+ENV_CACHE_DIR = "I2S_CACHE_DIR"
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------------------------
+# Errors
+
+
+class UnknownModelError(KeyError):
+    """A registry name that is not in :data:`MODELS`."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(name)
+        self.name = name
+        self.known = known
+
+    def __str__(self) -> str:  # KeyError would repr() the message, quotes and all
+        return f"unknown model {self.name!r}; known models: {', '.join(self.known)}"
+
+
+class ModelUnavailableError(RuntimeError):
+    """The checkpoint could not be obtained (offline, unreachable, missing local file).
+
+    ``url`` is the location that failed (``None`` for a missing local path) and
+    ``cache_path`` is where a manually downloaded copy would be picked up.
+    """
+
+    def __init__(self, message: str, *, url: str | None = None,
+                 cache_path: Path | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+        self.cache_path = cache_path
+
+
+class ChecksumMismatchError(RuntimeError):
+    """A checkpoint's sha256 differs from the expected one."""
+
+    def __init__(self, path: Path | str, expected: str, actual: str, note: str = "") -> None:
+        msg = f"sha256 mismatch for {path}: expected {expected}, got {actual}"
+        super().__init__(f"{msg}; {note}" if note else msg)
+        self.path = Path(path)
+        self.expected = expected
+        self.actual = actual
+
+
+# --------------------------------------------------------------------------------------------
+# Specs
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named pretrained generator: where to get it and what a loader should expect.
+
+    The architecture fields are what the checkpoint was trained with; loaders should still
+    prefer the values stored in the checkpoint itself and may use these to cross-check.
+    """
+
+    name: str
+    url: str
+    sha256: str | None
+    format: ModelFormat
+    resolution: int
+    domain: Domain
+    description: str
+    # rosinality's convention: config-f and the ADA "stylegan2"/"paper512" configs are 2,
+    # ADA "paper256" (channel_base 16384) is 1.
+    channel_multiplier: int = 2
+    n_mapping: int = 8
+    w_dim: int = 512
+    z_dim: int = 512
+    img_channels: int = 3
+    # (height, width) of the real content, centred in the square output, when the training
+    # images were letterboxed (LSUN Car is 512x384 padded to 512x512); None = whole frame.
+    valid_hw: tuple[int, int] | None = None
+    # Where the URL is documented, so an entry can be re-checked later.
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if not self.name or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", self.name):
+            problems.append(f"name {self.name!r} must be lowercase [a-z0-9._-]")
+        if "://" not in self.url:
+            problems.append(f"url {self.url!r} is not a URL")
+        if self.sha256 is not None and not _HEX64.match(self.sha256):
+            problems.append(f"sha256 {self.sha256!r} is not 64 lowercase hex digits")
+        if self.format not in FORMATS:
+            problems.append(f"format {self.format!r} not in {FORMATS}")
+        if self.domain not in DOMAINS:
+            problems.append(f"domain {self.domain!r} not in {DOMAINS}")
+        if self.resolution < 4 or self.resolution & (self.resolution - 1):
+            problems.append(f"resolution {self.resolution} is not a power of two >= 4")
+        if self.valid_hw is not None and not all(
+                0 < v <= self.resolution for v in self.valid_hw):
+            problems.append(f"valid_hw {self.valid_hw} outside the {self.resolution} frame")
+        if problems:
+            raise ValueError(f"invalid ModelSpec {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def num_ws(self) -> int:
+        """Number of per-layer w vectors the synthesis network consumes (18 at 1024)."""
+        return 2 * int(math.log2(self.resolution)) - 2
+
+    @property
+    def filename(self) -> str:
+        """File name of the checkpoint as published (last URL path component)."""
+        return _url_basename(self.url)
+
+
+_ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained"
+_ADA_TL = f"{_ADA}/transfer-learning-source-nets"
+_SG2 = "https://nvlabs-fi-cdn.nvidia.com/stylegan2/networks"
+
+# Where the URLs are published (checked in the upstream repositories):
+_REF_ADA_README = "NVlabs/stylegan2-ada-pytorch README.md, 'Data repository' table"
+_REF_ADA_TRAIN = "NVlabs/stylegan2-ada-pytorch train.py, resume_specs"
+_REF_SG2 = "NVlabs/stylegan2 README.md 'networks' table + pretrained_networks.py gdrive_urls"
+
+_SPECS: tuple[ModelSpec, ...] = (
+    # --- faces ------------------------------------------------------------------------------
+    # README: "ffhq.pkl | FFHQ at 1024x1024, trained using original StyleGAN2", i.e. the
+    # StyleGAN2 paper's config-f network re-saved as a PyTorch pickle.
+    ModelSpec(
+        name="ffhq-1024", url=f"{_ADA}/ffhq.pkl", sha256=None, format="nvidia-pkl",
+        resolution=1024, domain="face",
+        description="FFHQ 1024, original StyleGAN2 config-f (PyTorch pickle)",
+        reference=_REF_ADA_README),
+    # Same network in its original TensorFlow pickle.
+    ModelSpec(
+        name="ffhq-1024-tf", url=f"{_SG2}/stylegan2-ffhq-config-f.pkl", sha256=None,
+        format="nvidia-tf-pkl", resolution=1024, domain="face",
+        description="FFHQ 1024, StyleGAN2 config-f (original TensorFlow pickle)",
+        reference=_REF_SG2),
+    # resume_specs['ffhq1024']: retrained with the ADA code, cfg=stylegan2, no augmentation.
+    ModelSpec(
+        name="ffhq-1024-noaug", url=f"{_ADA_TL}/ffhq-res1024-mirror-stylegan2-noaug.pkl",
+        sha256=None, format="nvidia-pkl", resolution=1024, domain="face",
+        description="FFHQ 1024, stylegan2-ada-pytorch cfg=stylegan2, no aug (transfer source)",
+        reference=_REF_ADA_TRAIN),
+    # resume_specs['ffhq512']
+    ModelSpec(
+        name="ffhq-512", url=f"{_ADA_TL}/ffhq-res512-mirror-stylegan2-noaug.pkl",
+        sha256=None, format="nvidia-pkl", resolution=512, domain="face",
+        description="FFHQ 512, stylegan2-ada-pytorch cfg=stylegan2, no aug (transfer source)",
+        reference=_REF_ADA_TRAIN),
+    # resume_specs['ffhq256']; cfg=paper256 halves the channel count (fmaps=0.5).
+    ModelSpec(
+        name="ffhq-256", url=f"{_ADA_TL}/ffhq-res256-mirror-paper256-noaug.pkl",
+        sha256=None, format="nvidia-pkl", resolution=256, domain="face", channel_multiplier=1,
+        description="FFHQ 256, stylegan2-ada-pytorch cfg=paper256, no aug (transfer source)",
+        reference=_REF_ADA_TRAIN),
+    # README: "metfaces.pkl | MetFaces at 1024x1024, transfer learning from FFHQ using ADA".
+    ModelSpec(
+        name="metfaces-1024", url=f"{_ADA}/metfaces.pkl", sha256=None, format="nvidia-pkl",
+        resolution=1024, domain="face",
+        description="MetFaces 1024 (art portraits), ADA transfer from FFHQ",
+        reference=_REF_ADA_README),
+    # --- animals (AFHQ, README: "trained from scratch using ADA", 512x512) -----------------
+    ModelSpec(
+        name="afhq-cat-512", url=f"{_ADA}/afhqcat.pkl", sha256=None, format="nvidia-pkl",
+        resolution=512, domain="other", description="AFHQ Cat 512, StyleGAN2-ADA",
+        reference=_REF_ADA_README),
+    ModelSpec(
+        name="afhq-dog-512", url=f"{_ADA}/afhqdog.pkl", sha256=None, format="nvidia-pkl",
+        resolution=512, domain="other", description="AFHQ Dog 512, StyleGAN2-ADA",
+        reference=_REF_ADA_README),
+    ModelSpec(
+        name="afhq-wild-512", url=f"{_ADA}/afhqwild.pkl", sha256=None, format="nvidia-pkl",
+        resolution=512, domain="other", description="AFHQ Wild 512, StyleGAN2-ADA",
+        reference=_REF_ADA_README),
+    # --- LSUN: NVIDIA publishes these only as the original TF pickles ----------------------
+    # (no PyTorch versions in stylegan2-ada-pytorch's or stylegan3's model lists; the ADA
+    # README converts stylegan2-cat-config-f.pkl with legacy.py as its example).
+    ModelSpec(
+        name="lsun-car-512", url=f"{_SG2}/stylegan2-car-config-f.pkl", sha256=None,
+        format="nvidia-tf-pkl", resolution=512, domain="other", valid_hw=(384, 512),
+        description="LSUN Car 512x384 (letterboxed in 512x512), StyleGAN2 config-f",
+        reference=_REF_SG2),
+    ModelSpec(
+        name="lsun-cat-256", url=f"{_SG2}/stylegan2-cat-config-f.pkl", sha256=None,
+        format="nvidia-tf-pkl", resolution=256, domain="other",
+        description="LSUN Cat 256, StyleGAN2 config-f", reference=_REF_SG2),
+    ModelSpec(
+        name="lsun-church-256", url=f"{_SG2}/stylegan2-church-config-f.pkl", sha256=None,
+        format="nvidia-tf-pkl", resolution=256, domain="other",
+        description="LSUN Church 256, StyleGAN2 config-f", reference=_REF_SG2),
+    ModelSpec(
+        name="lsun-horse-256", url=f"{_SG2}/stylegan2-horse-config-f.pkl", sha256=None,
+        format="nvidia-tf-pkl", resolution=256, domain="other",
+        description="LSUN Horse 256, StyleGAN2 config-f", reference=_REF_SG2),
+)
+
+MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
+"""Registry of named pretrained generators, keyed by :attr:`ModelSpec.name`."""
+
+
+def get_model_spec(name: str) -> ModelSpec:
+    """Return the registry entry ``name``; :class:`UnknownModelError` lists the known names."""
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UnknownModelError(name, sorted(MODELS)) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Cache layout
+
+
+def default_cache_dir() -> Path:
+    """``$I2S_CACHE_DIR`` if set, else ``~/.cache/i2score/models``."""
+    env = os.environ.get(ENV_CACHE_DIR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "i2score" / "models"
+
+
+def _url_basename(url: str) -> str:
+    name = urllib.parse.unquote(urllib.parse.urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1])
+    # Keep the name a plain, portable file name whatever the URL contains.
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".")
+    return name or "model"
+
+
+def cache_path_for_url(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the cached copy of ``url`` lives.
+
+    The URL hash prefix keeps equally named files from different places (several
+    ``ffhq.pkl``) apart; the readable suffix lets a person recognise the file.
+    """
+    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    return root / f"{digest}_{_url_basename(url)}"
+
+
+def model_cache_path(source: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Cache location for a registry name or remote URL (where an offline copy goes)."""
+    url = MODELS[source].url if source in MODELS else source
+    if not _is_remote(url):
+        raise ValueError(f"{source!r} is neither a registry name nor a remote URL")
+    return cache_path_for_url(url, cache_dir)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashing
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks so checkpoints never sit in memory twice."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normalise_sha256(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    value = sha256.strip().lower()
+    if not _HEX64.match(value):
+        raise ValueError(f"sha256 must be 64 hex digits, got {sha256!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Resolution
+
+
+def _protocol(source: str) -> str | None:
+    # Windows drive letters ("C:\\x") have no "://", so they stay local paths.
+    if "://" not in source:
+        return None
+    return source.split("://", 1)[0].lower()
+
+
+def _is_remote(source: str) -> bool:
+    return _protocol(source) not in (None, "file", "local")
+
+
+def resolve_model_file(
+    source: str,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    sha256: str | None = None,
+    timeout: float = 30.0,
+    storage_options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Return a local file for ``source``: a registry name, a local path or an fsspec URL.
+
+    Local paths are returned as given (checked against ``sha256`` when one is passed, and
+    never modified). Remote files are downloaded into ``cache_dir`` (default
+    :func:`default_cache_dir`) under :func:`cache_path_for_url`, through a temporary file that
+    is renamed into place only once complete and verified, so a reader never sees a partial
+    checkpoint. A cached copy is reused without network access.
+
+    Args:
+        source: registry name, local path (``file://`` allowed) or fsspec URL.
+        cache_dir: cache directory for remote files.
+        sha256: expected hex digest; overrides the registry's. ``None`` = do not verify.
+        timeout: seconds allowed for connecting / DNS and for each read; not a limit on the
+            whole transfer, so a slow but live download of a large file still completes.
+        storage_options: extra fsspec options for the remote filesystem (e.g.
+            ``{"endpoint_url": ...}`` for S3-compatible stores).
+
+    Raises:
+        ModelUnavailableError: the file cannot be fetched or the local path does not exist;
+            the message names the URL, the cause, and where to put the file by hand.
+        ChecksumMismatchError: the file's sha256 differs from the expected one (a bad cached
+            or downloaded copy is deleted first).
+    """
+    expected = _normalise_sha256(sha256)
+    spec = MODELS.get(source)
+    if spec is not None:
+        url = spec.url
+        expected = expected or spec.sha256
+    elif _is_remote(source):
+        url = source
+    else:
+        return _resolve_local(source, expected)
+
+    dest = cache_path_for_url(url, cache_dir)
+    if dest.is_file():
+        if expected is not None:
+            _verify_or_delete(dest, expected, "the cached copy was deleted; resolve again to "
+                                              "download a fresh one")
+        return dest
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, unique temp name in the same directory: os.replace is then atomic, concurrent
+    # resolvers do not clobber each other, and a crash leaves nothing that looks finished.
+    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
+    try:
+        try:
+            _download(url, tmp, timeout=timeout, storage_options=storage_options)
+        except Exception as exc:  # any transport failure means "unavailable"; cause is chained
+            raise ModelUnavailableError(
+                _unavailable_message(source, url, dest, exc, expected),
+                url=url, cache_path=dest) from exc
+        if expected is not None:
+            actual = sha256_file(tmp)
+            if actual != expected:
+                raise ChecksumMismatchError(
+                    url, expected, actual, "the downloaded file was discarded")
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dest
+
+
+def _resolve_local(source: str, expected: str | None) -> Path:
+    if _protocol(source) in ("file", "local"):
+        path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
+    else:
+        path = Path(source).expanduser()
+    if not path.is_file():
+        raise ModelUnavailableError(
+            f"model source {source!r} is neither a registry name (known: "
+            f"{', '.join(sorted(MODELS))}) nor an existing file ({path} not found)")
+    if expected is not None:
+        actual = sha256_file(path)
+        if actual != expected:
+            # The user's own file: report, never delete.
+            raise ChecksumMismatchError(path, expected, actual)
+    return path
+
+
+def _verify_or_delete(path: Path, expected: str, note: str) -> None:
+    actual = sha256_file(path)
+    if actual != expected:
+        path.unlink(missing_ok=True)
+        raise ChecksumMismatchError(path, expected, actual, note)
+
+
+def _unavailable_message(source: str, url: str, dest: Path, exc: BaseException,
+                         expected: str | None) -> str:
+    lines = [
+        f"could not fetch model file {url}: {type(exc).__name__}: {exc}",
+        "To use it without network access, download it elsewhere and either",
+        f"  - copy it to {dest}",
+        f"  - or pass the local file path instead of {source!r}.",
+    ]
+    if source in MODELS:
+        lines.append(f"(The cache directory can be changed with ${ENV_CACHE_DIR}.)")
+    if expected is not None:
+        lines.append(f"Its sha256 must be {expected}.")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer
+
+
+def _aiohttp_available() -> bool:
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _download(url: str, dest: Path, *, timeout: float,
+              storage_options: Mapping[str, Any] | None) -> None:
+    protocol = _protocol(url)
+    # fsspec's HTTP filesystem is built on aiohttp, which is not a dependency of i2score; the
+    # standard library covers plain http(s) with the same timeout guarantees.
+    if protocol in ("http", "https") and not storage_options and not _aiohttp_available():
+        _download_urllib(url, dest, timeout=timeout)
+    else:
+        _download_fsspec(url, dest, timeout=timeout, storage_options=storage_options)
+
+
+def _download_fsspec(url: str, dest: Path, *, timeout: float,
+                     storage_options: Mapping[str, Any] | None) -> None:
+    import fsspec
+
+    options: dict[str, Any] = dict(storage_options or {})
+    protocol = _protocol(url)
+    if protocol in ("http", "https"):
+        import aiohttp
+
+        client_kwargs = dict(options.get("client_kwargs") or {})
+        # aiohttp's default has no socket-level limits, only a 5-minute total; `connect`
+        # also covers DNS, `sock_read` each read, and no total so large files can finish.
+        client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(
+            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout))
+        options["client_kwargs"] = client_kwargs
+    elif protocol in ("s3", "s3a"):
+        config_kwargs = dict(options.get("config_kwargs") or {})
+        config_kwargs.setdefault("connect_timeout", timeout)
+        config_kwargs.setdefault("read_timeout", timeout)
+        options["config_kwargs"] = config_kwargs
+    fs, path = fsspec.core.url_to_fs(url, **options)
+    fs.get_file(path, str(dest))
+    if not dest.is_file():  # some filesystems silently "get" a directory
+        raise FileNotFoundError(f"{url} is not a file")
+
+
+def _download_urllib(url: str, dest: Path, *, timeout: float) -> None:
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and not _uses_proxy(parts.scheme, parts.hostname):
+        _resolve_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                      timeout)
+    request = urllib.request.Request(url, headers={"User-Agent": "i2score"})
+    # urlopen's timeout applies to the connect and to every socket read.
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
+        shutil.copyfileobj(response, out, _CHUNK)
+        expected_len = response.headers.get("Content-Length")
+    # http.client returns a short body silently when the peer closes early.
+    if expected_len is not None and expected_len.isdigit():
+        got = dest.stat().st_size
+        if got != int(expected_len):
+            raise OSError(f"truncated download: got {got} of {expected_len} bytes")
+
+
+def _uses_proxy(scheme: str, host: str) -> bool:
+    # Behind a proxy the proxy resolves the name; a local lookup may legitimately fail.
+    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+
+
+def _resolve_host(host: str, port: int, timeout: float) -> None:
+    """Resolve ``host`` within ``timeout`` seconds.
+
+    urlopen's timeout does not cover getaddrinfo, which can block for a long time when the
+    resolver is unreachable. The lookup runs in a daemon thread so that a stuck resolver can
+    be abandoned without keeping the interpreter alive.
+    """
+    outcome: dict[str, BaseException] = {}
+
+    def lookup() -> None:
+        try:
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except BaseException as exc:  # handed back to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=lookup, name="i2score-dns", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise TimeoutError(f"DNS lookup of {host!r} did not finish within {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
