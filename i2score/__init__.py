@@ -1,0 +1,45 @@
+"""i2score: batch Image2StyleGAN++ embedding and editing on a pretrained StyleGAN2.
+
+Small public API (kept stable for notebooks and checks)::
+
+    G = i2score.load_generator("path/or/url/or/registry-name")
+    result = i2score.reconstruct(images, G, steps_w=5000, steps_n=3000, seed=0)
+    result.latents.save("embedding.npz")
+
+Names are imported on first use, so ``import i2score`` (and the CLI) start without loading
+torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "Generator": "i2score.generator.network",
+    "GeneratorConfig": "i2score.generator.network",
+    "StyleGAN2": "i2score.generator.network",
+    "load_generator": "i2score.generator.loaders",
+    "Latents": "i2score.latents",
+    "ReconstructionResult": "i2score.applications",
+    "reconstruct": "i2score.applications",
+}
+
+__all__ = [*sorted(_EXPORTS), "__version__"]
+
+if TYPE_CHECKING:
+    from i2score.applications import ReconstructionResult, reconstruct
+    from i2score.generator.loaders import load_generator
+    from i2score.generator.network import Generator, GeneratorConfig, StyleGAN2
+    from i2score.latents import Latents
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'i2score' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,162 @@
+"""Applications of Image2StyleGAN++ (paper Sec. 7), each a short composition of the blocks.
+
+Reconstruction (Alg. 2) lives here; the editing applications build on the same blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from i2score.blocks import EarlyStop, StepCallback, optimize_noise, optimize_w
+from i2score.features import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
+from i2score.generator.network import StyleGAN2
+from i2score.generator.ops import batch_invariant
+from i2score.latents import Latents
+from i2score.metrics import psnr, ssim
+
+ALGORITHM_VERSION = 1
+
+
+def images_to_tensor(images: Tensor | Sequence[Image.Image] | Image.Image, resolution: int,
+                     device: torch.device | str | None = None) -> Tensor:
+    """Accept ``[B, 3, R, R]`` floats in [-1, 1] or PIL images of size ``R x R``.
+
+    Returns ``[B, 3, R, R]`` float32 in [-1, 1]. Resizing/cropping is the data plane's job, so a
+    wrong size is an error here rather than a silent resample.
+    """
+    if isinstance(images, Image.Image):
+        images = [images]
+    if not isinstance(images, Tensor):
+        arrays = []
+        for i, im in enumerate(images):
+            if im.size != (resolution, resolution):
+                raise ValueError(f"image {i} is {im.size[0]}x{im.size[1]}, the generator needs {resolution}x{resolution}")
+            arrays.append(np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1.0)
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (resolution, resolution):
+        raise ValueError(f"images must be [B, 3, {resolution}, {resolution}], got {list(images.shape)}")
+    return images.float().to(device) if device is not None else images.float()
+
+
+def initial_w(G: StyleGAN2, batch: int, *, init: str, seed: int, mean_w_samples: int = 10000) -> Tensor:
+    """Start point of the W+ search, identical for every image of the batch (so a result never
+    depends on the batch it was computed in).
+
+    ``init="mean"``: the seeded mean latent (faces); ``"uniform"``: U[-1, 1] (other domains).
+    Returns ``[batch, L, w_dim]``.
+    """
+    if init == "mean":
+        w = G.mean_w(mean_w_samples, seed)[None, None].expand(1, G.num_ws, -1)
+    elif init == "uniform":
+        gen = torch.Generator().manual_seed(seed)
+        w = (torch.rand(1, G.num_ws, G.w_dim, generator=gen) * 2 - 1).to(G.device)
+    else:
+        raise ValueError(f"init must be 'mean' or 'uniform', got {init!r}")
+    return w.expand(batch, -1, -1).clone()
+
+
+@dataclass
+class ReconstructionResult:
+    """Output of :func:`reconstruct`.
+
+    Attributes:
+        latents: the embedding (``w [B, L, w_dim]``, noise list ``[B, 1, r, r]``).
+        images: final renders ``[B, 3, R, R]`` in [-1, 1] (nominal).
+        images_w: renders after the W+ stage (initial noise), same shape.
+        metrics: one dict per image: ``psnr_w``, ``psnr_wn`` (dB), ``mse`` (final, [0, 1] pixel
+            scale), ``ssim``, ``lpips`` (None when LPIPS weights are unavailable), ``steps_w``,
+            ``steps_n``, ``steps`` (their sum), ``seconds`` (batch wall time / B).
+    """
+
+    latents: Latents
+    images: Tensor
+    images_w: Tensor
+    metrics: list[dict[str, Any]]
+
+
+def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGAN2, *, steps_w: int = 5000,
+                steps_n: int = 3000, seed: int = 0, init: str | None = None, lr_w: float = 0.01,
+                lr_n: float = 5.0, vgg: VGG16Features | None = None, lpips: LPIPS | None | bool = True,
+                early_stop: EarlyStop | None = None, callback: StepCallback | None = None,
+                autocast_dtype: torch.dtype | None = None, mean_w_samples: int = 10000) -> ReconstructionResult:
+    """Embed images into W+ and noise space (paper Alg. 2): the W+ stage, then the noise stage.
+
+    ``w = W_l(Mp=1, Mm=1, wm=1, w_ini, n_ini, x)`` with Adam lr 0.01 on MSE + perceptual, then
+    ``n = Mk_n(M=1, w, n_ini, x)`` with Adam lr 5 on MSE, once each (the paper shows that joint
+    optimisation and repeated alternation both hurt).
+
+    Args:
+        images: ``[B, 3, R, R]`` in [-1, 1], or PIL images of size ``R x R``.
+        G: the generator.
+        steps_w, steps_n: iterations of each stage (paper: 5000 and 3000).
+        seed: seeds the initial noise (and a uniform w init); every image gets the same
+            initial values, so results do not depend on batch composition.
+        init: ``"mean"`` or ``"uniform"``; default by ``G.domain`` (``face`` -> mean).
+        vgg: VGG16 features (default: :func:`i2score.features.load_vgg16`, an error when no
+            weights can be found — never random weights).
+        lpips: an LPIPS module, True to load one (None in the metrics when weights are
+            missing), or False/None to skip the metric.
+        early_stop: optional per-image early stopping in both stages (off by default).
+        callback: ``callback(global_step, loss [B_active])`` per step.
+        autocast_dtype: e.g. ``torch.bfloat16`` for the generator forward.
+
+    Returns:
+        :class:`ReconstructionResult`.
+    """
+    t0 = time.perf_counter()
+    x = images_to_tensor(images, G.resolution, G.device)
+    batch = x.shape[0]
+    if vgg is None:
+        vgg = load_vgg16(device=G.device)
+    init = init or ("mean" if getattr(G, "domain", "face") == "face" else "uniform")
+    w_init = initial_w(G, batch, init=init, seed=seed, mean_w_samples=mean_w_samples)
+    noise_init = G.random_noise(batch, [seed] * batch)
+
+    w_cb = callback
+    n_cb = None if callback is None else (lambda step, loss: callback(steps_w + step, loss))
+    w, res_w = optimize_w(G, x, w_init=w_init, noise=noise_init, vgg=vgg, steps=steps_w, lr=lr_w,
+                          callback=w_cb, early_stop=early_stop, autocast_dtype=autocast_dtype)
+    noise, res_n = optimize_noise(G, x, w=w, noise_init=noise_init, steps=steps_n, lr=lr_n,
+                                  callback=n_cb, early_stop=early_stop, autocast_dtype=autocast_dtype)
+    with torch.no_grad(), batch_invariant(G.device):
+        images_w = G.synthesize(w, noise_init)
+        final = G.synthesize(w, noise)
+        psnr_w, psnr_wn = psnr(images_w, x).cpu(), psnr(final, x).cpu()
+        mse = ((final.float() - x).square().flatten(1).mean(dim=1) / 4).cpu()
+        ssim_v = ssim(final, x)
+        lpips_v: list[float | None] = [None] * batch
+        if lpips is True:
+            try:
+                lpips = load_lpips(device=G.device)
+            except VGGWeightsNotFoundError:
+                lpips = None
+        if isinstance(lpips, torch.nn.Module):
+            lpips_v = [float(v) for v in lpips(final.float().clamp(-1, 1), x).cpu()]
+    seconds = time.perf_counter() - t0
+    metrics = [
+        {
+            "psnr_w": float(psnr_w[b]),
+            "psnr_wn": float(psnr_wn[b]),
+            "mse": float(mse[b]),
+            "ssim": float(ssim_v[b]),
+            "lpips": lpips_v[b],
+            "steps_w": int(res_w.steps[b]),
+            "steps_n": int(res_n.steps[b]),
+            "steps": int(res_w.steps[b] + res_n.steps[b]),
+            "seconds": seconds / batch,
+        }
+        for b in range(batch)
+    ]
+    meta = {"algorithm": "image2stylegan++/reconstruct", "algorithm_version": ALGORITHM_VERSION,
+            "steps_w": steps_w, "steps_n": steps_n, "seed": seed, "init": init, "lr_w": lr_w, "lr_n": lr_n,
+            "generator": getattr(G, "source", "unknown"), "generator_sha256": getattr(G, "weights_sha256", None)}
+    return ReconstructionResult(Latents(w.detach(), [n.detach() for n in noise], meta), final.detach(),
+                                images_w.detach(), metrics)

@@ -1,0 +1,118 @@
+"""Building blocks: masks are respected exactly, images never influence each other."""
+
+from __future__ import annotations
+
+import torch
+
+from i2score.blocks import EarlyStop, LossWeights, StyleTerm, blend_activations, optimize_noise, optimize_w
+
+
+def _start(G, batch):
+    w = G.mean_w(1000, 0)[None, None].expand(batch, G.num_ws, -1).clone()
+    return w, G.random_noise(batch, [0] * batch)
+
+
+def test_w_rows_with_mask_zero_are_bitwise_unchanged(small_G, vgg, target_images):
+    w0, n0 = _start(small_G, 4)
+    w0 = w0 + 0.01 * torch.randn(w0.shape, generator=torch.Generator().manual_seed(3))
+    wm = torch.zeros(4, small_G.num_ws, dtype=torch.bool)
+    wm[0, :3] = True
+    wm[1, 5:] = True
+    wm[2, ::2] = True  # image 3: nothing may change
+    w, _ = optimize_w(small_G, target_images, w_init=w0, noise=n0, vgg=vgg, w_mask=wm, steps=5)
+    assert torch.equal(w[~wm], w0[~wm])
+    changed = (w != w0).any(dim=2)
+    assert bool(changed[wm].all())
+
+
+def test_noise_maps_with_mask_zero_are_bitwise_unchanged(small_G, target_images):
+    w0, n0 = _start(small_G, 4)
+    nm = torch.zeros(4, len(n0), dtype=torch.bool)
+    nm[0, -2:] = True
+    nm[1, :3] = True
+    noise, _ = optimize_noise(small_G, target_images, w=w0, noise_init=n0, noise_mask=nm, steps=5)
+    for j, (n, init) in enumerate(zip(noise, n0)):
+        for b in range(4):
+            same = torch.equal(n[b], init[b])
+            assert same != bool(nm[b, j]), (b, j)
+
+
+def test_pixels_outside_the_masks_have_no_influence(small_G, vgg, target_images):
+    w0, n0 = _start(small_G, 4)
+    mask = torch.zeros(4, 1, 32, 32)
+    mask[:, :, :, :16] = 1.0
+    mask[2, :, 8:24, :] = 1.0
+    perturbed = target_images + 5.0 * (1 - mask) * torch.randn(target_images.shape, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(perturbed, target_images)
+    a, _ = optimize_w(small_G, target_images, w_init=w0, noise=n0, vgg=vgg, mask_mse=mask, mask_percept=mask, steps=4)
+    b, _ = optimize_w(small_G, perturbed, w_init=w0, noise=n0, vgg=vgg, mask_mse=mask, mask_percept=mask, steps=4)
+    assert torch.equal(a, b)
+    # Noise block: x is used inside M only, y outside only.
+    y = torch.flip(target_images, dims=[0])
+    y_perturbed = y + 5.0 * mask * torch.randn(y.shape, generator=torch.Generator().manual_seed(2))
+    na, _ = optimize_noise(small_G, target_images, w=w0, noise_init=n0, y=y, mask=mask, steps=4)
+    nb, _ = optimize_noise(small_G, perturbed, w=w0, noise_init=n0, y=y_perturbed, mask=mask, steps=4)
+    assert all(torch.equal(p, q) for p, q in zip(na, nb))
+    # ...and the masks are not vacuous: a change inside them does change the result.
+    inside = target_images + 0.5 * mask
+    c, _ = optimize_w(small_G, inside, w_init=w0, noise=n0, vgg=vgg, mask_mse=mask, mask_percept=mask, steps=4)
+    assert not torch.equal(a, c)
+
+
+def test_optimisation_lowers_the_loss_with_adam_and_gd(small_G, vgg, target_images):
+    w0, n0 = _start(small_G, 2)
+    x = target_images[:2]
+    for kind, lr in (("adam", 0.01), ("gd", 0.8)):
+        losses = []
+        optimize_w(small_G, x, w_init=w0, noise=n0, vgg=vgg, steps=30, optimizer=kind, lr=lr,
+                   callback=lambda step, loss: losses.append(loss.clone()))
+        assert bool((losses[-1] < losses[0]).all()), kind
+
+
+def test_style_term_and_w_regulariser_enter_the_objective(small_G, vgg, target_images):
+    w0, n0 = _start(small_G, 2)
+    x = target_images[:2]
+    plain, _ = optimize_w(small_G, x, w_init=w0, noise=n0, vgg=vgg, steps=5)
+    styled, res = optimize_w(small_G, x, w_init=w0, noise=n0, vgg=vgg, steps=5,
+                             style=StyleTerm(target_images[2:3], weight=10.0))
+    assert not torch.equal(plain, styled) and torch.isfinite(res.loss).all()
+    anchored, _ = optimize_w(small_G, x, w_init=w0, noise=n0, vgg=vgg, steps=5, w_reg=(w0, 1e3))
+    assert (anchored - w0).norm() < (plain - w0).norm()
+
+
+def test_early_stop_freezes_converged_images_and_saves_steps(small_G, target_images):
+    w0, n0 = _start(small_G, 4)
+    x = target_images.clone()
+    x[1] = small_G.synthesize(w0[1:2], [n[1:2] for n in n0])[0]  # already perfect: stops first
+    stop = EarlyStop(patience=10, min_delta_db=0.05, check_every=5)
+    noise, res = optimize_noise(small_G, x, w=w0, noise_init=n0, steps=200, lr=0.5, early_stop=stop)
+    assert int(res.steps[1]) < 200
+    assert int(res.steps.min()) < int(res.steps.max()) or int(res.steps.max()) < 200
+    # The frozen image keeps the values it had when it stopped, and the others still improve.
+    full, _ = optimize_noise(small_G, x, w=w0, noise_init=n0, steps=int(res.steps[1]), lr=0.5)
+    assert all(torch.allclose(a[1], b[1], rtol=1e-5, atol=1e-6) for a, b in zip(noise, full))
+
+
+def test_activation_blend_modes(small_G):
+    w1, w2 = small_G.map(small_G.random_z(2, 0)), small_G.map(small_G.random_z(2, 1))
+    n = small_G.random_noise(2, 5)
+    zero, one = torch.zeros(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
+    img1 = small_G.synthesize(w1, n)
+    # M1 = 1, M2 = 1: pure A, so the result is image 1 exactly.
+    assert torch.equal(blend_activations(small_G, (w1, n), (w2, n), mask1=one, layer=3), img1)
+    half = zero.clone()
+    half[..., 16:] = 1
+    outs = {m: blend_activations(small_G, (w1, n), (w2, n), mask1=half, layer="conv3", mode=m,
+                                 channels=torch.arange(32) % 2 == 0) for m in ("copy", "average", "channels")}
+    assert not torch.allclose(outs["copy"], outs["average"]) and not torch.allclose(outs["copy"], outs["channels"])
+
+
+def test_loss_weights_validation(small_G, target_images):
+    w0, n0 = _start(small_G, 1)
+    import pytest
+
+    with pytest.raises(ValueError, match="VGG16"):
+        optimize_w(small_G, target_images[:1], w_init=w0, noise=n0, vgg=None, steps=1)
+    with pytest.raises(ValueError, match="second target"):
+        optimize_w(small_G, target_images[:1], w_init=w0, noise=n0, vgg=None, steps=1,
+                   weights=LossWeights(mse_x=1, mse_y=1))
