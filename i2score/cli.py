@@ -1,0 +1,137 @@
+"""``i2s`` command line: thin wrappers over the library.
+
+Each area is a typer sub-app registered on :data:`app` with ``app.add_typer(sub, name=...)``;
+commands parse arguments, call one library function and format the result. No logic lives here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+app = typer.Typer(
+    name="i2s",
+    help="Batch image embedding and editing on a pretrained StyleGAN2 (Image2StyleGAN++).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+models_app = typer.Typer(
+    help="Pretrained generator checkpoints: list the registry, fetch into the local cache.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Model cache directory (default: $I2S_CACHE_DIR, else "
+                                     "~/.cache/i2score/models)."),
+]
+
+
+@models_app.command("list")
+def models_list(cache_dir: CacheDirOption = None) -> None:
+    """Show the registered models and whether each is already in the local cache."""
+    from i2score.generator.registry import MODELS, model_cache_path
+
+    console = Console()
+    rows = [(spec, model_cache_path(spec.name, cache_dir).is_file()) for spec in MODELS.values()]
+    url_width = max(len(spec.url) for spec, _ in rows)
+    # URLs are long; folding them inside a cell breaks copy-paste, so in a narrow terminal
+    # they go below the table on lines of their own instead.
+    inline_urls = console.width >= url_width + 75
+
+    table = Table(title="i2score model registry", box=box.SIMPLE_HEAD)
+    table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("format", no_wrap=True)
+    table.add_column("res", justify="right")
+    table.add_column("domain")
+    table.add_column("sha256")
+    table.add_column("cached")
+    if inline_urls:
+        table.add_column("url", no_wrap=True)
+    for spec, cached in rows:
+        cells = [spec.name, spec.format, str(spec.resolution), spec.domain,
+                 "known" if spec.sha256 else "-", "yes" if cached else "no"]
+        table.add_row(*cells, *([spec.url] if inline_urls else []))
+    console.print(table)
+    if not inline_urls:
+        for spec, _ in rows:
+            console.print(f"{spec.name}  {spec.url}", soft_wrap=True, highlight=False,
+                          markup=False)
+
+@models_app.command("fetch")
+def models_fetch(
+    name: Annotated[str, typer.Argument(help="Registry name, local path or fsspec URL.")],
+    cache_dir: CacheDirOption = None,
+    sha256: Annotated[str | None, typer.Option(help="Expected sha256 (hex).")] = None,
+    timeout: Annotated[float, typer.Option(help="Connect/read timeout in seconds.")] = 30.0,
+) -> None:
+    """Resolve a model into the cache and print its local path (the only stdout line)."""
+    from i2score.generator.registry import (
+        ChecksumMismatchError,
+        ModelUnavailableError,
+        resolve_model_file,
+    )
+
+    try:
+        path = resolve_model_file(name, cache_dir=cache_dir, sha256=sha256, timeout=timeout)
+    except (ModelUnavailableError, ChecksumMismatchError, ValueError) as exc:
+        # Text, not markup: paths and URLs in the message may contain "[...]".
+        Console(stderr=True).print(Text.assemble(("error: ", "bold red"), str(exc)),
+                                   soft_wrap=True)
+        raise typer.Exit(code=1) from None
+    # Plain print: scripts capture this line, so no rich markup or wrapping.
+    typer.echo(str(path))
+
+
+bench_app = typer.Typer(help="Benchmarks (measured, never assumed): embedding throughput.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from e
+
+
+@bench_app.command("embed")
+def bench_embed_cmd(
+    resolution: Annotated[int, typer.Option(help="Generator resolution (power of two).")] = 64,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,2,4,8",
+    dtype: Annotated[str, typer.Option(help="Comma-separated: fp32, bf16 (autocast).")] = "fp32",
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    channel_max: Annotated[int, typer.Option(help="Channel cap (512 = config-f).")] = 512,
+    repeats: Annotated[int, typer.Option(help="Timed calls per measurement (median).")] = 5,
+    steps_per_timing: Annotated[int, typer.Option(help="Optimisation steps per timed call.")] = 3,
+    out_dir: Annotated[Path, typer.Option(help="Where bench-embed.json and .md go.")] = Path("bench-out"),
+) -> None:
+    """Steps/s and images/s of both embedding stages over batch sizes (random weights)."""
+    from i2score.bench import bench_embed, rows_to_markdown, write_report
+    from i2score.features import load_vgg16
+
+    dtypes = [d.strip() for d in dtype.split(",") if d.strip()]
+    bad = [d for d in dtypes if d not in ("fp32", "bf16")]
+    if bad:
+        raise typer.BadParameter(f"unknown dtype(s) {bad}; use fp32 and/or bf16")
+    console = Console(stderr=True)
+    rows = bench_embed(resolution=resolution, batch_sizes=_int_list(batch_sizes), dtypes=dtypes, device=device,
+                       channel_max=channel_max, repeats=repeats, steps_per_timing=steps_per_timing,
+                       vgg=load_vgg16(), progress=console.print)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"bench-embed-{resolution}-{device.replace(':', '')}"
+    write_report(rows, f"{stem}.json", f"{stem}.md")
+    typer.echo(rows_to_markdown(rows))
+    typer.echo(f"wrote {stem}.json and {stem}.md")
+
+
+if __name__ == "__main__":
+    app()
