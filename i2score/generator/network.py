@@ -229,6 +229,12 @@ class StyleGAN2(nn.Module):
         self.has_w_avg = False
         self.source: str = "random"
         self.weights_sha256: str | None = None
+        # "face" starts embeddings from the mean latent, "other" from U[-1, 1] (paper Alg. 2);
+        # registry models set it, anything else is treated as a face-like model.
+        self.domain: str = "face"
+        # The checkpoint's fixed noise maps ([1, 1, r, r] each) and format, set by the loaders.
+        self.checkpoint_noise: list[Tensor] | None = None
+        self.checkpoint_format: str | None = None
         self._mean_w_cache: dict[tuple[int, int], Tensor] = {}
         self.requires_grad_(False)
         self.eval()
