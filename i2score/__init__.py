@@ -27,7 +27,16 @@ _EXPORTS = {
     "reconstruct": "i2score.applications",
 }
 
-__all__ = [*sorted(_EXPORTS), "__version__"]
+__all__ = [
+    "Generator",
+    "GeneratorConfig",
+    "Latents",
+    "ReconstructionResult",
+    "StyleGAN2",
+    "__version__",
+    "load_generator",
+    "reconstruct",
+]
 
 if TYPE_CHECKING:
     from i2score.applications import ReconstructionResult, reconstruct

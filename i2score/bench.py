@@ -153,3 +153,54 @@ def write_report(rows: Sequence[EmbedBenchRow], json_path: str, md_path: str) ->
         json.dump({"environment": environment(), "rows": [asdict(r) for r in rows]}, f, indent=2)
     with open(md_path, "w") as f:
         f.write(rows_to_markdown(rows))
+
+
+@dataclass
+class LadderRow:
+    """Reconstruction quality of one image (all values computed from the returned latents)."""
+
+    image: str
+    early_stop: bool
+    psnr_w: float
+    psnr_wn: float
+    ssim: float
+    lpips: float | None
+    steps: int
+    seconds: float
+
+
+def sample_photos(resolution: int, names: Sequence[str] = ("astronaut", "coffee", "chelsea")) -> tuple[list[str], torch.Tensor]:
+    """scikit-image's bundled photos, centre-cropped square and resized: ``[B, 3, R, R]`` in [-1, 1]."""
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    arrays = []
+    for name in names:
+        im = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        side = min(im.size)
+        left, top = (im.width - side) // 2, (im.height - side) // 2
+        im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
+        arrays.append(np.asarray(im, dtype=np.float32) / 127.5 - 1)
+    return list(names), torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def bench_ladder(G: StyleGAN2, images: torch.Tensor, names: Sequence[str], *, steps_w: int, steps_n: int,
+                 seed: int = 0, early_stop: Any = None) -> list[LadderRow]:
+    """The PSNR ladder of Alg. 2 (W+ stage, then noise stage) on a batch of images."""
+    from i2score.applications import reconstruct
+
+    res = reconstruct(images.to(G.device), G, steps_w=steps_w, steps_n=steps_n, seed=seed, early_stop=early_stop)
+    return [LadderRow(image=n, early_stop=early_stop is not None, psnr_w=m["psnr_w"], psnr_wn=m["psnr_wn"],
+                      ssim=m["ssim"], lpips=m["lpips"], steps=m["steps"], seconds=m["seconds"])
+            for n, m in zip(names, res.metrics)]
+
+
+def ladder_to_markdown(rows: Sequence[LadderRow]) -> str:
+    lines = ["| image | early stop | PSNR W+ (dB) | PSNR W+ then noise (dB) | gain (dB) | SSIM | LPIPS | steps | s/image |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lp = "-" if r.lpips is None else f"{r.lpips:.3f}"
+        lines.append(f"| {r.image} | {'on' if r.early_stop else 'off'} | {r.psnr_w:.2f} | {r.psnr_wn:.2f} | "
+                     f"{r.psnr_wn - r.psnr_w:.2f} | {r.ssim:.3f} | {lp} | {r.steps} | {r.seconds:.1f} |")
+    return "\n".join(lines) + "\n"

@@ -133,5 +133,35 @@ def bench_embed_cmd(
     typer.echo(f"wrote {stem}.json and {stem}.md")
 
 
+@bench_app.command("ladder")
+def bench_ladder_cmd(
+    model: Annotated[str, typer.Option(help="Registry name, path or URL; or random:RES[:CHANNEL_MAX].")] = "random:64:64",
+    steps_w: Annotated[int, typer.Option(help="W+ stage steps (paper: 5000).")] = 500,
+    steps_n: Annotated[int, typer.Option(help="Noise stage steps (paper: 3000).")] = 500,
+    early_stop: Annotated[bool, typer.Option(help="Also run with per-image early stopping.")] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    seed: int = 0,
+) -> None:
+    """PSNR ladder of reconstruction on scikit-image's photos (astronaut, coffee, chelsea)."""
+    from i2score.bench import bench_ladder, ladder_to_markdown, sample_photos
+    from i2score.blocks import EarlyStop
+
+    if model.startswith("random:"):
+        from i2score.generator.network import StyleGAN2
+
+        parts = [int(p) for p in model.split(":")[1:]]
+        G = StyleGAN2(parts[0], channel_max=parts[1] if len(parts) > 1 else 512, seed=seed).to(device)
+    else:
+        from i2score.generator.loaders import load_generator
+
+        G = load_generator(model, device=device)
+    names, images = sample_photos(G.resolution)
+    rows = bench_ladder(G, images, names, steps_w=steps_w, steps_n=steps_n, seed=seed)
+    if early_stop:
+        rows += bench_ladder(G, images, names, steps_w=steps_w, steps_n=steps_n, seed=seed, early_stop=EarlyStop())
+    typer.echo(f"model {model}, {steps_w} W+ steps + {steps_n} noise steps, seed {seed}")
+    typer.echo(ladder_to_markdown(rows))
+
+
 if __name__ == "__main__":
     app()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
+# Before torch loads OpenMP: busy-waiting threads make small convolutions crawl whenever
+# another process shares the two cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-torch.set_num_threads(2)
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -36,16 +36,6 @@ TORCHVISION_SHAPES: dict[str, tuple[int, ...]] = {
     "features.28.weight": (512, 512, 3, 3), "features.28.bias": (512,),
 }  # fmt: skip
 
-# The lpips repository's example images (BSD-2-Clause), 64x64.  Not shipped by the lpips wheel;
-# vendor them here (git: richzhang/PerceptualSimilarity, imgs/ex_*.png) to enable that test.
-LPIPS_EXAMPLES = Path(__file__).parent / "data" / "lpips"
-LPIPS_EXAMPLE_SHA256 = {
-    "ex_ref.png": "57aff3a0aeb6ebea151411f35b4487ea130aedcac6addd91c8c015969f9df097",
-    "ex_p0.png": "f44901a99c82755cfe78cdbde66579ae06cd0ebbba4a2539aa35ef96bbe703db",
-    "ex_p1.png": "6ada2a42a3378bfa408027ba2d54a827c6f2cec30a0506e4f140fddaca661022",
-}
-
-
 # ---------------------------------------------------------------------------------------------
 # fixtures and helpers
 
@@ -489,29 +479,3 @@ def test_lpips_rejects_bad_inputs(vgg, lpips_model):
     weights, _ = fe.load_lpips_linear_weights()
     with pytest.raises(ValueError, match="negative"):
         fe.LPIPS(vgg, [-w for w in weights])
-
-
-def test_lpips_reference_example_images(lpips_model):
-    """Distances on the lpips repository's example images.
-
-    0.5686 (ref vs p0) and 0.4217 (ref vs p1) are what lpips 0.1.4's own LPIPS code gives with
-    these VGG weights (checked when this test was written, with torchvision stubbed to hold the
-    same conv weights; this implementation agreed to 0.0).  p1 closer than p0 is the ordering
-    the LPIPS authors' example illustrates.
-    """
-    files = {name: LPIPS_EXAMPLES / name for name in LPIPS_EXAMPLE_SHA256}
-    if not all(p.is_file() for p in files.values()):
-        pytest.skip(f"lpips example images not vendored in {LPIPS_EXAMPLES} (the lpips wheel lacks them)")
-    for name, path in files.items():
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == LPIPS_EXAMPLE_SHA256[name], name
-    from PIL import Image
-
-    def load(p: Path) -> torch.Tensor:
-        arr = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
-        return torch.from_numpy(arr / 127.5 - 1).permute(2, 0, 1)[None].contiguous()
-
-    ref, p0, p1 = (load(files[n]) for n in ("ex_ref.png", "ex_p0.png", "ex_p1.png"))
-    with torch.no_grad():
-        d = lpips_model(torch.cat([ref, ref]), torch.cat([p0, p1]))
-    assert d[1] < d[0]
-    torch.testing.assert_close(d, torch.tensor([0.5686, 0.4217]), atol=2e-3, rtol=0)

@@ -69,24 +69,30 @@ def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterato
     amplifies that. PyTorch's native CPU kernels work image by image and are batch invariant
     (about 25% slower on large layers, faster on small ones). No effect on CUDA.
     """
-    if enabled and torch.device(device).type == "cpu":
-        with torch.backends.mkldnn.flags(enabled=False):
-            yield
-    else:
+    if not enabled or torch.device(device).type != "cpu":
         yield
+        return
+    # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.enabled = previous
 
 
 def batch_invariant_linear(x: Tensor, weight: Tensor) -> Tensor:
     """``x [B, K] @ weight[N, K].T -> [B, N]`` whose rows do not depend on the other rows.
 
     CPU BLAS switches kernels with the number of rows (gemv for one), which changes rounding;
-    a broadcast product + row sum rounds identically for any batch, so on CPU an image's
-    embedding is bitwise independent of the batch it is computed in. These products are tiny
-    next to the convolutions. On CUDA the ordinary GEMM is used (agreement to float tolerance).
+    computing every row with the same one-row call rounds identically for any batch, so on CPU
+    an image's embedding is bitwise independent of the batch it is computed in. These products
+    are tiny next to the convolutions. On CUDA the ordinary GEMM is used (agreement to float
+    tolerance).
     """
     w = weight.to(x.dtype)
-    if x.device.type == "cpu":
-        return (x[:, None, :] * w).sum(dim=-1)
+    if x.device.type == "cpu" and x.shape[0] > 1:
+        return torch.cat([F.linear(row, w) for row in x.split(1)])
     return F.linear(x, w)
 
 
