@@ -122,10 +122,22 @@ def bench_embed(*, resolution: int, batch_sizes: Sequence[int], dtypes: Sequence
     return rows
 
 
+def cpu_has_native_bf16() -> bool | None:
+    """Whether the CPU has bf16 arithmetic (AVX512-BF16 or AMX); None when it cannot be told.
+    Without it, CPU bf16 autocast is emulated and much slower than fp32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return None
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
 def environment() -> dict[str, Any]:
     """Where the numbers were taken."""
     env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                           "cpu_threads": torch.get_num_threads(), "machine": platform.machine()}
+                           "cpu_threads": torch.get_num_threads(), "machine": platform.machine(),
+                           "cpu_native_bf16": cpu_has_native_bf16()}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name()
     return env

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from i2score.features import VGG16Features, perceptual_preprocess
-from i2score.generator.network import StyleGAN2
+from i2score.generator.network import StyleGAN2, SynthesisState
 from i2score.generator.ops import batch_invariant
 from i2score.losses import (
     PERCEPTUAL_LAYERS,
@@ -436,8 +436,6 @@ def blend_activations(G: StyleGAN2, first: tuple[Tensor, Sequence[Tensor]], seco
 
     x = combine(sa.x, sb.x)
     assert x is not None
-    from i2score.generator.network import SynthesisState
-
     return G.synthesize_from(SynthesisState(sa.layer, x, combine(sa.rgb, sb.rgb)), wa, na)
 
 

@@ -123,6 +123,11 @@ def bench_embed_cmd(
     if bad:
         raise typer.BadParameter(f"unknown dtype(s) {bad}; use fp32 and/or bf16")
     console = Console(stderr=True)
+    if "bf16" in dtypes and device == "cpu":
+        from i2score.bench import cpu_has_native_bf16
+
+        if cpu_has_native_bf16() is False:
+            console.print("note: this CPU has no native bf16 (avx512_bf16/amx); bf16 rows measure emulation")
     rows = bench_embed(resolution=resolution, batch_sizes=_int_list(batch_sizes), dtypes=dtypes, device=device,
                        channel_max=channel_max, repeats=repeats, steps_per_timing=steps_per_timing,
                        vgg=load_vgg16(), progress=console.print)
