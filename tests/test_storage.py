@@ -1,0 +1,447 @@
+"""Storage: round trips on a local folder and on a real S3 server (SeaweedFS), bulk reads,
+retries against fault-injected S3 (moto behind a small proxy), credential redaction, options."""
+
+from __future__ import annotations
+
+import collections
+import errno
+import http.client
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import fsspec
+import pytest
+
+from i2score import storage
+
+SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzzSECRET"
+KEY_ID = "AKIAI2SCOREEXAMPLE01"
+TOKEN = "FwoGZXIvYXdzEXAMPLESESSIONTOKENxyz"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Main path: local folder and SeaweedFS
+# ----------------------------------------------------------------------------------------------
+
+
+def test_round_trip(storage_root):
+    a = storage.join(storage_root, "cache", "latents", "ab", "abc.npz")
+    b = storage.join(storage_root + "/", "/cache/", "index", "part-1.parquet")
+    c = storage.join(storage_root, "runs", "r1", "report.html")
+    assert storage.basename(a) == "abc.npz"
+    assert not storage.exists(a)
+    assert storage.list_files(storage.join(storage_root, "cache")) == []
+
+    storage.write_bytes(a, b"\x00latent" * 100)
+    storage.write_bytes(b, b"PAR1")
+    storage.write_bytes(c, b"<html/>")
+    assert storage.read_bytes(a) == b"\x00latent" * 100
+    assert storage.exists(a) and storage.exists(b)
+
+    storage.write_bytes(a, b"second")  # overwrite: one object, new content
+    assert storage.read_bytes(a) == b"second"
+
+    assert storage.list_files(storage.join(storage_root, "cache")) == sorted([a, b])
+    assert storage.list_files(storage_root, suffix=".npz") == [a]
+    assert storage.list_files(storage_root) == sorted([a, b, c])
+    assert storage.list_files(storage.join(storage_root, "nothing-here")) == []
+
+    storage.delete(a)
+    storage.delete(a)  # idempotent
+    assert not storage.exists(a)
+    assert storage.list_files(storage_root) == sorted([b, c])
+    with pytest.raises(FileNotFoundError) as info:
+        storage.read_bytes(a)
+    assert info.value.attempts == 1 and not info.value.transient
+    assert storage.is_remote(storage_root) == storage_root.startswith("s3://")
+
+
+def test_read_many_reports_missing_key(storage_root):
+    urls = [storage.join(storage_root, f"img/{i:03d}.png") for i in range(12)]
+    for i, u in enumerate(urls):
+        storage.write_bytes(u, f"image {i}".encode())
+    missing = storage.join(storage_root, "img/missing.png")
+    got = storage.read_many([*urls[:6], missing, *urls[6:], urls[0]], max_workers=4)
+    assert list(got) == [*urls[:6], missing, *urls[6:]]  # input order, duplicates once
+    assert all(got[u] == f"image {i}".encode() for i, u in enumerate(urls))
+    assert isinstance(got[missing], FileNotFoundError)
+    assert storage.read_many([]) == {}
+
+
+def test_local_file_urls_and_hidden_temp_files(tmp_path):
+    root = f"file://{tmp_path}"
+    url = storage.join(root, "x", "y.bin")
+    storage.write_bytes(url, b"abc")
+    (tmp_path / "x" / ".z.bin.tmp-0123456789abcdef0123456789abcdef").write_bytes(b"partial")
+    assert storage.list_files(root) == [url]
+    assert storage.read_bytes(url) == b"abc"
+    assert storage.list_files(str(tmp_path)) == [str(tmp_path / "x" / "y.bin")]
+
+
+def test_plain_fsspec_reaches_seaweedfs_through_env(s3_server, s3_root):
+    """The session env (FSSPEC_S3_*) is enough for fsspec/s3fs; explicit options agree."""
+    url = storage.join(s3_root, "env.txt")
+    storage.write_bytes(url, b"via env")
+    with fsspec.open(url, "rb") as f:
+        assert f.read() == b"via env"
+    assert storage.read_bytes(url, **s3_server.storage_options) == b"via env"
+    assert storage.storage_options_for(url)["endpoint_url"] == s3_server.endpoint_url
+
+
+# ----------------------------------------------------------------------------------------------
+# Fault injection: moto server behind a proxy that fails chosen requests
+# ----------------------------------------------------------------------------------------------
+
+
+class FaultProxy:
+    """HTTP proxy in front of a moto server. ``fail(method, path, status, code, times)`` makes
+    the next ``times`` matching requests fail (``status`` 0: hang ``delay`` seconds first, then
+    forward); ``hits`` counts requests per (method, path)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.hits: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.rules: list[dict] = []
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # answers `Expect: 100-continue` (botocore PUTs)
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                with proxy.lock:
+                    proxy.hits[(self.command, path)] += 1
+                    rule = next(
+                        (
+                            r
+                            for r in proxy.rules
+                            if r["times"] > 0 and r["method"] == self.command and r["path"] == path
+                        ),
+                        None,
+                    )
+                    if rule:
+                        rule["times"] -= 1
+                if rule and rule["delay"]:
+                    time.sleep(rule["delay"])
+                if rule and rule["status"]:
+                    xml = (
+                        f"<?xml version='1.0' encoding='UTF-8'?><Error><Code>{rule['code']}</Code>"
+                        f"<Message>injected {rule['code']}</Message></Error>"
+                    ).encode()
+                    self.send_response(rule["status"])
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(xml)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(xml)
+                    return
+                conn = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                skip = ("connection", "transfer-encoding", "content-length", "date", "server")
+                try:
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in skip:
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", resp.getheader("Content-Length") or str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                except OSError:  # the client gave up (injected delay past its read timeout)
+                    self.close_connection = True
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def fail(self, method, path, status=503, code="ServiceUnavailable", times=1, delay=0.0):
+        with self.lock:
+            self.rules.append(
+                {"method": method, "path": path, "status": status, "code": code, "times": times, "delay": delay}
+            )
+
+    def reset(self) -> None:
+        with self.lock:
+            self.rules.clear()
+            self.hits.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def moto_proxy():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    proxy = FaultProxy(port)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+        moto.stop()
+
+
+@pytest.fixture()
+def faulty_s3(moto_proxy, monkeypatch):
+    """(proxy, options, bucket): a fresh bucket on moto reached through the fault proxy, with
+    credentials in the options (to prove they never leak) and fast backoff."""
+    import s3fs
+
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_MAX_S", 0.05)
+    opts = {
+        "endpoint_url": f"http://127.0.0.1:{moto_proxy.port}",
+        "key": KEY_ID,
+        "secret": SECRET,
+        "token": TOKEN,
+        "config_kwargs": {"connect_timeout": 2, "read_timeout": 2},
+    }
+    bucket = f"b{time.monotonic_ns()}"
+    s3fs.S3FileSystem(skip_instance_cache=True, **storage.storage_options_for("s3://x", **opts)).mkdir(bucket)
+    moto_proxy.reset()
+    return moto_proxy, opts, bucket
+
+
+def _ours(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "i2score.storage"]
+
+
+def _assert_clean(text: str) -> None:
+    for secret in (SECRET, KEY_ID, TOKEN):
+        assert secret not in text
+
+
+def test_read_and_write_retry_transient_5xx(faulty_s3, caplog):
+    proxy, opts, bucket = faulty_s3
+    url = f"s3://{bucket}/obj.bin"
+    proxy.fail("PUT", f"/{bucket}/obj.bin", status=500, code="InternalError", times=2)
+    with caplog.at_level(logging.WARNING, logger="i2score.storage"):
+        storage.write_bytes(url, b"payload", **opts)
+    assert proxy.hits[("PUT", f"/{bucket}/obj.bin")] == 3
+    assert len(_ours(caplog)) == 2 and "attempt 1/5" in _ours(caplog)[0].getMessage()
+
+    proxy.fail("GET", f"/{bucket}/obj.bin", status=503, code="ServiceUnavailable", times=2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="i2score.storage"):
+        assert storage.read_bytes(url, **opts) == b"payload"
+    assert proxy.hits[("GET", f"/{bucket}/obj.bin")] == 3
+    assert [r.levelno for r in _ours(caplog)] == [logging.WARNING] * 2
+    assert url in caplog.text
+    _assert_clean(caplog.text)
+
+
+def test_slowdown_and_timeout_are_retried(faulty_s3):
+    proxy, opts, bucket = faulty_s3
+    url = f"s3://{bucket}/slow.bin"
+    storage.write_bytes(url, b"slow", **opts)
+    proxy.fail("GET", f"/{bucket}/slow.bin", status=503, code="SlowDown", times=3)
+    assert storage.read_bytes(url, **opts) == b"slow"
+    proxy.fail("GET", f"/{bucket}/slow.bin", status=0, delay=1.0, times=1)
+    fast_timeout = {**opts, "config_kwargs": {"read_timeout": 0.3}}
+    assert storage.read_bytes(url, **fast_timeout) == b"slow"
+    assert proxy.hits[("GET", f"/{bucket}/slow.bin")] == 6
+
+
+def test_not_found_and_forbidden_are_not_retried(faulty_s3, caplog):
+    proxy, opts, bucket = faulty_s3
+    with caplog.at_level(logging.WARNING, logger="i2score.storage"), pytest.raises(FileNotFoundError) as info:
+        storage.read_bytes(f"s3://{bucket}/missing.bin", **opts)
+    assert proxy.hits[("GET", f"/{bucket}/missing.bin")] == 1
+    assert info.value.attempts == 1 and not _ours(caplog)
+    _assert_clean(str(info.value))
+
+    storage.write_bytes(f"s3://{bucket}/locked.bin", b"x", **opts)
+    proxy.fail("GET", f"/{bucket}/locked.bin", status=403, code="AccessDenied", times=5)
+    with pytest.raises(PermissionError):
+        storage.read_bytes(f"s3://{bucket}/locked.bin", **opts)
+    assert proxy.hits[("GET", f"/{bucket}/locked.bin")] == 1
+
+
+def test_gives_up_after_attempts_with_clean_error(faulty_s3, caplog):
+    proxy, opts, bucket = faulty_s3
+    url = f"s3://{bucket}/down.bin"
+    storage.write_bytes(url, b"down", **opts)
+    proxy.fail("GET", f"/{bucket}/down.bin", status=503, code="ServiceUnavailable", times=99)
+    with caplog.at_level(logging.WARNING, logger="i2score.storage"), pytest.raises(OSError) as info:
+        storage.read_bytes(url, attempts=3, **opts)
+    assert proxy.hits[("GET", f"/{bucket}/down.bin")] == 3
+    exc = info.value
+    assert exc.attempts == 3 and exc.transient and exc.errno == errno.EBUSY
+    assert exc.__cause__ is None and exc.__suppress_context__
+    assert "after 3 attempts" in str(exc) and url in str(exc)
+    assert len(_ours(caplog)) == 2
+    _assert_clean(str(exc) + repr(exc) + caplog.text)
+
+    got = storage.read_many([url], attempts=2, **opts)  # errors come back, not raised
+    assert isinstance(got[url], OSError) and got[url].attempts == 2
+
+
+def test_connection_errors_are_retried_and_redacted(monkeypatch, caplog):
+    """Connection refused is retried; keys in the options and a password in an http URL
+    never reach the error or the log."""
+    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
+    port = free_port()  # nothing listens there
+    opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": KEY_ID, "secret": SECRET, "token": TOKEN}
+    with caplog.at_level(logging.WARNING, logger="i2score.storage"):
+        with pytest.raises(ConnectionError) as info:
+            storage.read_bytes("s3://bucket/key.bin", attempts=2, **opts)
+        assert info.value.attempts == 2 and info.value.transient
+        assert len(_ours(caplog)) == 1
+        caplog.clear()
+        url = f"http://admin:{SECRET}@127.0.0.1:{port}/data/x.bin"
+        with pytest.raises(OSError) as info:
+            storage.read_bytes(url, attempts=2)
+        assert "http://***@127.0.0.1" in str(info.value) and info.value.url == storage.safe_url(url)
+    _assert_clean(str(info.value) + caplog.text)
+    assert "admin" not in str(info.value) + caplog.text
+
+
+# ----------------------------------------------------------------------------------------------
+# Units: redaction, classification, options
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"S3FileSystem(key='{KEY_ID}', secret='{SECRET}', token='{TOKEN}')",
+        f"{{'key': '{KEY_ID}', 'secret': '{SECRET}'}}",
+        f'{{"aws_secret_access_key": "{SECRET}", "aws_session_token": "{TOKEN}"}}',
+        f"AWS_SECRET_ACCESS_KEY={SECRET} AWS_ACCESS_KEY_ID={KEY_ID}",
+        f"export FSSPEC_S3_SECRET={SECRET}",
+        f"https://user:{SECRET}@example.com/bucket/key",
+        (
+            f"https://b.s3.amazonaws.com/k?X-Amz-Credential={KEY_ID}%2F20240101&X-Amz-Signature={SECRET}"
+            f"&X-Amz-Security-Token={TOKEN}"
+        ),
+        f"Authorization: AWS4-HMAC-SHA256 Credential={KEY_ID}/20240101/us-east-1/s3, Signature={SECRET}",
+        f"password={SECRET}",
+    ],
+)
+def test_redact(text):
+    out = storage.redact(text)
+    _assert_clean(out)
+    assert "***" in out
+
+
+def test_redact_keeps_ordinary_text_and_urls():
+    text = "read s3://bucket/cache/latents/ab/abcdef.npz failed: [Errno 2] No such key: monkey=3"
+    assert storage.redact(text) == text
+    assert storage.safe_url("s3://bucket/a/b.npz") == "s3://bucket/a/b.npz"
+    assert storage.safe_url("https://u:p@h/x?sig=abc&a=1") == "https://***@h/x?sig=***&a=1"
+
+
+def test_known_secret_values_are_redacted_anywhere():
+    storage.storage_options_for("s3://b/k", secret="Zq8-unusual-secret-value", endpoint_url="http://h")
+    assert storage.redact("oops Zq8-unusual-secret-value leaked") == "oops *** leaked"
+
+
+def test_is_transient_classification():
+    from botocore.exceptions import (
+        ClientError,
+        EndpointConnectionError,
+        ReadTimeoutError,
+    )
+
+    def client_error(code, status):
+        return ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    def wrapped(code, status, err_no=errno.EIO):
+        exc = OSError(err_no, "wrapped")
+        exc.__cause__ = client_error(code, status)
+        return exc
+
+    transient = [
+        client_error("SlowDown", 503),
+        client_error("InternalError", 500),
+        client_error("ThrottlingException", 400),
+        client_error("Whatever", 502),
+        wrapped("ServiceUnavailable", 503, errno.EBUSY),
+        wrapped("Unknown", 504),
+        OSError(errno.EBUSY, "busy"),
+        TimeoutError("t"),
+        ConnectionResetError(),
+        EndpointConnectionError(endpoint_url="http://x"),
+        ReadTimeoutError(endpoint_url="http://x"),
+    ]
+    permanent = [
+        FileNotFoundError("x"),
+        PermissionError("x"),
+        client_error("NoSuchKey", 404),
+        client_error("AccessDenied", 403),
+        wrapped("InvalidRequest", 400),
+        OSError(errno.EIO, "plain"),
+        ValueError("bad"),
+    ]
+    assert [storage.is_transient(e) for e in transient] == [True] * len(transient)
+    assert [storage.is_transient(e) for e in permanent] == [False] * len(permanent)
+
+
+def test_storage_options_precedence(monkeypatch):
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": "http://conf", "anon": False, "a": 1})
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", "http://fsspec-env")
+    monkeypatch.setenv("FSSPEC_S3_B", "2")
+    monkeypatch.setenv("I2S_STORAGE_OPTIONS", json.dumps({"s3": {"anon": True, "client_kwargs": {"x": 1}}}))
+    storage.set_storage_options({"s3": {"endpoint_url": "http://configured", "c": 3}})
+    try:
+        opts = storage.storage_options_for("s3://b/k", client_kwargs={"y": 2})
+        assert opts["endpoint_url"] == "http://configured"
+        assert (opts["anon"], opts["a"], opts["b"], opts["c"]) == (True, 1, 2, 3)
+        assert opts["client_kwargs"] == {"x": 1, "y": 2}
+        assert opts["config_kwargs"] == {"retries": {"total_max_attempts": 1}}
+        assert storage.storage_options_for("s3://b/k", endpoint_url="http://explicit")["endpoint_url"] == (
+            "http://explicit"
+        )
+        assert storage.storage_options_for("/local/path") == {}
+    finally:
+        storage.set_storage_options(None)
+    monkeypatch.setenv("I2S_STORAGE_OPTIONS", "[1]")
+    with pytest.raises(ValueError, match="keyed by protocol"):
+        storage.storage_options_for("s3://b/k")
+
+
+def test_env_options_reach_the_server_at_run_time(faulty_s3, monkeypatch):
+    """FSSPEC_S3_* set after import, and I2S_STORAGE_OPTIONS, are honoured without kwargs."""
+    proxy, opts, bucket = faulty_s3
+    url = f"s3://{bucket}/env.bin"
+    storage.write_bytes(url, b"env", **opts)
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", opts["endpoint_url"])
+    monkeypatch.setenv("FSSPEC_S3_KEY", KEY_ID)
+    monkeypatch.setenv("FSSPEC_S3_SECRET", SECRET)
+    assert storage.read_bytes(url) == b"env"
+    monkeypatch.setenv("FSSPEC_S3_ENDPOINT_URL", "http://127.0.0.1:1")  # wrong...
+    monkeypatch.setenv("I2S_STORAGE_OPTIONS", json.dumps({"s3": {"endpoint_url": opts["endpoint_url"]}}))
+    assert storage.read_bytes(url) == b"env"  # ...but I2S_STORAGE_OPTIONS wins
+    monkeypatch.setenv(storage.ENV_ATTEMPTS, "2")
+    proxy.fail("GET", f"/{bucket}/env.bin", times=5)
+    with pytest.raises(OSError) as info:
+        storage.read_bytes(url)
+    assert info.value.attempts == 2
