@@ -91,6 +91,10 @@ def models_fetch(
     typer.echo(str(path))
 
 
+from i2score.cli_manifest import validate_cmd  # noqa: E402  (thin typer command modules)
+
+app.command("validate")(validate_cmd)
+
 bench_app = typer.Typer(help="Benchmarks (measured, never assumed): embedding throughput.",
                         no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
