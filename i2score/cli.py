@@ -190,5 +190,19 @@ def bench_validate_cmd(
                f"in {result['wall_s']:.2f} s: {result['rows_per_s']:.0f} rows/s")
 
 
+@bench_app.command("cache")
+def bench_cache_cmd(
+    root: Annotated[str, typer.Option(help="An EMPTY scratch folder or URL for the synthetic cache.")],
+    keys: Annotated[int, typer.Option(help="Index rows / keys looked up.")] = 100_000,
+    num_ws: Annotated[int, typer.Option(help="Rows of w (18 = 1024 px).")] = 18,
+) -> None:
+    """Time a bulk cache lookup of KEYS keys (index read once; with and without the NPZ check)."""
+    import json
+
+    from i2score.bench_cache import bench_cache_lookup
+
+    typer.echo(json.dumps(bench_cache_lookup(root, keys, w_shape=(num_ws, 512)), indent=2))
+
+
 if __name__ == "__main__":
     app()
