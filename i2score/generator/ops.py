@@ -20,6 +20,24 @@ from torch import Tensor, nn
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 
+# Embedding wants batch-invariant CPU kernels (see ``batch_invariant``); training wants the
+# fastest ones and never compares an image across batch sizes. ``fast_kernels`` flips this.
+_batch_invariance_enabled = True
+
+
+@contextlib.contextmanager
+def fast_kernels() -> Iterator[None]:
+    """Inside this block, ``batch_invariant`` and ``batch_invariant_linear`` use the ordinary
+    (fastest, batch-size dependent) CPU kernels. For training, where throughput matters and
+    bitwise batch independence does not."""
+    global _batch_invariance_enabled
+    previous = _batch_invariance_enabled
+    _batch_invariance_enabled = False
+    try:
+        yield
+    finally:
+        _batch_invariance_enabled = previous
+
 
 def make_fir_filter(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
     """Separable 2-D FIR filter, normalised to sum 1. Returns ``[k, k]`` float32."""
@@ -69,7 +87,7 @@ def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterato
     amplifies that. PyTorch's native CPU kernels work image by image and are batch invariant
     (about 25% slower on large layers, faster on small ones). No effect on CUDA.
     """
-    if not enabled or torch.device(device).type != "cpu":
+    if not enabled or not _batch_invariance_enabled or torch.device(device).type != "cpu":
         yield
         return
     # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
@@ -91,7 +109,7 @@ def batch_invariant_linear(x: Tensor, weight: Tensor) -> Tensor:
     tolerance).
     """
     w = weight.to(x.dtype)
-    if x.device.type == "cpu" and x.shape[0] > 1:
+    if _batch_invariance_enabled and x.device.type == "cpu" and x.shape[0] > 1:
         return torch.cat([F.linear(row, w) for row in x.split(1)])
     return F.linear(x, w)
 

@@ -1,0 +1,112 @@
+"""Training loop mechanics on a tiny configuration (16 px, a few steps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from i2score.generator import ops
+from i2score.generator.loaders import load_generator, load_generator_file, save_generator
+from i2score.training import Discriminator, TrainConfig, Trainer, load_portrait_dataset, sample_grid, train
+
+TINY = TrainConfig(resolution=16, channel_multiplier=0.125, channel_max=16, n_mapping=2, w_dim=32, batch=4,
+                   kimg=0.024, dataset_size=32, r1_every=2, snapshot_every=3, log_every=2, seed=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_data() -> torch.Tensor:
+    return load_portrait_dataset(TINY)
+
+
+def _params(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in module.state_dict().values() if p.is_floating_point()])
+
+
+def test_discriminator_shapes_and_gradients() -> None:
+    D = Discriminator(32, channel_multiplier=0.125, channel_max=16)
+    x = torch.randn(8, 3, 32, 32, requires_grad=True)
+    out = D(x)
+    assert out.shape == (8,)
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert D(torch.randn(3, 3, 32, 32)).shape == (3,)  # batch not divisible by the mbstd group
+
+
+def test_dataset_is_uint8_portraits(tiny_data: torch.Tensor) -> None:
+    assert tiny_data.shape == (32, 3, 16, 16) and tiny_data.dtype == torch.uint8
+    assert tiny_data.float().std() > 20
+
+
+def test_training_is_deterministic_and_moves_the_weights(tiny_data: torch.Tensor) -> None:
+    with ops.fast_kernels():
+        a, b = Trainer(TINY, tiny_data), Trainer(TINY, tiny_data)
+        start = _params(a.G).clone()
+        stats = [a.train_step() for _ in range(3)]
+        for _ in range(3):
+            b.train_step()
+    assert "r1" in stats[0] and all(torch.isfinite(torch.tensor(list(s.values()))).all() for s in stats)
+    assert torch.equal(_params(a.G), _params(b.G))
+    assert torch.equal(_params(a.D), _params(b.D))
+    assert torch.equal(_params(a.G_ema), _params(b.G_ema))
+    assert not torch.equal(_params(a.G), start)
+    # The tracked mean w moved away from zero (truncation and embedding start from it).
+    assert a.G.w_avg.abs().sum() > 0
+
+
+def test_fast_kernels_restores_batch_invariance() -> None:
+    assert ops._batch_invariance_enabled
+    with ops.fast_kernels():
+        assert not ops._batch_invariance_enabled
+    assert ops._batch_invariance_enabled
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(TINY, whole, log=lambda m: None)
+    train(TINY, parts, max_steps=4, log=lambda m: None)  # snapshot at step 3 and at the stop (4)
+    state = torch.load(parts / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 4
+    train(TINY, parts, log=lambda m: None)
+    a = torch.load(whole / "checkpoint.pt", weights_only=False)
+    b = torch.load(parts / "checkpoint.pt", weights_only=False)
+    assert a["step"] == b["step"] == TINY.total_steps
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), (key, name)
+    assert (whole / "samples.png").is_file() and (whole / "log.jsonl").read_text().count("\n") >= 3
+    G = load_generator(whole / "generator.pt")
+    assert G.has_w_avg and G.resolution == 16
+    assert sample_grid(G, 4, seed=0).shape == (32, 32, 3)
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
+    train(TINY, tmp_path, max_steps=1, log=lambda m: None)
+    other = TrainConfig(**{**TINY.__dict__, "r1_gamma": 1.0})
+    with pytest.raises(ValueError, match="trained with"):
+        train(other, tmp_path, log=lambda m: None)
+
+
+def test_float16_export_round_trips(tmp_path: Path, small_G) -> None:
+    save_generator(small_G, tmp_path / "g16.pt", dtype=torch.float16)
+    save_generator(small_G, tmp_path / "g32.pt")
+    g16 = load_generator_file(tmp_path / "g16.pt")
+    assert (tmp_path / "g16.pt").stat().st_size < 0.6 * (tmp_path / "g32.pt").stat().st_size
+    for name, v in small_G.state_dict().items():
+        assert g16.state_dict()[name].dtype == torch.float32
+        assert torch.equal(g16.state_dict()[name], v.half().float()), name
+
+
+def test_amp_is_refused_on_cpu(tiny_data: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="only used on CUDA"):
+        Trainer(TINY, tiny_data, amp=True)
+
+
+def test_cli_train_help() -> None:
+    from typer.testing import CliRunner
+
+    from i2score.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--help"])
+    assert result.exit_code == 0 and "resume" in result.output.lower()
