@@ -5,6 +5,7 @@ Reconstruction (Alg. 2) lives here; the editing applications build on the same b
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -160,3 +161,116 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
             "generator": getattr(G, "source", "unknown"), "generator_sha256": getattr(G, "weights_sha256", None)}
     return ReconstructionResult(Latents(w.detach(), [n.detach() for n in noise], meta), final.detach(),
                                 images_w.detach(), metrics)
+
+
+@dataclass
+class InpaintResult:
+    """Output of :func:`inpaint` for ``B`` images and ``k`` solutions each (``B*k`` rows,
+    solution-major within an image: row ``b*k + j`` is solution ``j`` of image ``b``).
+
+    Attributes:
+        latents: ``w [B*k, L, w_dim]`` and noise.
+        images: final renders ``[B*k, 3, R, R]`` in [-1, 1].
+        images_w: renders after the W+ stage.
+        composites: renders with the known pixels pasted back (what a user keeps).
+        metrics: per row: ``solution``, ``psnr_known`` (outside the enlarged hole, final render),
+            ``psnr_hole`` (inside the hole, against the input's pixels there, which are only
+            meaningful when the input was complete, as in benchmarks), ``steps_w``, ``steps_n``.
+    """
+
+    latents: Latents
+    images: Tensor
+    images_w: Tensor
+    composites: Tensor
+    metrics: list[dict[str, Any]]
+
+
+def inpainting_w_rows(num_ws: int) -> Tensor:
+    """Rows of w that inpainting optimises: the first ``ceil(L/2)`` and the last two (paper
+    Alg. 4: rows 1-9, 17, 18 of 18). Coarse rows shape the hole's content, the last two fix
+    colour; the middle rows stay at the start point, which keeps the fill plausible."""
+    rows = torch.zeros(num_ws, dtype=torch.bool)
+    rows[: math.ceil(num_ws / 2)] = True
+    rows[-2:] = True
+    return rows
+
+
+def inpaint(images: Tensor | Sequence[Image.Image] | Image.Image, masks: Tensor, G: StyleGAN2, *, k: int = 1,
+            seed: int = 0, steps_w: int = 200, steps_n: int = 1000, lr_w: float = 0.8, lr_n: float = 5.0,
+            offset: float = 0.4, grow: int | None = None, blur_sigma: float | None = None,
+            hole_weight: float = 10.0, vgg: VGG16Features | None = None,
+            callback: StepCallback | None = None, mean_w_samples: int = 10000) -> InpaintResult:
+    """Fill the white region of each mask (paper Alg. 4), ``k`` distinct solutions per image.
+
+    1. ``w = W_l(Mp = Mm = 1 − M, wm = inpainting rows, w_ini, n_ini, I_def)`` by plain
+       gradient descent (lr 0.8): only the known pixels are matched.
+    2. ``n = Mk_n``: outside the enlarged blurred hole ``Mblur+`` the render matches the input,
+       inside it matches ``G(w, n_ini)`` (weight ``hole_weight``, the paper's 1e-4 : 1e-5), so
+       the noise adds the image's texture without fighting the fill.
+
+    Solution 0 starts at the mean latent, solution ``j > 0`` at the mean plus a seeded offset
+    ``U[-offset, offset]`` (seed ``seed + j``), so every solution is reproducible on its own.
+
+    Args:
+        images: ``[B, 3, R, R]`` in [-1, 1] (hole pixels are ignored) or PIL images.
+        masks: ``[B or 1, 1, R, R]`` in [0, 1], white (1) = missing.
+        k: solutions per image.
+        grow, blur_sigma: ``Mblur+`` = hole grown by ``grow`` px, blurred by ``blur_sigma`` px
+            (defaults scale with the resolution: R/32 and R/64, i.e. 2 and 1 at 64 px).
+
+    Returns:
+        :class:`InpaintResult` with ``B*k`` rows.
+    """
+    from i2score.blocks import LossWeights
+    from i2score.masks import as_mask, enlarged_soft_mask
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    x = images_to_tensor(images, G.resolution, G.device)
+    batch, res = x.shape[0], G.resolution
+    hole = as_mask(masks.to(G.device), batch, res)
+    grow = max(1, res // 32) if grow is None else grow
+    blur_sigma = max(1.0, res / 64) if blur_sigma is None else blur_sigma
+    if vgg is None:
+        vgg = load_vgg16(device=G.device)
+
+    # Image-major, solution-minor rows: row b*k + j.
+    xs = x.repeat_interleave(k, dim=0)
+    hole_k = hole.repeat_interleave(k, dim=0)
+    known = 1.0 - hole_k
+    mean = G.mean_w(mean_w_samples, seed)[None, None].expand(1, G.num_ws, -1)
+    starts = []
+    for j in range(k):
+        if j == 0:
+            starts.append(mean)
+        else:
+            gen = torch.Generator().manual_seed(seed + j)
+            u = (torch.rand(1, G.num_ws, G.w_dim, generator=gen) * 2 - 1) * offset
+            starts.append(mean + u.to(G.device))
+    w_init = torch.cat(starts).repeat(batch, 1, 1)
+    noise_init = G.random_noise(batch * k, [seed] * (batch * k))
+
+    w, res_w = optimize_w(G, xs, w_init=w_init, noise=noise_init, vgg=vgg, mask_mse=known, mask_percept=known,
+                          w_mask=inpainting_w_rows(G.num_ws), steps=steps_w, optimizer="gd", lr=lr_w,
+                          callback=callback)
+    with torch.no_grad(), batch_invariant(G.device):
+        images_w = G.synthesize(w, noise_init)
+    soft = enlarged_soft_mask(hole_k, grow, blur_sigma)
+    n_cb = None if callback is None else (lambda step, loss: callback(steps_w + step, loss))
+    noise, res_n = optimize_noise(G, xs, w=w, noise_init=noise_init, y=images_w, mask=1.0 - soft,
+                                  weights=LossWeights(mse_x=1.0, mse_y=hole_weight), steps=steps_n, lr=lr_n,
+                                  callback=n_cb)
+    with torch.no_grad(), batch_invariant(G.device):
+        final = G.synthesize(w, noise)
+    composites = final * hole_k + xs * known
+    outside = (soft < 1e-6).float()
+    psnr_known = psnr(final, xs, outside).cpu()
+    psnr_hole = psnr(final, xs, hole_k).cpu()
+    metrics = [{"solution": r % k, "psnr_known": float(psnr_known[r]), "psnr_hole": float(psnr_hole[r]),
+                "steps_w": int(res_w.steps[r]), "steps_n": int(res_n.steps[r])} for r in range(batch * k)]
+    meta = {"algorithm": "image2stylegan++/inpaint", "algorithm_version": ALGORITHM_VERSION, "k": k,
+            "steps_w": steps_w, "steps_n": steps_n, "seed": seed, "lr_w": lr_w, "lr_n": lr_n, "offset": offset,
+            "grow": grow, "blur_sigma": blur_sigma, "hole_weight": hole_weight,
+            "generator": getattr(G, "source", "unknown"), "generator_sha256": getattr(G, "weights_sha256", None)}
+    return InpaintResult(Latents(w.detach(), [n.detach() for n in noise], meta), final.detach(),
+                         images_w.detach(), composites.detach(), metrics)
