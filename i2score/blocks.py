@@ -56,6 +56,8 @@ class LossWeights:
     mse_y: float = 0.0
     percept: float = 0.0
     style: float = 0.0
+    # Perceptual term of the second target y on (1 − Mp): crossover matches both images.
+    percept_y: float = 0.0
 
 
 W_STAGE = LossWeights(mse_x=1.0, percept=0.005)
@@ -119,20 +121,24 @@ class Objective:
                  vgg: VGG16Features | None = None, style: StyleTerm | None = None,
                  w_reg: tuple[Tensor, float] | None = None) -> None:
         if style is not None:
-            weights = LossWeights(weights.mse_x, weights.mse_y, weights.percept, style.weight)
-        if (weights.percept or weights.style) and vgg is None:
+            weights = LossWeights(weights.mse_x, weights.mse_y, weights.percept, style.weight, weights.percept_y)
+        if (weights.percept or weights.style or weights.percept_y) and vgg is None:
             raise ValueError("the perceptual/style terms need VGG16 features (pass vgg=load_vgg16())")
-        if weights.mse_y and y is None:
-            raise ValueError("mse_y weight is non-zero but no second target y was given")
+        if (weights.mse_y or weights.percept_y) and y is None:
+            raise ValueError("mse_y/percept_y weight is non-zero but no second target y was given")
         self.x, self.y, self.mask_mse, self.mask_percept = x, y, mask_mse, mask_percept
         self.weights, self.vgg, self.style = weights, vgg, style
         self.w_star, self.w_reg_weight = (None, 0.0) if w_reg is None else (w_reg[0], float(w_reg[1]))
         self.target_feats: list[Tensor] = []
+        self.target_feats_y: list[Tensor] = []
         self.style_gram: Tensor | None = None
         with torch.no_grad():
             if weights.percept:
                 assert vgg is not None
                 self.target_feats = vgg(perceptual_preprocess(self._percept_input(x)), PERCEPTUAL_LAYERS)
+            if weights.percept_y:
+                assert vgg is not None and y is not None
+                self.target_feats_y = vgg(perceptual_preprocess(self._percept_input_y(y)), PERCEPTUAL_LAYERS)
             if style is not None:
                 assert vgg is not None
                 (sf,) = vgg(perceptual_preprocess(style.image), [STYLE_LAYER])
@@ -150,6 +156,7 @@ class Objective:
         sub.x, sub.y, sub.w_star = pick(self.x), pick(self.y), pick(self.w_star)
         sub.mask_mse, sub.mask_percept = pick(self.mask_mse), pick(self.mask_percept)
         sub.target_feats = [f if f.shape[0] == 1 else f[index] for f in self.target_feats]
+        sub.target_feats_y = [f if f.shape[0] == 1 else f[index] for f in self.target_feats_y]
         sub.style_gram = pick(self.style_gram)
         if self.style is not None:
             sub.style = StyleTerm(self.style.image, pick(self.style.mask), self.style.image_mask, self.style.weight)
@@ -177,6 +184,11 @@ class Objective:
             loss = loss + wts.percept * masked_feature_mse(pf, self.target_feats, self.mask_percept).float()
             if self.mask_percept is None:
                 style_feats = pf[PERCEPTUAL_LAYERS.index(STYLE_LAYER)]
+        if wts.percept_y:
+            assert self.vgg is not None
+            pf_y = self.vgg(perceptual_preprocess(self._percept_input_y(image)), PERCEPTUAL_LAYERS)
+            inverse = None if self.mask_percept is None else 1.0 - self.mask_percept
+            loss = loss + wts.percept_y * masked_feature_mse(pf_y, self.target_feats_y, inverse).float()
         if wts.style:
             assert self.vgg is not None and self.style is not None and self.style_gram is not None
             if style_feats is None:
@@ -188,6 +200,9 @@ class Objective:
         # Masking the images before VGG (not only the features) keeps pixels outside Mp from
         # leaking into kept features through VGG's receptive fields.
         return image if self.mask_percept is None else image * self.mask_percept
+
+    def _percept_input_y(self, image: Tensor) -> Tensor:
+        return image if self.mask_percept is None else image * (1.0 - self.mask_percept)
 
 
 def _as_row_mask(mask: Tensor | Sequence[bool] | None, batch: int, n: int, device: torch.device) -> Tensor | None:
@@ -384,55 +399,56 @@ def optimize_noise(G: StyleGAN2, x: Tensor, *, w: Tensor, noise_init: Sequence[T
     return out_n, res
 
 
-def blend_activations(G: StyleGAN2, first: tuple[Tensor, Sequence[Tensor]], second: tuple[Tensor, Sequence[Tensor]],
-                      *, mask1: Tensor, mask2: Tensor | None = None, layer: str | int,
-                      mode: str = "copy", alpha: float = 0.5, channels: Tensor | None = None) -> Tensor:
+def blend_activations(G: StyleGAN2, base: tuple[Tensor, Sequence[Tensor]], donor: tuple[Tensor, Sequence[Tensor]],
+                      *, mask: Tensor, layer: str | int, mode: str = "copy", alpha: float = 0.5,
+                      channels: Tensor | None = None, donor_mask: Tensor | None = None) -> Tensor:
     """Masked activation tensor operation ``I_att(M1, M2, w, n, l)``; forward only.
 
-    Runs G on both codes up to ``layer``, combines the activations ``A`` (first) and ``B``
-    (second), and continues G with the first code's styles and noise.
+    Runs G on both codes up to ``layer``, combines the activations ``A`` (base) and ``B``
+    (donor) and continues G with the **base** code's styles and noise, so the layers after
+    ``layer`` keep the base image's style.
 
-    Modes (masks nearest-downsampled to the layer's resolution, 1 = take from ``A``):
-        * ``"copy"``: ``M1 ⊙ A + (1 − M2) ⊙ B`` (paper's spatial copy; ``M2`` defaults to ``M1``).
-        * ``"average"``: inside ``M1`` use ``α·A + (1 − α)·B``, outside ``B``.
-        * ``"channels"``: inside ``M1`` take ``A``'s channels where ``channels`` ``[C]`` is
-          true and ``B``'s elsewhere; outside ``M1`` take ``B``.
+    Modes (masks nearest-downsampled to the layer's resolution; ``M`` = ``mask``, 1 = the region
+    that receives the donor):
+        * ``"copy"``: ``(1 − M) ⊙ A + M_d ⊙ B`` with ``M_d = donor_mask`` (default ``M``): the
+          paper's spatial copy ``M1 ⊙ A + (1 − M2) ⊙ B`` with ``M1 = 1 − M``, ``1 − M2 = M_d``.
+        * ``"average"``: outside ``M`` A; inside ``(1 − α)·A + α·B``.
+        * ``"channels"``: outside ``M`` A; inside, B on the channels where ``channels`` ``[C]``
+          is true and A elsewhere (the RGB skip image, which has no feature channels, is
+          copied like ``"copy"``).
 
-    The pending skip-RGB image is combined in the same way, so the continued image is
-    consistent with the blended features.
+    An all-zero ``mask`` returns the base image exactly. The pending skip-RGB image is combined
+    in the same way, so the continued image is consistent with the blended features.
 
     Args:
-        first, second: ``(w [B, L, w_dim], noise list)`` for images A and B.
-        mask1, mask2: ``[B, 1, R, R]`` in [0, 1].
+        base, donor: ``(w [B, L, w_dim], noise list)`` of the two images.
+        mask, donor_mask: ``[B, 1, R, R]`` in [0, 1].
         layer: ``"conv{i}"`` or ``i``.
 
     Returns:
         ``[B, 3, R, R]`` in [-1, 1] (nominal).
     """
-    wa, na = first
-    wb, nb = second
+    if mode not in ("copy", "average", "channels"):
+        raise ValueError(f"mode must be copy|average|channels, got {mode!r}")
+    if mode == "channels" and channels is None:
+        raise ValueError("mode='channels' needs a channels mask")
+    wa, na = base
+    wb, nb = donor
     sa = G.synthesize_until(wa, na, layer)
     sb = G.synthesize_until(wb, nb, layer)
-    m2 = mask1 if mask2 is None else mask2
 
     def combine(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         if a is None or b is None:
             return None
         size = (a.shape[-2], a.shape[-1])
-        ma = F.interpolate(mask1, size=size, mode="nearest").to(a.dtype)
-        if mode == "copy":
-            mb = F.interpolate(m2, size=size, mode="nearest").to(a.dtype)
-            return ma * a + (1 - mb) * b
+        m = F.interpolate(mask, size=size, mode="nearest").to(a.dtype)
+        if mode == "copy" or (mode == "channels" and a.shape[1] != channels.numel()):  # type: ignore[union-attr]
+            md = m if donor_mask is None else F.interpolate(donor_mask, size=size, mode="nearest").to(a.dtype)
+            return (1 - m) * a + md * b
         if mode == "average":
-            return ma * (alpha * a + (1 - alpha) * b) + (1 - ma) * b
-        if mode == "channels":
-            if channels is None:
-                raise ValueError("mode='channels' needs a channels mask")
-            if a.shape[1] != channels.numel():
-                return ma * a + (1 - ma) * b  # the RGB image has no feature channels
-            sel = channels.to(a.device).bool()[None, :, None, None]
-            return torch.where(sel, ma * a + (1 - ma) * b, b)
-        raise ValueError(f"mode must be copy|average|channels, got {mode!r}")
+            return a + m * alpha * (b - a)
+        sel = channels.to(a.device).bool()[None, :, None, None]  # type: ignore[union-attr]
+        return torch.where(sel, (1 - m) * a + m * b, a)
 
     x = combine(sa.x, sb.x)
     assert x is not None

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from i2score.generator.ops import batch_invariant
+
 
 def as_mask(mask: Tensor, batch: int | None = None, resolution: int | None = None) -> Tensor:
     """Normalise a mask to float ``[B, 1, H, W]`` in [0, 1].
@@ -49,9 +51,12 @@ def gaussian_blur(mask: Tensor, sigma: float) -> Tensor:
     t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=mask.device)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     k = (k / k.sum()).to(mask.dtype)
-    x = F.pad(mask, (radius, radius, radius, radius), mode="reflect")
-    x = F.conv2d(x, k.view(1, 1, 1, -1))
-    return F.conv2d(x, k.view(1, 1, -1, 1))
+    # Batch-invariant kernels: a mask blurred alone or in a batch rounds identically, so an
+    # edit's result does not depend on the batch it ran in.
+    with batch_invariant(mask.device):
+        x = F.pad(mask, (radius, radius, radius, radius), mode="reflect")
+        x = F.conv2d(x, k.view(1, 1, 1, -1))
+        return F.conv2d(x, k.view(1, 1, -1, 1))
 
 
 def dilate(mask: Tensor, pixels: int) -> Tensor:

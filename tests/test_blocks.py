@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from i2score.blocks import EarlyStop, LossWeights, StyleTerm, blend_activations, optimize_noise, optimize_w
@@ -98,13 +99,22 @@ def test_activation_blend_modes(small_G):
     n = small_G.random_noise(2, 5)
     zero, one = torch.zeros(2, 1, 32, 32), torch.ones(2, 1, 32, 32)
     img1 = small_G.synthesize(w1, n)
-    # M1 = 1, M2 = 1: pure A, so the result is image 1 exactly.
-    assert torch.equal(blend_activations(small_G, (w1, n), (w2, n), mask1=one, layer=3), img1)
+    # An all-zero mask is pure A (the base), so the result is image 1 exactly, in every mode.
+    for mode in ("copy", "average", "channels"):
+        out = blend_activations(small_G, (w1, n), (w2, n), mask=zero, layer=3, mode=mode,
+                                channels=torch.arange(32) % 2 == 0)
+        assert torch.equal(out, img1), mode
+    # A full copy at the last layer is the donor's activations continued with the base's
+    # styles: different from both images.
+    full = blend_activations(small_G, (w1, n), (w2, n), mask=one, layer=3)
+    assert not torch.allclose(full, img1)
     half = zero.clone()
     half[..., 16:] = 1
-    outs = {m: blend_activations(small_G, (w1, n), (w2, n), mask1=half, layer="conv3", mode=m,
+    outs = {m: blend_activations(small_G, (w1, n), (w2, n), mask=half, layer="conv3", mode=m,
                                  channels=torch.arange(32) % 2 == 0) for m in ("copy", "average", "channels")}
     assert not torch.allclose(outs["copy"], outs["average"]) and not torch.allclose(outs["copy"], outs["channels"])
+    with pytest.raises(ValueError, match="copy\\|average"):
+        blend_activations(small_G, (w1, n), (w2, n), mask=half, layer=3, mode="swap")
 
 
 def test_loss_weights_validation(small_G, target_images):
