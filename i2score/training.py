@@ -305,8 +305,14 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         saved = TrainConfig(**state["config"])
-        if saved != self.cfg:
+        # The run length and the logging cadence may change on resume (train longer, or stop
+        # at an earlier snapshot); everything that shapes the weights must not.
+        cadence = {"kimg": 0, "snapshot_every": 0, "log_every": 0}
+        if dataclasses.replace(saved, **cadence) != dataclasses.replace(self.cfg, **cadence):
             raise ValueError(f"checkpoint was trained with {saved}, not {self.cfg}")
+        if self.cfg.total_steps < int(state["step"]):
+            raise ValueError(f"checkpoint is at step {state['step']}, past this run's end "
+                             f"({self.cfg.total_steps} steps = {self.cfg.kimg} kimg)")
         self.step = int(state["step"])
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])

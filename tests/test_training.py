@@ -82,10 +82,17 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
-    train(TINY, tmp_path, max_steps=1, log=lambda m: None)
+    train(TINY, tmp_path, max_steps=2, log=lambda m: None)
     other = TrainConfig(**{**TINY.__dict__, "r1_gamma": 1.0})
     with pytest.raises(ValueError, match="trained with"):
         train(other, tmp_path, log=lambda m: None)
+    # The run length may change (stop at an earlier snapshot, or train longer), not go backwards.
+    shorter = TrainConfig(**{**TINY.__dict__, "kimg": 0.004})  # 1 step
+    with pytest.raises(ValueError, match="past this run's end"):
+        train(shorter, tmp_path, log=lambda m: None)
+    longer = TrainConfig(**{**TINY.__dict__, "kimg": 0.032})
+    train(longer, tmp_path, log=lambda m: None)
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False)["step"] == longer.total_steps
 
 
 def test_float16_export_round_trips(tmp_path: Path, small_G) -> None:
