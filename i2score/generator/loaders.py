@@ -57,7 +57,7 @@ from torch import Tensor
 
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
-from i2score.generator.registry import MODELS, resolve_model_file, sha256_file
+from i2score.generator.registry import DEFAULT_MODEL, MODELS, resolve_model_file, sha256_file
 from i2score.safe_pickle import UnsafePickleError
 
 __all__ = [
@@ -581,9 +581,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 # Public entry points
 
 
-def load_generator(source: str | os.PathLike[str], *, device: str | torch.device | None = None,
+def load_generator(source: str | os.PathLike[str] = DEFAULT_MODEL, *, device: str | torch.device | None = None,
                    cache_dir: str | os.PathLike[str] | None = None, sha256: str | None = None) -> StyleGAN2:
-    """Load a generator from a registry name, a local path or a URL.
+    """Load a generator from a registry name, a local path or a URL (default: the bundled
+    demo model, :data:`~i2score.generator.registry.DEFAULT_MODEL`).
 
     The file is resolved (and, when the registry or ``sha256`` gives a checksum, verified) by
     :func:`~i2score.generator.registry.resolve_model_file`; its format is detected from its
@@ -629,17 +630,20 @@ def load_generator_file(path: str | os.PathLike[str], *, device: str | torch.dev
     return G
 
 
-def save_generator(G: StyleGAN2, path: str | os.PathLike[str]) -> None:
+def save_generator(G: StyleGAN2, path: str | os.PathLike[str], *, dtype: torch.dtype = torch.float32) -> None:
     """Write ``G`` in i2score's native format (``torch.save``; loads with ``weights_only=True``).
 
     Besides config and state dict the file keeps ``has_w_avg`` and, when present, the
     checkpoint noise maps, so a native copy of a converted checkpoint loses nothing.
+    ``dtype=torch.float16`` halves the file (the bundled demo model); loading always gives
+    float32 parameters, equal to the float16-rounded values.
     """
     payload: dict[str, Any] = {
         "format": NATIVE_FORMAT,
         "version": NATIVE_VERSION,
         "config": dataclasses.asdict(G.cfg),
-        "state_dict": {k: v.detach().cpu() for k, v in G.state_dict().items()},
+        "state_dict": {k: v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()
+                       for k, v in G.state_dict().items()},
         "has_w_avg": bool(G.has_w_avg),
     }
     noise = getattr(G, "checkpoint_noise", None)

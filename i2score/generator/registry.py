@@ -58,6 +58,8 @@ __all__ = [
     "ModelSpec",
     "ModelUnavailableError",
     "UnknownModelError",
+    "DEFAULT_MODEL",
+    "bundled_path",
     "cache_path_for_url",
     "default_cache_dir",
     "get_model_spec",
@@ -66,12 +68,13 @@ __all__ = [
     "sha256_file",
 ]
 
-ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt"]
+ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt", "i2score-pt"]
 """Checkpoint layouts the loaders understand.
 
 * ``nvidia-pkl``: stylegan2-ada-pytorch / stylegan3 pickles (PyTorch, dict with ``G_ema``).
 * ``nvidia-tf-pkl``: original TensorFlow StyleGAN2 pickles (tuple ``G, D, Gs``).
 * ``rosinality-pt``: rosinality/stylegan2-pytorch ``torch.save`` dicts with ``g_ema``.
+* ``i2score-pt``: this project's own format (:func:`~i2score.generator.loaders.save_generator`).
 """
 
 Domain = Literal["face", "other"]
@@ -82,6 +85,9 @@ FORMATS: tuple[str, ...] = get_args(ModelFormat)
 DOMAINS: tuple[str, ...] = get_args(Domain)
 
 ENV_CACHE_DIR = "I2S_CACHE_DIR"
+BUNDLED_SCHEME = "bundled://"
+"""URL scheme of checkpoints shipped inside the package: ``bundled://i2score/models/x.pt``
+is the file ``models/x.pt`` of the installed ``i2score`` package (no download, no cache)."""
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
 
@@ -148,7 +154,7 @@ class ModelSpec:
     description: str
     # rosinality's convention: config-f and the ADA "stylegan2"/"paper512" configs are 2,
     # ADA "paper256" (channel_base 16384) is 1.
-    channel_multiplier: int = 2
+    channel_multiplier: float = 2
     n_mapping: int = 8
     w_dim: int = 512
     z_dim: int = 512
@@ -190,6 +196,10 @@ class ModelSpec:
         return _url_basename(self.url)
 
 
+DEFAULT_MODEL = "demo-faces-64"
+"""The model used when none is named: bundled, so it works offline."""
+DEMO_SHA256 = "e7ca94f73a6c1b5695e50da952c94ac51bc6eb6a897954846ae8bc0d1c6d4756"
+
 _ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained"
 _ADA_TL = f"{_ADA}/transfer-learning-source-nets"
 _SG2 = "https://nvlabs-fi-cdn.nvidia.com/stylegan2/networks"
@@ -200,6 +210,14 @@ _REF_ADA_TRAIN = "NVlabs/stylegan2-ada-pytorch train.py, resume_specs"
 _REF_SG2 = "NVlabs/stylegan2 README.md 'networks' table + pretrained_networks.py gdrive_urls"
 
 _SPECS: tuple[ModelSpec, ...] = (
+    # --- bundled with the package -------------------------------------------------------------
+    # Trained by this project on procedural portraits (i2score.portraits, i2score.training):
+    # the default model of the demo and the tests, usable offline. See README "Demo model".
+    ModelSpec(
+        name="demo-faces-64", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64.pt",
+        sha256=DEMO_SHA256, format="i2score-pt", resolution=64, domain="face",
+        channel_multiplier=0.125, description="demo: procedural portraits 64x64, trained by "
+        "i2score (`i2s train`), bundled", reference="i2score README, 'Demo model'"),
     # --- faces ------------------------------------------------------------------------------
     # README: "ffhq.pkl | FFHQ at 1024x1024, trained using original StyleGAN2", i.e. the
     # StyleGAN2 paper's config-f network re-saved as a PyTorch pickle.
@@ -318,6 +336,8 @@ def cache_path_for_url(url: str, cache_dir: str | os.PathLike[str] | None = None
 def model_cache_path(source: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Cache location for a registry name or remote URL (where an offline copy goes)."""
     url = MODELS[source].url if source in MODELS else source
+    if url.startswith(BUNDLED_SCHEME):
+        return bundled_path(url)
     if not _is_remote(url):
         raise ValueError(f"{source!r} is neither a registry name nor a remote URL")
     return cache_path_for_url(url, cache_dir)
@@ -354,6 +374,17 @@ def _protocol(source: str) -> str | None:
     if "://" not in source:
         return None
     return source.split("://", 1)[0].lower()
+
+
+def bundled_path(url: str) -> Path:
+    """Local file of a ``bundled://PACKAGE/RELATIVE/PATH`` URL (inside the installed package)."""
+    import importlib.resources
+
+    rest = url[len(BUNDLED_SCHEME):]
+    package, _, rel = rest.partition("/")
+    if not package or not rel or ".." in Path(rel).parts:
+        raise ValueError(f"malformed bundled URL {url!r}; expected bundled://package/path")
+    return Path(str(importlib.resources.files(package).joinpath(rel)))
 
 
 def _is_remote(source: str) -> bool:
@@ -393,6 +424,18 @@ def resolve_model_file(
     """
     expected = _normalise_sha256(sha256)
     spec = MODELS.get(source)
+    if spec is not None and spec.url.startswith(BUNDLED_SCHEME):
+        path = bundled_path(spec.url)
+        if not path.is_file():
+            raise ModelUnavailableError(
+                f"{source}: the bundled checkpoint {path} is missing from this installation "
+                "(reinstall i2score, or check out the repository with its models/ folder)")
+        expected = expected or spec.sha256
+        if expected is not None:
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ChecksumMismatchError(path, expected, actual, "the bundled file was modified")
+        return path
     if spec is not None:
         url = spec.url
         expected = expected or spec.sha256
