@@ -167,8 +167,8 @@ def scribble_edit(original_latents: Latents, scribbled: Tensor, scribble_mask: T
 
 
 def local_style_transfer(content_latents: Latents, content: Tensor, style: Tensor, mask: Tensor, G: StyleGAN2, *,
-                         blur_sigma: float = 2.0, style_weight: float = 0.05, steps_w: int = 1000,
-                         steps_n: int = 1000, lr_w: float = 0.01, lr_n: float = 5.0,
+                         style_mask: Tensor | None = None, blur_sigma: float = 2.0, style_weight: float = 0.05,
+                         steps_w: int = 1000, steps_n: int = 1000, lr_w: float = 0.01, lr_n: float = 5.0,
                          vgg: VGG16Features | None = None, callback: StepCallback | None = None) -> EditResult:
     """Local style transfer (Alg. 6): restyle the ``mask`` region of ``content`` like ``style``.
 
@@ -178,8 +178,10 @@ def local_style_transfer(content_latents: Latents, content: Tensor, style: Tenso
 
     Args:
         content_latents: cached embedding of ``content``.
-        content: ``[B, 3, R, R]``; style: ``[B or 1, 3, R, R]`` (whole image is the style).
+        content: ``[B, 3, R, R]``; style: ``[B or 1, 3, R, R]``.
         mask: white = the region to restyle.
+        style_mask: white = the part of the style image whose statistics are the target
+            (``[B or 1, 1, R, R]``; None = the whole style image).
 
     Metrics: ``psnr_outside`` (vs content, outside the blurred region), ``change_inside``.
     """
@@ -192,7 +194,8 @@ def local_style_transfer(content_latents: Latents, content: Tensor, style: Tenso
     keep = 1.0 - mb
     vgg = vgg or load_vgg16(device=G.device)
     start = content_latents.to(G.device)
-    term = StyleTerm(image=x2, mask=m, weight=style_weight)
+    sm = None if style_mask is None else as_mask(style_mask.to(G.device), x2.shape[0], G.resolution)
+    term = StyleTerm(image=x2, mask=m, image_mask=sm, weight=style_weight)
     w, res_w = optimize_w(G, x1, w_init=start.w, noise=start.noise, vgg=vgg, mask_mse=keep, mask_percept=keep,
                           style=term, steps=steps_w, lr=lr_w, callback=callback)
     edited_w = _render(G, w, start.noise)

@@ -3,6 +3,8 @@ independence). Meaningful quality on the demo model: ``i2s bench edits`` and the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,24 @@ def test_contact_sheet_layout(small_G, codes) -> None:
     with pytest.raises(ValueError, match="tensor tiles"):
         contact_sheet([[Cell(torch.zeros(2, 8, 8))]])
     assert grid_tensor(x, 3).shape == (3, 64, 96)
+
+
+def test_bench_edits_writes_every_sheet(tmp_path) -> None:
+    from i2score.bench_edits import edits_report, seam_gradient_energy
+    from i2score.generator.network import StyleGAN2
+
+    G = StyleGAN2(64, channel_max=16, n_mapping=1, seed=2)
+    data = Path(__file__).resolve().parents[1] / "manifests" / "demo"
+    report = edits_report(G, data, tmp_path, embed_steps_w=2, embed_steps_n=2, steps_w=2, steps_n=2,
+                          inpaint_steps_w=2, inpaint_steps_n=2,
+                          log=lambda m: None)
+    for name in ("crossover", "inpaint", "scribble", "style_transfer", "attribute_transfer", "global_edits"):
+        assert (tmp_path / f"{name}.png").is_file(), name
+        assert report[name]["seconds"] > 0
+    # Endpoints re-rendered in a batch of 1 vs the embedding batch of 16: float rounding only.
+    assert report["global_edits"]["morph_endpoint_error"] < 1e-4
+    # A hard step across the mask edge has more seam energy than a smooth image.
+    m = torch.zeros(1, 1, 16, 16)
+    m[..., :8] = 1
+    step = m.expand(1, 3, -1, -1) * 2 - 1
+    assert seam_gradient_energy(step, m) > seam_gradient_energy(torch.zeros(1, 3, 16, 16), m) + 1
