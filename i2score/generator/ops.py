@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator
 
 import torch
@@ -78,25 +79,51 @@ def upsample2d(x: Tensor, fir: Tensor) -> Tensor:
     return upfirdn2d(x, fir, up=2, pad=((k + 1) // 2, (k - 2) // 2), gain=4.0)
 
 
+# cuBLAS is deterministic only with a fixed workspace; the variable must be set before the
+# first cuBLAS call, i.e. before any CUDA work, which importing this module precedes.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 @contextlib.contextmanager
 def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
-    """Make CPU convolutions round identically whatever the batch size.
+    """Reproducible kernels: the same inputs give the same bits on the same device.
 
-    oneDNN picks convolution algorithms by shape, batch size included, so an image computed
+    CPU: oneDNN picks convolution algorithms by shape, batch size included, so an image computed
     alone and inside a batch can differ in the last bits, and the noise stage's Adam at lr 5
     amplifies that. PyTorch's native CPU kernels work image by image and are batch invariant
-    (about 25% slower on large layers, faster on small ones). No effect on CUDA.
+    (about 25% slower on large layers, 2-3x slower on the narrow demo model), so inside this
+    block oneDNN is off.
+
+    CUDA: cuDNN's autotuner and its atomic-add backward kernels make two runs with the same seed
+    differ (measured on an H100: w after 300+300 steps differed by up to 0.4), so inside this
+    block cuDNN is deterministic, the autotuner off and PyTorch's deterministic algorithms on
+    (warn-only, for ops that have none). Results still depend on the batch size on CUDA.
     """
-    if not enabled or not _batch_invariance_enabled or torch.device(device).type != "cpu":
+    if not enabled or not _batch_invariance_enabled:
         yield
         return
-    # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
-    previous = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    try:
+    kind = torch.device(device).type
+    if kind == "cpu":
+        # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
+        previous = torch.backends.mkldnn.enabled
+        torch.backends.mkldnn.enabled = False
+        try:
+            yield
+        finally:
+            torch.backends.mkldnn.enabled = previous
+    elif kind == "cuda":
+        cudnn = torch.backends.cudnn
+        saved = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
+                 torch.is_deterministic_algorithms_warn_only_enabled())
+        cudnn.deterministic, cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            yield
+        finally:
+            cudnn.deterministic, cudnn.benchmark = saved[0], saved[1]
+            torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+    else:
         yield
-    finally:
-        torch.backends.mkldnn.enabled = previous
 
 
 def batch_invariant_linear(x: Tensor, weight: Tensor) -> Tensor:
