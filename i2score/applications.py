@@ -196,14 +196,19 @@ def inpainting_w_rows(num_ws: int) -> Tensor:
 
 
 def inpaint(images: Tensor | Sequence[Image.Image] | Image.Image, masks: Tensor, G: StyleGAN2, *, k: int = 1,
-            seed: int = 0, steps_w: int = 200, steps_n: int = 1000, lr_w: float = 0.8, lr_n: float = 5.0,
+            seed: int = 0, steps_w: int = 1000, steps_n: int = 1000, lr_w: float = 0.03, lr_n: float = 5.0,
             offset: float = 0.4, grow: int | None = None, blur_sigma: float | None = None,
-            hole_weight: float = 10.0, vgg: VGG16Features | None = None,
-            callback: StepCallback | None = None, mean_w_samples: int = 10000) -> InpaintResult:
+            hole_weight: float = 10.0, optimizer: str = "adam", w_rows: Tensor | Sequence[bool] | None = None,
+            vgg: VGG16Features | None = None, callback: StepCallback | None = None,
+            mean_w_samples: int = 10000) -> InpaintResult:
     """Fill the white region of each mask (paper Alg. 4), ``k`` distinct solutions per image.
 
-    1. ``w = W_l(Mp = Mm = 1 − M, wm = inpainting rows, w_ini, n_ini, I_def)`` by plain
-       gradient descent (lr 0.8): only the known pixels are matched.
+    1. ``w = W_l(Mp = Mm = 1 − M, wm = inpainting rows, w_ini, n_ini, I_def)``: only the known
+       pixels are matched. The paper uses plain gradient descent (lr 0.8, 200 steps); on the
+       demo model that leaves the known region at ~35 dB and loses to OpenCV Telea inside the
+       hole (LPIPS 0.115 vs 0.102), while Adam (lr 0.03, 1000 steps, same rows) reaches ~40 dB
+       and beats it (0.089; measured on the 16 held-out portraits, see the README), so Adam is
+       the default and ``optimizer="gd", lr_w=0.8, steps_w=200`` is the paper's setting.
     2. ``n = Mk_n``: outside the enlarged blurred hole ``Mblur+`` the render matches the input,
        inside it matches ``G(w, n_ini)`` (weight ``hole_weight``, the paper's 1e-4 : 1e-5), so
        the noise adds the image's texture without fighting the fill.
@@ -217,6 +222,8 @@ def inpaint(images: Tensor | Sequence[Image.Image] | Image.Image, masks: Tensor,
         k: solutions per image.
         grow, blur_sigma: ``Mblur+`` = hole grown by ``grow`` px, blurred by ``blur_sigma`` px
             (defaults scale with the resolution: R/32 and R/64, i.e. 2 and 1 at 64 px).
+        optimizer, lr_w, steps_w: the W+ stage (``"adam"`` or ``"gd"``).
+        w_rows: bool ``[L]``, rows of w the W+ stage may change (None = :func:`inpainting_w_rows`).
 
     Returns:
         :class:`InpaintResult` with ``B*k`` rows.
@@ -251,7 +258,8 @@ def inpaint(images: Tensor | Sequence[Image.Image] | Image.Image, masks: Tensor,
     noise_init = G.random_noise(batch * k, [seed] * (batch * k))
 
     w, res_w = optimize_w(G, xs, w_init=w_init, noise=noise_init, vgg=vgg, mask_mse=known, mask_percept=known,
-                          w_mask=inpainting_w_rows(G.num_ws), steps=steps_w, optimizer="gd", lr=lr_w,
+                          w_mask=inpainting_w_rows(G.num_ws) if w_rows is None else w_rows, steps=steps_w,
+                          optimizer=optimizer, lr=lr_w,
                           callback=callback)
     with torch.no_grad(), batch_invariant(G.device):
         images_w = G.synthesize(w, noise_init)
@@ -269,7 +277,8 @@ def inpaint(images: Tensor | Sequence[Image.Image] | Image.Image, masks: Tensor,
     metrics = [{"solution": r % k, "psnr_known": float(psnr_known[r]), "psnr_hole": float(psnr_hole[r]),
                 "steps_w": int(res_w.steps[r]), "steps_n": int(res_n.steps[r])} for r in range(batch * k)]
     meta = {"algorithm": "image2stylegan++/inpaint", "algorithm_version": ALGORITHM_VERSION, "k": k,
-            "steps_w": steps_w, "steps_n": steps_n, "seed": seed, "lr_w": lr_w, "lr_n": lr_n, "offset": offset,
+            "steps_w": steps_w, "steps_n": steps_n, "seed": seed, "optimizer": optimizer, "lr_w": lr_w, "lr_n": lr_n,
+            "offset": offset,
             "grow": grow, "blur_sigma": blur_sigma, "hole_weight": hole_weight,
             "generator": getattr(G, "source", "unknown"), "generator_sha256": getattr(G, "weights_sha256", None)}
     return InpaintResult(Latents(w.detach(), [n.detach() for n in noise], meta), final.detach(),

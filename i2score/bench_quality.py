@@ -58,7 +58,7 @@ def _summary(values: list[float]) -> dict[str, float]:
 
 
 def quality_report(G: StyleGAN2, data: str | Path, *, n_images: int = 16, steps_w: int = 5000,
-                   steps_n: int = 3000, inpaint_steps_w: int = 200, inpaint_steps_n: int = 1000,
+                   steps_n: int = 3000, inpaint_steps_w: int = 1000, inpaint_steps_n: int = 1000,
                    photos: bool = True, inpainting: bool = True, seed: int = 0,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure the quality table on ``data`` (the layout of :mod:`i2score.sample_data`).

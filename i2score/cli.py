@@ -212,7 +212,7 @@ def bench_quality_cmd(
     n_images: Annotated[int, typer.Option(help="Held-out images to use.")] = 16,
     steps_w: Annotated[int, typer.Option(help="Reconstruction W+ steps (paper: 5000).")] = 5000,
     steps_n: Annotated[int, typer.Option(help="Reconstruction noise steps (paper: 3000).")] = 3000,
-    inpaint_steps_w: Annotated[int, typer.Option(help="Inpainting W+ GD steps (paper: 200).")] = 200,
+    inpaint_steps_w: Annotated[int, typer.Option(help="Inpainting W+ Adam steps (the paper: 200 GD).")] = 1000,
     inpaint_steps_n: Annotated[int, typer.Option(help="Inpainting noise steps (paper: 1000).")] = 1000,
     photos: Annotated[bool, typer.Option(help="Also reconstruct the real photos.")] = True,
     inpainting: Annotated[bool, typer.Option(help="Also measure inpainting against Telea.")] = True,
@@ -256,6 +256,8 @@ def bench_edits_cmd(
     embed_steps_n: Annotated[int, typer.Option(help="Noise steps of the initial embedding.")] = 1000,
     steps_w: Annotated[int, typer.Option(help="W+ steps of each optimising edit (paper: 1000).")] = 1000,
     steps_n: Annotated[int, typer.Option(help="Noise steps of each optimising edit (paper: 1000).")] = 1000,
+    inpaint_steps_w: Annotated[int, typer.Option(help="Inpainting W+ Adam steps (the paper: 200 GD).")] = 1000,
+    inpaint_steps_n: Annotated[int, typer.Option(help="Inpainting noise steps (paper: 1000).")] = 1000,
     device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
     seed: int = 0,
 ) -> None:
@@ -267,7 +269,8 @@ def bench_edits_cmd(
 
     G = load_generator(model, device=device)
     report = edits_report(G, data, out, embed_steps_w=embed_steps_w, embed_steps_n=embed_steps_n,
-                          steps_w=steps_w, steps_n=steps_n, seed=seed, log=lambda m: typer.echo(m, err=True))
+                          steps_w=steps_w, steps_n=steps_n, inpaint_steps_w=inpaint_steps_w,
+                          inpaint_steps_n=inpaint_steps_n, seed=seed, log=lambda m: typer.echo(m, err=True))
     (out / "edits.json").write_text(json.dumps(report, indent=1))
     typer.echo(str(out))
 
