@@ -15,7 +15,8 @@ never used for training (the sample data and quality tables use them).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -223,11 +224,20 @@ def _draw_face(p: PortraitParams, size: int) -> Image.Image:
     return layer
 
 
-def render_portrait(seed: int, resolution: int = 64) -> np.ndarray:
-    """Portrait ``seed`` as ``uint8 [resolution, resolution, 3]`` (deterministic)."""
+def render_portrait(seed: int, resolution: int = 64, **overrides: Any) -> np.ndarray:
+    """Portrait ``seed`` as ``uint8 [resolution, resolution, 3]`` (deterministic).
+
+    ``overrides`` replace factors of :class:`PortraitParams` (e.g. ``mouth="smile"``): the same
+    person with another expression, for expression transfer.
+    """
     if resolution < 16:
         raise ValueError(f"resolution must be >= 16, got {resolution}")
-    p = sample_params(seed)
+    unknown = set(overrides) - {f.name for f in fields(PortraitParams)}
+    if unknown:
+        raise ValueError(f"unknown portrait factors: {sorted(unknown)}")
+    if "mouth" in overrides and overrides["mouth"] not in MOUTHS:
+        raise ValueError(f"mouth must be one of {MOUTHS}, got {overrides['mouth']!r}")
+    p = replace(sample_params(seed), **overrides)
     big = resolution * SUPERSAMPLE
     face = _draw_face(p, big).rotate(p.rotation, resample=Image.BICUBIC, center=(big / 2, big * 0.55))
     # A soft shadow under the figure separates it from the background.

@@ -13,6 +13,8 @@ Layout (``R`` = model resolution, 64 for the demo model):
   portrait's own geometry (attribute transfer, style transfer, crossover).
 * ``scribbles/heldout-NN.png`` + ``masks/scribble-NN.png``: image NN with coloured strokes,
   and the stroke region.
+* ``images/expression-{neutral,smile}.png``: one held-out person (seed of image 14) with a
+  closed and a smiling mouth, the pair of an expression transfer.
 * ``reconstruct.{csv,jsonl}``, ``inpaint.{csv,jsonl}``, ``edit.{csv,jsonl}``: manifests.
 """
 
@@ -30,6 +32,8 @@ from PIL import Image, ImageDraw, ImageOps
 from i2score.portraits import REGIONS, heldout_seeds, region_mask, render_portrait
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
+EXPRESSION_PAIR = {"neutral": "closed", "smile": "smile"}
+"""The expression pair's file names and the mouth each shows."""
 
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:
@@ -117,6 +121,9 @@ def write_sample_data(out: str | Path, resolution: int = 64, n_heldout: int = 16
         scr, m = scribble(render_portrait(seeds[i], resolution), seeds[i])
         Image.fromarray(scr).save(root / "scribbles" / f"{ids[i]}.png", optimize=True)
         _save_mask(m, root / "masks" / f"scribble-{i:02d}.png")
+    for expression, mouth in EXPRESSION_PAIR.items():
+        Image.fromarray(render_portrait(seeds[14 % n_heldout], resolution, mouth=mouth)).save(
+            root / "images" / f"expression-{expression}.png", optimize=True)
     half = np.zeros((resolution, resolution), dtype=bool)
     half[:, : resolution // 2] = True
     _save_mask(half, root / "masks" / "half-left.png")
@@ -159,8 +166,8 @@ def _edit_rows(ids: list[str]) -> list[dict[str, object]]:
          "mask": "masks/region-mouth-08.png", "params": {"layer": 4, "mode": "average"}},
         {"id": "morph-10-11", "op": "morph", "image": img(10), "ref": img(11), "params": {"t": 0.5}},
         {"id": "style-mix-12-13", "op": "style_mix", "image": img(12), "ref": img(13), "params": {"k": 4}},
-        {"id": "neutral", "op": "reconstruct", "image": img(14)},
-        {"id": "smiling", "op": "reconstruct", "image": img(15)},
+        {"id": "neutral", "op": "reconstruct", "image": "images/expression-neutral.png"},
+        {"id": "smiling", "op": "reconstruct", "image": "images/expression-smile.png"},
         {"id": "expression-00", "op": "expression_transfer", "image": img(0),
          "params": {"a": "neutral", "b": "smiling", "strength": 1.0}},
     ]
