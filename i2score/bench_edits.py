@@ -51,13 +51,15 @@ def seam_gradient_energy(images: Tensor, mask: Tensor, width: int = 2) -> Tensor
 
 def edits_report(G: StyleGAN2, data: str | Path, out: str | Path, *, embed_steps_w: int = 1000,
                  embed_steps_n: int = 1000, steps_w: int = 1000, steps_n: int = 1000,
-                 inpaint_steps_w: int = 200, inpaint_steps_n: int = 1000, seed: int = 0,
+                 inpaint_steps_w: int = 1000, inpaint_steps_n: int = 1000, seed: int = 0,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every application on the sample data in ``data``; sheets and ``edits.json`` go to ``out``."""
     root, out_dir = Path(data), Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     vgg, lp = load_vgg16(device=G.device), load_lpips(device=G.device)
-    x = torch.stack([_load_rgb(root / "images" / f"heldout-{i:02d}.png") for i in range(16)]).to(G.device)
+    # 16 held-out portraits, then the expression pair (one person, neutral and smiling) at 16, 17.
+    names = [f"heldout-{i:02d}" for i in range(16)] + ["expression-neutral", "expression-smile"]
+    x = torch.stack([_load_rgb(root / "images" / f"{n}.png") for n in names]).to(G.device)
     mask = lambda name: _load_mask(root / "masks" / f"{name}.png").to(G.device)[None]  # noqa: E731
     report: dict[str, Any] = {"settings": {"model": G.source, "sha256": G.weights_sha256, "seed": seed,
                                            "embed_steps": [embed_steps_w, embed_steps_n],
@@ -68,7 +70,7 @@ def edits_report(G: StyleGAN2, data: str | Path, out: str | Path, *, embed_steps
     renders = rec.images
     report["embed"] = {"seconds": time.perf_counter() - t0,
                        "psnr_wn": _summary([m["psnr_wn"] for m in rec.metrics])}
-    log(f"embedded 16 images in {report['embed']['seconds']:.0f} s "
+    log(f"embedded {len(names)} images in {report['embed']['seconds']:.0f} s "
         f"(median PSNR {report['embed']['psnr_wn']['median']:.2f} dB)")
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> None:
@@ -167,13 +169,14 @@ def edits_report(G: StyleGAN2, data: str | Path, out: str | Path, *, embed_steps
         m = [morph(lat[10], lat[11], t, G).images[0] for t in ts]
         ks = [0, 2, 4, 6, 8, G.num_ws]
         s = [style_mix(lat[12], lat[13], k, G).images[0] for k in ks]
-        e = expression_transfer(lat[[0, 1, 2, 3]], lat[14], lat[15], 1.0, G).images
+        e = expression_transfer(lat[[0, 1, 2, 3]], lat[16], lat[17], 1.0, G).images
         rows = [[Cell(img, f"t={t}") for img, t in zip(m, ts)],
                 [Cell(img, f"k={k}") for img, k in zip(s, ks)],
-                [Cell(renders[14], "a (neutral)"), Cell(renders[15], "b (smile)")]
+                [Cell(renders[16], "a (neutral)"), Cell(renders[17], "b (smile)")]
+                + [Cell(renders[i], f"{i}") for i in range(2)]
                 + [Cell(e[i], f"{i} + (b - a)") for i in range(4)]]
         contact_sheet(rows, scale=3, title="morph (10 -> 11), style mixing (12 content, 13 style), "
-                                            "expression transfer").save(out_dir / "global_edits.png")
+                                            "expression transfer (a, b: one person)").save(out_dir / "global_edits.png")
         return {"morph_endpoint_error": float(max((m[0] - renders[10]).abs().max(), (m[-1] - renders[11]).abs().max()))}
 
     timed("crossover", run_crossover)
