@@ -87,3 +87,16 @@ def test_sample_manifests_validate(kind: str, fmt: str) -> None:
     result = validate_manifest(str(SAMPLE / f"{kind}.{fmt}"), kind=kind, check_files=True, resolution=64)
     assert len(result.rejected) == 0, result.rejected
     assert len(result.rows) == {"reconstruct": 19, "inpaint": 32, "edit": 12}[kind]
+
+
+def test_render_portrait_overrides_change_one_factor_and_reject_bad_ones() -> None:
+    from i2score.portraits import render_portrait
+
+    neutral = render_portrait(1_000_014, 64, mouth="closed").astype(int)
+    smile = render_portrait(1_000_014, 64, mouth="smile").astype(int)
+    changed = np.abs(neutral - smile).sum(-1) > 30
+    assert 0 < changed.mean() < 0.05  # the mouth only, not the person
+    with pytest.raises(ValueError, match="unknown portrait factors"):
+        render_portrait(1, 64, moustache=True)
+    with pytest.raises(ValueError, match="mouth must be one of"):
+        render_portrait(1, 64, mouth="frown")
