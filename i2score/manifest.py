@@ -213,7 +213,7 @@ OPS: dict[str, OpSpec] = {
         }, doc="Mask region from image, the rest from ref (Alg. 3)."),
         OpSpec("scribble", mask="required", ref="required", params={
             "layers": Param("int", 4, minimum=4, maximum=6, doc="first W+ rows optimised"),
-            "reg": Param("float", 1.0, minimum=0.0, doc="weight of ||w* - w||^2"),
+            "reg": Param("float", 0.1, minimum=0.0, doc="weight of ||w* - w||^2"),
         }, doc="image = original, ref = scribbled image, mask = scribble region (Alg. 5)."),
         OpSpec("style_transfer", mask="required", ref="required", params={},
                doc="Restyle the mask region of image with the style image ref (Alg. 6)."),
