@@ -8,9 +8,25 @@ import sys
 # Before torch loads OpenMP: busy-waiting threads make small convolutions crawl whenever
 # another process shares the two cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Prefect reads its settings at import: a private home (database, profiles) for the session.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="i2s-prefect-home-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def prefect_api():
+    """One Prefect test server (SQLite in a temp dir) for every flow test of the session; yields
+    its API URL (subprocesses get it through PREFECT_API_URL)."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="session")
@@ -48,7 +64,6 @@ import glob  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 import urllib.error  # noqa: E402
 import urllib.request  # noqa: E402

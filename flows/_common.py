@@ -1,0 +1,120 @@
+"""What every flow does: plan, run the batches phase by phase, report.
+
+The flows differ only in their parameters; the work is in :mod:`i2score.jobs`, reached through
+the tasks of :mod:`tasks.batches`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from i2score import jobs, storage
+from tasks import batches
+
+#: Where runs and the latent cache go when no root is given (a local folder).
+DEFAULT_ROOT = "i2s-data"
+#: ``runner`` values the flows accept.
+RUNNERS = ("local",)
+
+ProgressListener = Callable[[int, int, dict[str, Any]], None]
+_listeners: list[ProgressListener] = []
+
+
+def add_progress_listener(fn: ProgressListener) -> Callable[[], None]:
+    """Call ``fn(done, total, batch_counts)`` after each batch of flows run in this process (the
+    CLI's progress bar). Returns a function that removes it."""
+    _listeners.append(fn)
+    return lambda: _listeners.remove(fn)
+
+
+def local_task_runner() -> ThreadPoolTaskRunner:
+    """One batch at a time: a batch already fills the device, and CPU batches are parallel inside."""
+    return ThreadPoolTaskRunner(max_workers=1)
+
+
+def _absolute(url: str) -> str:
+    """Local paths become absolute, so workers started elsewhere agree on them."""
+    return url if "://" in url else os.path.abspath(url)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60]
+
+
+def run_job(config: jobs.JobConfig, runner: str = "local") -> dict[str, Any]:
+    """Plan ``config``, run its batches and finish the run. Returns the summary's small part."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: supported runners are {', '.join(RUNNERS)}")
+    logger = get_run_logger()
+    t0 = time.perf_counter()
+    config = jobs.JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
+                                       "root": _absolute(config.root)})
+    plan = batches.plan_run(config.to_json())
+    run_id, root = plan["run_id"], config.root
+    if plan["noop"]:
+        summary = plan["summary"]
+        logger.info("run %s is already finished (same manifest, model and settings): nothing to do", run_id)
+        create_markdown_artifact(f"Run `{run_id}` was already finished; nothing was recomputed. "
+                                 f"Report: {summary['files']['report']}", key=_slug(f"{config.kind}-noop"))
+        return _result(summary, noop=True)
+    counts = plan["counts"]
+    logger.info("run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    total = sum(len(p) for p in plan["phases"])
+    progress = create_progress_artifact(0.0, description=f"{config.kind} {run_id}: batches done")
+    done = 0
+    for phase in plan["phases"]:
+        futures = {batches.run_batch.submit(root, run_id, bid): bid for bid in phase}
+        for fut in as_completed(list(futures)):
+            try:
+                info = fut.result()
+            except Exception as e:  # noqa: BLE001 - retries are exhausted; the rows become errors
+                message = storage.redact(f"{type(e).__name__}: {e}")[:500]
+                logger.error("batch %s failed: %s", futures[fut], message)
+                batches.record_batch_failure(root, run_id, futures[fut], plan["attempt"], message)
+                info = {"batch_id": futures[fut], "failed": True}
+            done += 1
+            update_progress_artifact(progress, 100.0 * done / max(total, 1))
+            for fn in _listeners:
+                fn(done, total, info)
+    summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0)
+    _artifacts(summary, config.kind)
+    logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
+                summary["rows"]["failed"], summary["files"]["report"])
+    return _result(summary)
+
+
+def _artifacts(summary: dict[str, Any], kind: str) -> None:
+    table = [{"quantity": k, "value": v} for k, v in (
+        ("outputs", summary["rows"]["outputs"]), ("failed rows", summary["rows"]["failed"]),
+        ("images embedded", summary["embedded"]), ("embedding steps", summary["embedding_steps"]),
+        ("cache hits", summary["cache_hits"]), ("edit steps", summary["edit_steps"]),
+        ("batches run", summary["batches_run"]), ("wall seconds", summary["wall_seconds"]))]
+    for name, q in summary["metrics"].items():
+        if q:
+            table += [{"quantity": f"{name} {s}", "value": q[s]} for s in ("min", "median", "max")]
+    for reason, n in summary["errors_by_reason"].items():
+        table.append({"quantity": f"failed: {reason}", "value": n})
+    create_table_artifact(table, key=_slug(f"{kind}-summary"), description=f"run {summary['run_id']}")
+    create_markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(), key=_slug(f"{kind}-report"), description=f"run {summary['run_id']}")
+
+
+def _result(summary: dict[str, Any], noop: bool = False) -> dict[str, Any]:
+    """The small return value of a flow: ids, counts and where things are."""
+    return {"run_id": summary["run_id"], "noop": noop, "outputs": summary["rows"]["outputs"],
+            "failed": summary["rows"]["failed"], "embedding_steps": 0 if noop else summary["embedding_steps"],
+            "cache_hits": 0 if noop else summary["cache_hits"], "run_url": summary["run_url"],
+            "report": summary["files"]["report"], "summary": storage.join(summary["run_url"], "summary.json")}

@@ -1,0 +1,27 @@
+"""Dataset augmentation: new images from the cached latents of a dataset, with lineage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from i2score.jobs import JobConfig
+
+
+@flow(name="augment", task_runner=local_task_runner(), validate_parameters=True)
+def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: list[str] | None = None,
+            model: str | None = None, schedule: str = "paper", batch_size: int = 8, device: str = "auto",
+            runner: str = "local", seed: int = 0, include_originals: bool = True,
+            run_id: str | None = None) -> dict[str, Any]:
+    """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
+    mixing and interpolation with other images of the set, crossover with a random partner
+    through a random mask, noise resampling and latent jitter (``ops``, default all; see
+    :mod:`i2score.augment`). Writes ``runs/<run-id>/dataset.csv``, a manifest of the new
+    dataset (the originals too unless ``include_originals`` is False) with each image's source,
+    partner, op and parameters. Returns ids, counts and the report's URL.
+    """
+    return run_job(JobConfig("augment", manifest, root, model, schedule, batch_size, device, seed, run_id,
+                             n_per_image=n_per_image, ops=tuple(ops) if ops else None,
+                             include_originals=include_originals), runner)

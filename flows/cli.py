@@ -1,0 +1,198 @@
+"""The ``i2s`` command: the library's commands (:mod:`i2score.cli`) plus the flows.
+
+Flow commands run the Prefect flow in this process (without ``PREFECT_API_URL`` Prefect starts a
+temporary local server for the run's bookkeeping), show a progress bar per batch and print
+where the outputs and the report are. Exit codes: 0 every row succeeded, 1 some rows failed
+(listed in ``errors.parquet`` and the report; the other rows are complete), 2 the job could not
+run (bad arguments, unreadable manifest).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from i2score.cli import app
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "manifests" / "demo"
+
+Root = Annotated[str, typer.Option("--root", help="Storage root URL: a local folder, s3://bucket/prefix, ... "
+                                                  "(the latent cache and runs/ live below it).")]
+Model = Annotated[str | None, typer.Option(help="Generator: registry name, path or URL "
+                                                "(default: the bundled demo-faces-64).")]
+ScheduleOpt = Annotated[str, typer.Option(help="Steps: 'paper' (5000+3000, edits 1000+1000), 'demo', "
+                                               "'W+N' or 'W+N/EW+EN'.")]
+BatchSize = Annotated[int, typer.Option(help="Images per batch (one task per batch).")]
+Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
+Runner = Annotated[str, typer.Option(help="Task runner: local (one batch at a time in this process).")]
+Seed = Annotated[int, typer.Option(help="Seed of initial latents and random draws.")]
+RunId = Annotated[str | None, typer.Option(help="Run id (default: derived from the job, so re-running "
+                                                "resumes an interrupted run or does nothing).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines.")]
+
+
+def _prefect_env(verbose: bool) -> None:
+    # Set before Prefect is imported: its settings are read once.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
+    """Run one flow with a progress bar; returns its result (exits 2 when it cannot run)."""
+    _prefect_env(verbose)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from flows import augment, edit, inpaint, reconstruct
+    from flows._common import add_progress_listener
+
+    flow = {"reconstruct": reconstruct.reconstruct, "inpaint": inpaint.inpaint, "edit": edit.edit,
+            "augment": augment.augment}[flow_name]
+    console = Console(stderr=True)
+    with Progress(TextColumn(f"[bold]{flow_name}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
+                  TimeElapsedColumn(), console=console, transient=True) as bar:
+        task = bar.add_task(flow_name, total=None)
+
+        def on_batch(done: int, total: int, info: dict[str, Any]) -> None:
+            bar.update(task, completed=done, total=total)
+
+        remove = add_progress_listener(on_batch)
+        try:
+            state = flow(**params, return_state=True)
+        finally:
+            remove()
+    if not state.is_completed():
+        exc = state.result(raise_on_failure=False)
+        console.print(f"[red]{flow_name} failed:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(2)
+    return state.result()
+
+
+def _report(result: dict[str, Any]) -> None:
+    console = Console()
+    what = "already finished, nothing recomputed" if result["noop"] else (
+        f"{result['embedding_steps']} embedding steps, {result['cache_hits']} cache hits")
+    console.print(f"run [bold]{result['run_id']}[/bold]: {result['outputs']} outputs, "
+                  f"{result['failed']} failed rows ({what})")
+    console.print(f"  outputs: {result['run_url']}/outputs/")
+    console.print(f"  report:  {result['report']}  (and report.html, sheet.png, summary.json)")
+    if result["failed"]:
+        console.print(f"  [yellow]failed rows: see {result['run_url']}/errors.parquet or the report[/yellow]")
+
+
+def _finish(result: dict[str, Any]) -> None:
+    _report(result)
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("reconstruct")
+def reconstruct_cmd(
+    manifest: Annotated[str, typer.Argument(help="Manifest (CSV/TSV/Parquet/JSONL) with id, image.")],
+    root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8,
+    device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
+    verbose: Verbose = False,
+) -> None:
+    """Embed every image of MANIFEST (cache hits are skipped) and write its reconstruction."""
+    _finish(_run("reconstruct", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
+                 batch_size=batch_size, device=device, runner=runner, seed=seed, run_id=run_id))
+
+
+@app.command("inpaint")
+def inpaint_cmd(
+    manifest: Annotated[str, typer.Argument(help="Manifest with id, image, mask (white = missing).")],
+    root: Root = "i2s-data", k: Annotated[int, typer.Option(help="Solutions per row (a row's params may "
+                                                                   "override).")] = 1,
+    model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8, device: Device = "auto",
+    runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
+) -> None:
+    """Fill the masked region of every row, k solutions each."""
+    _finish(_run("inpaint", verbose, manifest=manifest, root=root, k=k, model=model, schedule=schedule,
+                 batch_size=batch_size, device=device, runner=runner, seed=seed, run_id=run_id))
+
+
+@app.command("edit")
+def edit_cmd(
+    manifest: Annotated[str, typer.Argument(help="Edit manifest: id, op, image, ref/mask/params per op.")],
+    root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8,
+    device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run every edit of MANIFEST from cached latents (sources not in the cache are embedded first)."""
+    _finish(_run("edit", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
+                 batch_size=batch_size, device=device, runner=runner, seed=seed, run_id=run_id))
+
+
+@app.command("augment")
+def augment_cmd(
+    manifest: Annotated[str, typer.Argument(help="Manifest with id, image (the dataset to augment).")],
+    root: Root = "i2s-data",
+    n_per_image: Annotated[int, typer.Option(help="Variants per image.")] = 4,
+    ops: Annotated[str, typer.Option(help="Comma-separated: style_mix, crossover, noise, jitter, "
+                                          "interpolate.")] = "style_mix,crossover,noise,jitter,interpolate",
+    originals: Annotated[bool, typer.Option(help="List the original images in dataset.csv too.")] = True,
+    model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8, device: Device = "auto",
+    runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
+) -> None:
+    """Write N variants of every image and a dataset.csv manifest with their lineage."""
+    _finish(_run("augment", verbose, manifest=manifest, root=root, n_per_image=n_per_image,
+                 ops=[o.strip() for o in ops.split(",") if o.strip()], include_originals=originals, model=model,
+                 schedule=schedule, batch_size=batch_size, device=device, runner=runner, seed=seed,
+                 run_id=run_id))
+
+
+@app.command("demo")
+def demo_cmd(
+    root: Root = "i2s-demo", schedule: ScheduleOpt = "demo", device: Device = "auto",
+    verbose: Verbose = False,
+) -> None:
+    """The main job on the bundled demo model: reconstruct the demo portraits, then edit them from
+    the cached latents (crossover, inpainting, attribute transfer, morph, style mixing,
+    expression transfer). About 3 minutes on 2 CPU cores."""
+    reconstruct_manifest, edit_manifest = DEMO_DIR / "demo-reconstruct.csv", DEMO_DIR / "demo-edit.csv"
+    for m in (reconstruct_manifest, edit_manifest):
+        if not m.is_file():
+            Console(stderr=True).print(f"[red]{m} not found[/red]: run the demo from a clone of the repository")
+            raise typer.Exit(2)
+    console = Console()
+    console.print("[bold]1/2[/bold] reconstruct: embed the demo portraits into W+ and noise space")
+    rec = _run("reconstruct", verbose, manifest=str(reconstruct_manifest), root=root, schedule=schedule,
+               batch_size=8, device=device)
+    _report(rec)
+    console.print("[bold]2/2[/bold] edit: edits that start from the cached latents")
+    ed = _run("edit", verbose, manifest=str(edit_manifest), root=root, schedule=schedule, batch_size=8,
+              device=device)
+    _report(ed)
+    console.print(f"\nOpen [bold]{ed['run_url']}/report.html[/bold] (or report.md) and "
+                  f"{rec['run_url']}/report.html.")
+    if rec["failed"] or ed["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd(
+    manifest: Annotated[str, typer.Option(help="Manifest of the nightly reconstruction.")],
+    root: Root = "i2s-data",
+    cron: Annotated[str, typer.Option(help="Cron schedule of the nightly reconstruction (UTC).")] = "0 3 * * *",
+    model: Model = None, schedule: ScheduleOpt = "paper", device: Device = "auto",
+    limit: Annotated[int, typer.Option(help="Flow runs at a time on this machine.")] = 1,
+) -> None:
+    """Serve the four flows from this machine (needs a Prefect server: `prefect server start`,
+    PREFECT_API_URL set): a nightly reconstruction of MANIFEST on CRON, the others on demand
+    (`prefect deployment run 'edit/edit'` ...)."""
+    _prefect_env(True)
+    from prefect import serve
+
+    from flows.deployments import deployments
+
+    serve(*deployments(manifest=manifest, root=root, cron=cron, model=model, schedule=schedule, device=device),
+          limit=limit)
+
+
+__all__ = ["app"]
+if __name__ == "__main__":  # python -m flows.cli (what `i2s` runs)
+    app()

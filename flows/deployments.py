@@ -1,0 +1,26 @@
+"""Deployments of the flows for one machine (``i2s serve``); ``infra/prefect.yaml`` declares the
+same deployments for a work pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flows.augment import augment
+from flows.edit import edit
+from flows.inpaint import inpaint
+from flows.reconstruct import reconstruct
+
+
+def deployments(*, manifest: str, root: str, cron: str = "0 3 * * *", model: str | None = None,
+                schedule: str = "paper", device: str = "auto") -> list[Any]:
+    """A nightly ``reconstruct`` of ``manifest`` on ``cron`` (re-runs of an unchanged manifest
+    finish at once; new images are embedded) plus on-demand ``inpaint``, ``edit`` and
+    ``augment`` deployments writing under ``root``."""
+    common = {"root": root, "model": model, "schedule": schedule, "device": device}
+    return [
+        reconstruct.to_deployment(name="nightly", cron=cron, parameters={"manifest": manifest, **common},
+                                  tags=["i2score", "nightly"]),
+        inpaint.to_deployment(name="inpaint", parameters=common, tags=["i2score"]),
+        edit.to_deployment(name="edit", parameters=common, tags=["i2score"]),
+        augment.to_deployment(name="augment", parameters=common, tags=["i2score"]),
+    ]

@@ -1,0 +1,24 @@
+"""Edits from cached latents: crossover, scribbles, local style transfer, attribute transfer,
+morphing, style mixing, expression transfer and inpainting, one manifest row per edit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from i2score.jobs import JobConfig
+
+
+@flow(name="edit", task_runner=local_task_runner(), validate_parameters=True)
+def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "paper",
+         batch_size: int = 8, device: str = "auto", runner: str = "local", seed: int = 0,
+         run_id: str | None = None) -> dict[str, Any]:
+    """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
+    as each op needs; see ``manifests/README.md``). Source images missing from the cache are
+    embedded first, through the same batches as :func:`flows.reconstruct.reconstruct` (so a
+    dataset reconstructed before costs no embedding steps); then one task per batch of rows with
+    the same op and parameters. Returns ids, counts and the report's URL.
+    """
+    return run_job(JobConfig("edit", manifest, root, model, schedule, batch_size, device, seed, run_id), runner)

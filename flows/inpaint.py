@@ -1,0 +1,22 @@
+"""Manifest-driven inpainting (paper Alg. 4): ``k`` solutions per image and mask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from i2score.jobs import JobConfig
+
+
+@flow(name="inpaint", task_runner=local_task_runner(), validate_parameters=True)
+def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None, schedule: str = "paper",
+            batch_size: int = 8, device: str = "auto", runner: str = "local", seed: int = 0,
+            run_id: str | None = None) -> dict[str, Any]:
+    """Fill the white region of each row's mask (columns ``id``, ``image``, ``mask``; a row's
+    ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
+    pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.
+    """
+    return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k),
+                   runner)

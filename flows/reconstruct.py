@@ -1,0 +1,27 @@
+"""Bulk reconstruction: embed every image of a manifest (paper Alg. 2) into the latent cache and
+write its reconstruction."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from i2score.jobs import JobConfig
+
+
+@flow(name="reconstruct", task_runner=local_task_runner(), validate_parameters=True)
+def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "paper",
+                batch_size: int = 8, device: str = "auto", runner: str = "local", seed: int = 0,
+                run_id: str | None = None) -> dict[str, Any]:
+    """Embed the images of ``manifest`` (columns ``id``, ``image``) into ``(w, n)``.
+
+    Validates the manifest, skips images already in the cache under ``root`` (same bytes,
+    weights and schedule), embeds the rest one batch per task, renders every reconstruction to
+    ``runs/<run-id>/outputs/<id>.png`` and writes the output manifest, errors, summary and
+    report. ``schedule``: ``paper`` (5000 + 3000 steps), ``demo`` or ``"W+N"``. Returns ids,
+    counts and the report's URL.
+    """
+    return run_job(JobConfig("reconstruct", manifest, root, model, schedule, batch_size, device, seed, run_id),
+                   runner)

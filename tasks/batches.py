@@ -1,0 +1,59 @@
+"""The tasks of every flow: plan a run, run one batch, finish the run.
+
+One task per batch, never per image. Tasks retry only on transient storage errors (5xx,
+throttling, timeouts, dropped connections, as :func:`i2score.storage.is_transient` decides);
+anything else is either recorded against the rows it affects (inside :mod:`i2score.jobs`) or a
+real bug that should fail loudly. Caching is off (``NO_CACHE``): i2score's content-addressed
+latent cache and the run's batch records are what make re-runs cheap, and Prefect would
+otherwise hash every input on every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from i2score import jobs, reports, storage
+
+RETRY_DELAYS = [2, 10, 30]
+
+
+def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: retry when the task failed with a transient storage error."""
+    try:
+        state.result()
+    except Exception as e:  # noqa: BLE001 - classify, never swallow: False ends the task as Failed
+        return storage.is_transient(e)
+    return False
+
+
+_OPTIONS: dict[str, Any] = {"retries": len(RETRY_DELAYS), "retry_delay_seconds": RETRY_DELAYS,
+                            "retry_condition_fn": retry_on_transient, "cache_policy": NO_CACHE}
+
+
+@task(name="plan-run", **_OPTIONS)
+def plan_run(config: dict[str, Any]) -> dict[str, Any]:
+    """Validate, hash inputs, look up the cache and write the batch specs (see
+    :func:`i2score.jobs.plan_run`). Returns the plan's ids and counts."""
+    return jobs.plan_run(jobs.JobConfig.from_json(config)).to_json()
+
+
+@task(name="run-batch", task_run_name="{batch_id}", **_OPTIONS)
+def run_batch(root: str, run_id: str, batch_id: str) -> dict[str, Any]:
+    """Run one planned batch (the model is loaded once per worker process). Returns its counts."""
+    return jobs.run_batch(root, run_id, batch_id).small()
+
+
+@task(name="finish-run", **_OPTIONS)
+def finish_run(root: str, run_id: str, attempt: str, wall_seconds: float) -> dict[str, Any]:
+    """Merge the batch records into the manifest, errors, summary and report."""
+    return reports.finish_run(root, run_id, attempt, wall_seconds=wall_seconds)
+
+
+@task(name="record-batch-failure", **_OPTIONS)
+def record_batch_failure(root: str, run_id: str, batch_id: str, attempt: str, message: str) -> None:
+    """A batch failed for good: its rows go to the run's errors (see
+    :func:`i2score.jobs.record_batch_failure`)."""
+    jobs.record_batch_failure(root, run_id, batch_id, attempt, message)
