@@ -1,0 +1,60 @@
+"""Offline checks of the deployments: infra/prefect.yaml parses with Prefect's own model and
+matches the flows' signatures; `i2s serve` builds the same deployments."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _flow(entrypoint: str):
+    path, name = entrypoint.split(":")
+    module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+    return getattr(module, name)
+
+
+def test_prefect_yaml_is_valid_and_matches_the_flows():
+    from prefect.cli.deploy._models import PrefectYamlModel
+
+    data = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
+    model = PrefectYamlModel.model_validate(data)
+    names = [d.name for d in model.deployments]
+    assert names == ["nightly", "inpaint", "edit", "augment"]
+    for dep in data["deployments"]:
+        flow = _flow(dep["entrypoint"])
+        accepted = set(inspect.signature(flow.fn).parameters)
+        unknown = set(dep.get("parameters", {})) - accepted
+        assert not unknown, f"{dep['name']}: parameters {unknown} are not parameters of {flow.name}"
+        assert dep["work_pool"]["name"] == "gpu"
+    nightly = data["deployments"][0]
+    assert nightly["schedules"][0]["cron"] == "0 3 * * *"
+    assert "manifest" in nightly["parameters"]
+
+
+def test_serve_builds_a_nightly_schedule_and_on_demand_deployments():
+    from flows.deployments import deployments
+
+    deps = deployments(manifest="s3://bucket/m.csv", root="s3://bucket/i2s", cron="30 2 * * *")
+    assert [d.name for d in deps] == ["nightly", "inpaint", "edit", "augment"]
+    assert deps[0].schedules[0].schedule.cron == "30 2 * * *"
+    assert deps[0].parameters["manifest"] == "s3://bucket/m.csv"
+    assert all(not d.schedules for d in deps[1:])
+    assert all(d.parameters["root"] == "s3://bucket/i2s" for d in deps)
+
+
+@pytest.mark.parametrize("exc, transient", [(TimeoutError("read timed out"), True),
+                                            (PermissionError("403 Forbidden"), False),
+                                            (ValueError("bad"), False)])
+def test_tasks_retry_only_transient_storage_errors(exc, transient):
+    from prefect.states import Failed
+
+    from tasks.batches import plan_run, retry_on_transient, run_batch
+
+    assert retry_on_transient(None, None, Failed(data=exc)) is transient
+    assert run_batch.retries == plan_run.retries == 3
