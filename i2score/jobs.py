@@ -124,7 +124,7 @@ SCHEDULES: dict[str, Schedule] = {
     # The paper: 5000 + 3000 embedding, 1000 + 1000 for edits (Sec. 7).
     "paper": Schedule("paper", 5000, 3000, 1000, 1000, 1000, 1000),
     # The demo: a few minutes on 2 CPU cores for the bundled 64 px model.
-    "demo": Schedule("demo", 100, 100, 50, 50, 100, 100),
+    "demo": Schedule("demo", 100, 100, 100, 100, 100, 100),
 }
 
 
@@ -777,6 +777,7 @@ def _run_reconstruct(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOut
         m = metrics[k]
         out.outputs.append({"id": r.id, "row_id": r.id, "op": "reconstruct", "output_url": url,
                             "source_ids": [r.id], "source_urls": [r.image], "cache_keys": [k],
+                            "inputs": {"image": r.image},
                             "params": params, "psnr": m.get("psnr_wn"), "lpips": m.get("lpips"),
                             "ssim": m.get("ssim"), "metrics": _jsonable(m)})
 
@@ -846,6 +847,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputsFor
                     "id": oid, "row_id": r.id, "op": op, "output_url": url,
                     "source_ids": [r.id] + [r.params[x] for x in ("a", "b") if x in r.params],
                     "source_urls": r.urls(), "params": params,
+                    "inputs": {"image": r.image, "ref": r.ref, "mask": r.mask},
                     "cache_keys": list(items[i]["keys"].values()) + keys_out[j * per_row + s: j * per_row + s + 1],
                     "psnr": m.get(metric) if metric else None, "lpips": None, "ssim": None,
                     "metrics": _jsonable(m)})
@@ -986,6 +988,8 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
                 "id": a.id, "row_id": a.id, "op": f"augment/{a.op}", "output_url": url,
                 "source_ids": [i for i in (a.source_id, a.partner_id) if i],
                 "source_urls": [srcs[i]["row"]["image"] for i in (a.source_id, a.partner_id) if i],
+                "inputs": {"image": srcs[a.source_id]["row"]["image"],
+                           "ref": srcs[a.partner_id]["row"]["image"] if a.partner_id else None},
                 "cache_keys": [srcs[i]["key"] for i in (a.source_id, a.partner_id) if i],
                 "params": a.params, "psnr": None, "lpips": None, "ssim": None, "metrics": _jsonable(m),
                 "source_id": a.source_id})

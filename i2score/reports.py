@@ -135,11 +135,14 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
     shown = list(outs)[:limit]
     if not shown:
         return None
-    urls = [u for o in shown for u in (o["source_urls"][:2] + [o["output_url"]])]
+    # Input columns that some shown output has, in a fixed order (older records: source_urls).
+    inputs = [o.get("inputs") or {"image": o["source_urls"][0]} for o in shown]
+    roles = [r for r in ("image", "ref", "mask") if any(i.get(r) for i in inputs)]
+    urls = [u for o, i in zip(shown, inputs) for u in [i.get(r) for r in roles] + [o["output_url"]] if u]
     got = read_all(urls)
 
-    def tile(url: str) -> Any:
-        data = got.get(url)
+    def tile(url: str | None) -> Any:
+        data = got.get(url) if url else None
         if not isinstance(data, bytes):
             return None
         try:
@@ -148,21 +151,17 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
             return None
 
     rows = []
-    for o in shown:
+    for o, i in zip(shown, inputs):
         cells: list[Cell | None] = []
-        inputs = o["source_urls"][:2]
-        for u in inputs:
-            t = tile(u)
-            cells.append(None if t is None else Cell(t, storage.basename(u)[:14]))
-        while len(cells) < 2:
-            cells.append(None)
+        for role in roles:
+            t = tile(i.get(role))
+            cells.append(None if t is None else Cell(t, storage.basename(i[role])[:14]))
         t = tile(o["output_url"])
         psnr = o.get("psnr")
-        cells.append(None if t is None else Cell(t, f"{o['id'][:14]}\n{psnr:.1f} dB" if psnr is not None
-                                               else o["id"][:14]))
+        caption = f"{o['id'][:14]}\n{psnr:.1f} dB" if psnr is not None else o["id"][:14]
+        cells.append(None if t is None else Cell(t, caption))
         rows.append(cells)
-    img = contact_sheet(rows, scale=2, title=f"run {paths.run_id}",
-                        column_titles=["input", "second input", "output"])
+    img = contact_sheet(rows, scale=2, title=f"run {paths.run_id}", column_titles=[*roles, "output"])
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     url = paths.url("sheet.png")
