@@ -124,7 +124,7 @@ SCHEDULES: dict[str, Schedule] = {
     # The paper: 5000 + 3000 embedding, 1000 + 1000 for edits (Sec. 7).
     "paper": Schedule("paper", 5000, 3000, 1000, 1000, 1000, 1000),
     # The demo: a few minutes on 2 CPU cores for the bundled 64 px model.
-    "demo": Schedule("demo", 100, 100, 100, 100, 100, 100),
+    "demo": Schedule("demo", 80, 80, 80, 80, 80, 80),
 }
 
 
