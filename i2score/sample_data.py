@@ -143,6 +143,9 @@ def write_sample_data(out: str | Path, resolution: int = 64, n_heldout: int = 16
     _write_manifest(root / "reconstruct", recon)
     _write_manifest(root / "inpaint", inpaint)
     _write_manifest(root / "edit", edit)
+    demo_recon, demo_edit = _demo_rows(ids)
+    _write_manifest(root / "demo-reconstruct", demo_recon)
+    _write_manifest(root / "demo-edit", demo_edit)
     return {"images": n_heldout, "photos": len(PHOTOS), "reconstruct_rows": len(recon),
             "inpaint_rows": len(inpaint), "edit_rows": len(edit)}
 
@@ -172,6 +175,29 @@ def _edit_rows(ids: list[str]) -> list[dict[str, object]]:
          "params": {"a": "neutral", "b": "smiling", "strength": 1.0}},
     ]
     return rows
+
+
+def _demo_rows(ids: list[str]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """The manifests of ``i2s demo``: 8 portraits to reconstruct, then edits that only use
+    their cached latents (so the edit run embeds nothing)."""
+    img = lambda i: f"images/{ids[i]}.png"  # noqa: E731
+    expression = [{"id": "neutral", "image": "images/expression-neutral.png"},
+                  {"id": "smiling", "image": "images/expression-smile.png"}]
+    recon = [{"id": ids[i], "image": img(i)} for i in range(6)] + expression
+    edit: list[dict[str, object]] = [{"id": r["id"], "op": "reconstruct", "image": r["image"]}
+                                     for r in expression] + [
+        {"id": "crossover-face", "op": "crossover", "image": img(2), "ref": img(3),
+         "mask": "masks/region-face-03.png", "params": {}},
+        {"id": "inpaint-00", "op": "inpaint", "image": img(0), "mask": "masks/hole-free-00.png",
+         "params": {"k": 1}},
+        {"id": "attribute-eyes", "op": "attribute_transfer", "image": img(4), "ref": img(5),
+         "mask": "masks/region-eyes-04.png", "params": {"layer": 4, "mode": "copy"}},
+        {"id": "morph-00-01", "op": "morph", "image": img(0), "ref": img(1), "params": {"t": 0.5}},
+        {"id": "style-mix-02-03", "op": "style_mix", "image": img(2), "ref": img(3), "params": {"k": 4}},
+        {"id": "expression-01", "op": "expression_transfer", "image": img(1),
+         "params": {"a": "neutral", "b": "smiling", "strength": 1.0}},
+    ]
+    return recon, edit
 
 
 def _write_manifest(stem: Path, rows: list[dict[str, object]]) -> None:
