@@ -15,7 +15,8 @@ Resumability comes from three facts: the run id is a digest of the job (manifest
 weights, schedule, seed and job parameters), a batch record is written only after its outputs
 and cache entries, and planning skips rows that already have an output record. Re-running a
 killed run therefore redoes only unfinished batches (their finished embeddings are cache hits),
-and re-running a finished run (``summary.json`` with the same digest) does nothing.
+and re-running a finished run (``summary.json`` with the same digest) does nothing, or retries
+only its failed rows when it has some.
 
 Row failures never fail a batch: unreadable or undecodable inputs and failures of a batch's
 computation become error records (reason code and message) and the other rows go on; only
@@ -55,6 +56,9 @@ JOB_KINDS = ("reconstruct", "inpaint", "edit", "augment")
 FAILED = "processing_failed"
 #: Reason code of an edit/augment row whose source image could not be embedded.
 SOURCE_FAILED = "source_failed"
+
+#: Rows whose files planning reads at a time (to hash them).
+PLAN_READ_CHUNK = 256
 
 RECONSTRUCT_ALGORITHM = "image2stylegan++/reconstruct"
 INPAINT_ALGORITHM = "image2stylegan++/inpaint"
@@ -341,7 +345,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     Rows that already have an output in this run (an earlier, interrupted attempt) are
     skipped; embeddings already in the cache are not planned again (reconstruct runs render
     them in larger batches). Returns a :class:`PlanResult`; when ``summary.json`` of the same
-    job exists the run is finished and nothing is written (``noop``).
+    job exists and no row failed, the run is finished and nothing is written (``noop``); when
+    rows failed, only those are planned again.
     """
     from i2score.generator.loaders import load_generator
     from i2score.generator.registry import DEFAULT_MODEL
@@ -362,7 +367,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         summary = read_json(paths.url("summary.json"))
     except FileNotFoundError:
         summary = None
-    if summary is not None and summary.get("digest") == digest:
+    # A finished run is a no-op; one with failed rows retries those rows (the others are done).
+    if summary is not None and summary.get("digest") == digest and not summary["rows"]["failed"]:
         return PlanResult(run_id, paths.run_url, digest, attempt, [], {}, noop=True, summary=summary)
 
     kind = "reconstruct" if config.kind == "augment" else config.kind
@@ -371,24 +377,24 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     rows = validation.rows
 
     # Every row's files once: their bytes make the cache keys.
-    fetched = read_all([u for r in rows for u in r.urls()])
     sha: dict[str, str] = {}
     good: list[ManifestRow] = []
-    for r in rows:
-        bad = next(((name, u) for name, u in (("image", r.image), ("mask", r.mask), ("ref", r.ref))
-                    if u is not None and isinstance(fetched.get(u), BaseException)), None)
-        if bad is not None:
-            try:
-                load_row(r, resolution=gen["resolution"], fetched=fetched)
-            except RowError as e:
-                rejected.append(Rejection(r.row, r.id, e.reason_code, e.message, e.field, e.url))
-                continue
-        for u in r.urls():
-            got = fetched[u]
-            if isinstance(got, bytes):
-                sha.setdefault(u, hashlib.sha256(got).hexdigest())
-        good.append(r)
-    del fetched
+    # A chunk at a time: only hashes are kept, so memory does not grow with the dataset.
+    for chunk in _chunks(rows, PLAN_READ_CHUNK):
+        fetched = read_all([u for r in chunk for u in r.urls()])
+        for r in chunk:
+            if any(isinstance(fetched.get(u), BaseException) for u in r.urls()):
+                try:
+                    load_row(r, resolution=gen["resolution"], fetched=fetched)
+                except RowError as e:
+                    rejected.append(Rejection(r.row, r.id, e.reason_code, e.message, e.field, e.url))
+                    continue
+            for u in r.urls():
+                got = fetched[u]
+                if isinstance(got, bytes):
+                    sha.setdefault(u, hashlib.sha256(got).hexdigest())
+            good.append(r)
+        del fetched
 
     embed_params = schedule.reconstruct_params(config.seed)
 
@@ -985,7 +991,8 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
             m = res.metrics[j]
             out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
             out.outputs.append({
-                "id": a.id, "row_id": a.id, "op": f"augment/{a.op}", "output_url": url,
+                # row_id: the source row; its variants are finished together (one record).
+                "id": a.id, "row_id": a.source_id, "op": f"augment/{a.op}", "output_url": url,
                 "source_ids": [i for i in (a.source_id, a.partner_id) if i],
                 "source_urls": [srcs[i]["row"]["image"] for i in (a.source_id, a.partner_id) if i],
                 "inputs": {"image": srcs[a.source_id]["row"]["image"],

@@ -130,6 +130,14 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     assert all(e["message"] for e in errors)
     report = (run_url / "report.md").read_text()
     assert "truncated_image" in report and "g2" in report
+    # Re-running retries only the failed rows; after fixing one file, it succeeds.
+    storage.write_bytes(truncated, (DEMO / "images" / "heldout-13.png").read_bytes())
+    from flows.reconstruct import reconstruct
+
+    again = reconstruct(manifest, root=root, schedule=SCHEDULE, batch_size=2, device="cpu")
+    s = _summary(again)
+    assert not again["noop"] and s["embedded"] == 1 and s["batches_run"] == 1
+    assert (s["rows"]["outputs"], s["rows"]["failed"]) == (4, 3)
 
     # A batch whose computation fails records its rows and the other batches finish.
     import i2score.edits
