@@ -152,7 +152,7 @@ def demo_cmd(
 ) -> None:
     """The main job on the bundled demo model: reconstruct the demo portraits, then edit them from
     the cached latents (crossover, inpainting, attribute transfer, morph, style mixing,
-    expression transfer). About 3 minutes on 2 CPU cores."""
+    expression transfer). About 2 minutes on 2 CPU cores."""
     reconstruct_manifest, edit_manifest = DEMO_DIR / "demo-reconstruct.csv", DEMO_DIR / "demo-edit.csv"
     for m in (reconstruct_manifest, edit_manifest):
         if not m.is_file():
