@@ -47,6 +47,7 @@ from i2score.manifest import (
     load_row,
     validate_manifest,
 )
+from i2score.outputs import RunOutputs
 
 log = logging.getLogger(__name__)
 
@@ -616,7 +617,7 @@ def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = Non
     out = BatchOutcome(batch_id, spec["kind"], spec["attempt"])
     runner = {"reconstruct": _run_reconstruct, "embed": _run_reconstruct, "edit": _run_edit,
               "augment": _run_augment}[spec["kind"]]
-    runner(spec, ctx, RunOutputsFor(paths), out)
+    runner(spec, ctx, RunOutputs(root, run_id), out)
     out.seconds = time.perf_counter() - t0
     rec = asdict(out)
     rec.pop("skipped")
@@ -642,19 +643,6 @@ def record_batch_failure(root: str, run_id: str, batch_id: str, attempt: str, me
         "batch_id": f"failed-{batch_id}", "kind": "failed", "attempt": attempt, "outputs": [],
         "errors": [_error(r, FAILED, f"batch {batch_id} failed: {message}") for r in rows],
         "embedding_steps": 0, "edit_steps": 0, "embedded": 0, "cache_hits": 0, "seconds": 0.0})
-
-
-class RunOutputsFor:
-    """Image writer of a run (a thin wrapper so batch code names what it writes)."""
-
-    def __init__(self, paths: RunPaths) -> None:
-        from i2score.outputs import RunOutputs
-
-        self.paths = paths
-        self.outputs = RunOutputs(paths.root, paths.run_id)
-
-    def write(self, output_id: str, image: Any) -> str:
-        return self.outputs.write_image(output_id, image.detach().float().cpu())
 
 
 def _error(row: Mapping[str, Any] | ManifestRow, code: str, message: str, fld: str | None = None,
@@ -708,7 +696,7 @@ def _render(ctx: WorkerContext, latents: Any) -> Any:
         return ctx.G.synthesize(lat.w, lat.noise)
 
 
-def _run_reconstruct(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputsFor, out: BatchOutcome) -> None:
+def _run_reconstruct(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:
     """Embed (or fetch from the cache) every item; ``reconstruct`` batches also write outputs."""
     import torch
 
@@ -779,7 +767,7 @@ def _run_reconstruct(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOut
     images = _render(ctx, Latents.stack([latents[keys[i]] for i in ready]))
     for j, i in enumerate(ready):
         r, k = rows[i], keys[i]
-        url = writer.write(r.id, images[j])
+        url = writer.write_image(r.id, images[j])
         m = metrics[k]
         out.outputs.append({"id": r.id, "row_id": r.id, "op": "reconstruct", "output_url": url,
                             "source_ids": [r.id], "source_urls": [r.image], "cache_keys": [k],
@@ -812,7 +800,7 @@ def _cached_latents(cache: LatentCache, keys: Iterable[str]) -> dict[str, Any]:
     return got
 
 
-def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputsFor, out: BatchOutcome) -> None:
+def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:
     """One homogeneous batch of edit rows (same op and params)."""
     from i2score.latents import Latents
 
@@ -846,7 +834,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputsFor
             for s in range(per_row):
                 m = metrics[j * per_row + s]
                 oid = f"{r.id}{suffixes[s]}"
-                url = writer.write(oid, images[j * per_row + s])
+                url = writer.write_image(oid, images[j * per_row + s])
                 out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
                 metric = PSNR_METRIC.get(op)
                 out.outputs.append({
@@ -950,7 +938,7 @@ def _inpaint(loaded: Sequence[Any], x: Any, masks: Any, params: Mapping[str, Any
     return composites, metrics, [f"-k{j}" for j in range(k)], keys
 
 
-def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputsFor, out: BatchOutcome) -> None:
+def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:
     """Augmentations of a group of source images (each source's variants whole)."""
     from i2score.augment import Augmentation, run_augmentations
 
@@ -987,7 +975,7 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
                                 {i: lr.image for i, lr in loaded.items() if lr is not None}, ctx.G,
                                 steps_w=sched.edit_steps_w, steps_n=sched.edit_steps_n, vgg=ctx.vgg)
         for j, (a, it) in enumerate(zip(augs, ok_items)):
-            url = writer.write(a.id, res.images[j])
+            url = writer.write_image(a.id, res.images[j])
             m = res.metrics[j]
             out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
             out.outputs.append({
