@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prefect import get_run_logger
+from prefect import flow, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -20,15 +20,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
-from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import check_runner, local_task_runner, task_runner_for
 from i2score import jobs, storage
 from tasks import batches
 
 #: Where runs and the latent cache go when no root is given (a local folder).
 DEFAULT_ROOT = "i2s-data"
-#: ``runner`` values the flows accept.
-RUNNERS = ("local",)
 
 ProgressListener = Callable[[int, int, dict[str, Any]], None]
 _listeners: list[ProgressListener] = []
@@ -41,11 +39,6 @@ def add_progress_listener(fn: ProgressListener) -> Callable[[], None]:
     return lambda: _listeners.remove(fn)
 
 
-def local_task_runner() -> ThreadPoolTaskRunner:
-    """One batch at a time: a batch already fills the device, and CPU batches are parallel inside."""
-    return ThreadPoolTaskRunner(max_workers=1)
-
-
 def _absolute(url: str) -> str:
     """Local paths become absolute, so workers started elsewhere agree on them."""
     return url if "://" in url else os.path.abspath(url)
@@ -56,9 +49,9 @@ def _slug(text: str) -> str:
 
 
 def run_job(config: jobs.JobConfig, runner: str = "local") -> dict[str, Any]:
-    """Plan ``config``, run its batches and finish the run. Returns the summary's small part."""
-    if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r}: supported runners are {', '.join(RUNNERS)}")
+    """Plan ``config``, run its batches on ``runner`` and finish the run. Returns the summary's
+    small part."""
+    check_runner(runner)
     logger = get_run_logger()
     t0 = time.perf_counter()
     config = jobs.JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
@@ -73,10 +66,27 @@ def run_job(config: jobs.JobConfig, runner: str = "local") -> dict[str, Any]:
         return _result(summary, noop=True)
     counts = plan["counts"]
     logger.info("run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.items()))
-    total = sum(len(p) for p in plan["phases"])
-    progress = create_progress_artifact(0.0, description=f"{config.kind} {run_id}: batches done")
-    done = 0
-    for phase in plan["phases"]:
+    # The batches run in a sub-flow because a flow's task runner is fixed when it starts, and the
+    # runner is a parameter of the job.
+    run_batches.with_options(task_runner=task_runner_for(runner))(root, run_id, plan["phases"], plan["attempt"],
+                                                                  f"{config.kind} {run_id}")
+    summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0)
+    _artifacts(summary, config.kind)
+    logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
+                summary["rows"]["failed"], summary["files"]["report"])
+    return _result(summary)
+
+
+@flow(name="run-batches", task_runner=local_task_runner())
+def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, label: str) -> int:
+    """Run the batches of a planned run, phase after phase (an edit phase needs the latents its
+    embed phase caches). A batch whose retries are exhausted has its rows recorded as errors and
+    the others go on. Returns the number of failed batches."""
+    logger = get_run_logger()
+    total = sum(len(p) for p in phases)
+    progress = create_progress_artifact(0.0, description=f"{label}: batches done")
+    done = failed = 0
+    for phase in phases:
         futures = {batches.run_batch.submit(root, run_id, bid): bid for bid in phase}
         for fut in as_completed(list(futures)):
             try:
@@ -84,17 +94,14 @@ def run_job(config: jobs.JobConfig, runner: str = "local") -> dict[str, Any]:
             except Exception as e:  # noqa: BLE001 - retries are exhausted; the rows become errors
                 message = storage.redact(f"{type(e).__name__}: {e}")[:500]
                 logger.error("batch %s failed: %s", futures[fut], message)
-                batches.record_batch_failure(root, run_id, futures[fut], plan["attempt"], message)
+                batches.record_batch_failure(root, run_id, futures[fut], attempt, message)
                 info = {"batch_id": futures[fut], "failed": True}
+                failed += 1
             done += 1
             update_progress_artifact(progress, 100.0 * done / max(total, 1))
             for fn in _listeners:
                 fn(done, total, info)
-    summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0)
-    _artifacts(summary, config.kind)
-    logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
-                summary["rows"]["failed"], summary["files"]["report"])
-    return _result(summary)
+    return failed
 
 
 def _artifacts(summary: dict[str, Any], kind: str) -> None:

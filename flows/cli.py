@@ -28,7 +28,9 @@ ScheduleOpt = Annotated[str, typer.Option(help="Steps: 'paper' (5000+3000, edits
                                                "'W+N' or 'W+N/EW+EN'.")]
 BatchSize = Annotated[int, typer.Option(help="Images per batch (one task per batch).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
-Runner = Annotated[str, typer.Option(help="Task runner: local (one batch at a time in this process).")]
+Runner = Annotated[str, typer.Option(help="Task runner: local (one batch at a time in this process), "
+                                          "dask-local[:N] (N worker processes here), local-cuda (one "
+                                          "worker per GPU), dask://HOST:PORT (an existing Dask cluster).")]
 Seed = Annotated[int, typer.Option(help="Seed of initial latents and random draws.")]
 RunId = Annotated[str | None, typer.Option(help="Run id (default: derived from the job, so re-running "
                                                 "resumes an interrupted run or does nothing).")]

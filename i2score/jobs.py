@@ -29,6 +29,8 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
 import threading
 import time
 import uuid
@@ -188,13 +190,17 @@ class JobConfig:
         return JobConfig(**d)
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
+def resolve_device(device: str, gpu_index: int | None = None) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged. With
+    ``gpu_index`` (a worker's own GPU on a multi-GPU machine), ``auto``/``cuda`` become
+    ``cuda:<gpu_index>``; an explicit ``cuda:i`` is kept."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and gpu_index is not None:
+        device = f"cuda:{gpu_index}"
+    return device
 
 
 # ----------------------------------------------------------------------------------------------
@@ -583,6 +589,8 @@ class BatchOutcome:
     embedded: int = 0
     cache_hits: int = 0
     seconds: float = 0.0
+    #: ``host:pid/device`` of the process that ran the batch (which worker did what).
+    worker: str = ""
     skipped: bool = False
 
     def small(self) -> dict[str, Any]:
@@ -590,11 +598,15 @@ class BatchOutcome:
         return {"batch_id": self.batch_id, "kind": self.kind, "outputs": len(self.outputs),
                 "errors": len(self.errors), "embedding_steps": self.embedding_steps,
                 "edit_steps": self.edit_steps, "embedded": self.embedded, "cache_hits": self.cache_hits,
-                "seconds": round(self.seconds, 3), "skipped": self.skipped}
+                "seconds": round(self.seconds, 3), "worker": self.worker, "skipped": self.skipped}
 
 
-def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = None) -> BatchOutcome:
+def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = None,
+              gpu_index: int | None = None) -> BatchOutcome:
     """Execute the batch ``batch_id`` of a planned run and write its record.
+
+    ``device`` overrides the job's device; ``gpu_index`` picks this worker's GPU when the device
+    is ``auto`` or ``cuda`` (see :func:`resolve_device`).
 
     Idempotent: when the record exists already (a retried task, a resumed run) nothing runs.
     Storage errors that are transient propagate (retry the batch); every other failure is
@@ -609,12 +621,13 @@ def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = Non
         pass
     spec = read_json(paths.spec_url(batch_id))
     config = JobConfig.from_json(spec["config"])
-    ctx = worker_context(config.model, device or config.device)
+    ctx = worker_context(config.model, resolve_device(device or config.device, gpu_index))
     if ctx.generator_sha256 != spec["generator"]["sha256"]:
         raise RuntimeError(f"model {ctx.model!r} changed since the run was planned "
                            f"({ctx.generator_sha256[:12]} != {spec['generator']['sha256'][:12]})")
     t0 = time.perf_counter()
-    out = BatchOutcome(batch_id, spec["kind"], spec["attempt"])
+    out = BatchOutcome(batch_id, spec["kind"], spec["attempt"],
+                       worker=f"{socket.gethostname()}:{os.getpid()}/{ctx.device}")
     runner = {"reconstruct": _run_reconstruct, "embed": _run_reconstruct, "edit": _run_edit,
               "augment": _run_augment}[spec["kind"]]
     runner(spec, ctx, RunOutputs(root, run_id), out)

@@ -78,6 +78,8 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
         "batches_total": sum(1 for r in records if r["kind"] not in ("validation", "failed")),
         "attempts": len({r.get("attempt") for r in records}),
         "batch_seconds": round(sum(float(r.get("seconds", 0.0)) for r in this), 3),
+        # Batches of this attempt per worker process (host:pid/device).
+        "workers": dict(Counter(r["worker"] for r in this if r.get("worker")).most_common()),
         "wall_seconds": None if wall_seconds is None else round(wall_seconds, 3),
         "metrics": {"psnr": _quantiles([o.get("psnr") for o in out_list]),
                     "lpips": _quantiles([o.get("lpips") for o in out_list]),

@@ -16,6 +16,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from i2score import jobs, reports, storage
+from tasks.workers import prepare_worker
 
 RETRY_DELAYS = [2, 10, 30]
 
@@ -43,7 +44,7 @@ def plan_run(config: dict[str, Any]) -> dict[str, Any]:
 @task(name="run-batch", task_run_name="{batch_id}", **_OPTIONS)
 def run_batch(root: str, run_id: str, batch_id: str) -> dict[str, Any]:
     """Run one planned batch (the model is loaded once per worker process). Returns its counts."""
-    return jobs.run_batch(root, run_id, batch_id).small()
+    return jobs.run_batch(root, run_id, batch_id, gpu_index=prepare_worker()).small()
 
 
 @task(name="finish-run", **_OPTIONS)

@@ -1,0 +1,105 @@
+"""The flows on Dask: a 2-worker local cluster gives the same latents as one process, and a
+worker killed mid-run costs only the batch it was running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from i2score import storage
+from i2score.cache import LatentCache
+
+pytest.importorskip("prefect_dask", reason="the dask extra is part of CI's dev install")
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
+
+
+def _manifest(tmp_path: Path, n: int) -> str:
+    lines = ["id,image"] + [f"p{i},{DEMO / 'images' / f'heldout-{i:02d}.png'}" for i in range(n)]
+    path = tmp_path / "manifest.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _latents(root: str) -> dict[str, tuple[torch.Tensor, list[torch.Tensor]]]:
+    cache = LatentCache(root)
+    table = cache.ls().to_pylist()
+    out = {}
+    for row in table:
+        lat = cache.get(row["key"])
+        assert lat is not None
+        out[row["source_id"]] = (lat.w, lat.noise)
+    return out
+
+
+def _summary(result: dict) -> dict:
+    return json.loads(storage.read_bytes(result["summary"]))
+
+
+def test_two_worker_dask_cluster_equals_single_process(tmp_path):
+    from flows.reconstruct import reconstruct
+
+    manifest = _manifest(tmp_path, 4)
+    kw = {"schedule": "6+6", "batch_size": 2, "device": "cpu", "seed": 3}
+    local = reconstruct(manifest, root=str(tmp_path / "local"), runner="local", **kw)
+    dask = reconstruct(manifest, root=str(tmp_path / "dask"), runner="dask-local:2", **kw)
+    s_local, s_dask = _summary(local), _summary(dask)
+    assert s_local["rows"]["outputs"] == s_dask["rows"]["outputs"] == 4
+    assert s_dask["rows"]["failed"] == 0 and s_dask["batches_run"] == 2
+    # Two worker processes, neither of them this one.
+    assert len(s_dask["workers"]) == 2 and all(f":{os.getpid()}/" not in w for w in s_dask["workers"])
+    a, b = _latents(str(tmp_path / "local")), _latents(str(tmp_path / "dask"))
+    assert sorted(a) == sorted(b) == ["p0", "p1", "p2", "p3"]
+    for k in a:
+        assert torch.equal(a[k][0], b[k][0]), k
+        assert all(torch.equal(x, y) for x, y in zip(a[k][1], b[k][1])), k
+
+
+def test_worker_killed_mid_run_costs_only_its_batch(tmp_path):
+    """SIGKILL the worker that is running a batch once the first batch has finished: Dask reruns
+    that batch on a fresh worker, and every other batch runs exactly once."""
+    from distributed import Client, LocalCluster
+
+    from flows.reconstruct import reconstruct
+
+    root = tmp_path / "root"
+    manifest = _manifest(tmp_path, 6)
+    killed: list[int] = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+
+        def kill_one_busy_worker() -> None:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline and not killed:
+                records = list(root.glob("runs/*/batches/*.json"))
+                if any(p.name != "validation.json" for p in records):
+                    busy = [addr for addr, keys in client.processing().items() if keys]
+                    if busy:
+                        pid = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                        return
+                time.sleep(0.2)
+
+        watcher = threading.Thread(target=kill_one_busy_worker, daemon=True)
+        watcher.start()
+        address = cluster.scheduler_address.removeprefix("tcp://")
+        result = reconstruct(str(manifest), root=str(root), schedule="40+40", batch_size=1, device="cpu",
+                             runner=f"dask://{address}")
+        watcher.join(timeout=5)
+    assert killed, "no worker was busy after the first batch finished"
+    s = _summary(result)
+    assert s["rows"]["outputs"] == 6 and s["rows"]["failed"] == 0
+    assert s["batches_run"] == 6 and s["attempts"] == 1
+    # Each image embedded and cached once: the killed batch wrote no record and no cache entry.
+    assert s["embedded"] == 6 and s["embedding_steps"] == 6 * 80
+    assert len(_latents(str(root))) == 6
+    assert len(s["workers"]) >= 2
