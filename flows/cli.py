@@ -175,6 +175,48 @@ def demo_cmd(
         raise typer.Exit(1)
 
 
+@app.command("shard")
+def shard_cmd(
+    manifest: Annotated[str, typer.Argument(help="The large manifest to split.")],
+    deployment: Annotated[str, typer.Option(help="Deployment to run per shard, flow/name (e.g. reconstruct/nightly).")],
+    root: Root = "i2s-data",
+    rows_per_shard: Annotated[int, typer.Option(help="Rows per shard (one deployment run each).")] = 1000,
+    max_concurrent: Annotated[int, typer.Option(help="Shard runs at a time.")] = 4,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="KEY=VALUE passed to every shard run "
+                                                                           "(VALUE as JSON when it parses).")] = None,
+    verbose: Verbose = False,
+) -> None:
+    """Run DEPLOYMENT once per shard of MANIFEST on its work pool (needs PREFECT_API_URL and
+    workers of that pool); re-launching the same job resumes unfinished shards."""
+    import json
+
+    _prefect_env(verbose)
+    params: dict[str, Any] = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            Console(stderr=True).print(f"[red]--param {item!r}[/red]: expected KEY=VALUE")
+            raise typer.Exit(2)
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    from flows.sharded import sharded
+
+    state = sharded(manifest, deployment, root=root, rows_per_shard=rows_per_shard, max_concurrent=max_concurrent,
+                    parameters=params, return_state=True)
+    if not state.is_completed():
+        exc = state.result(raise_on_failure=False)
+        Console(stderr=True).print(f"[red]shard failed:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(2)
+    result = state.result()
+    Console().print(f"{result['shards']} shards ({result['shards_failed']} failed, {result['noop_shards']} already "
+                    f"finished), {result['outputs']} outputs, {result['failed_rows']} failed rows, "
+                    f"{result['rejected_rows']} rows rejected ({result['errors']})")
+    if result["shards_failed"] or result["failed_rows"] or result["rejected_rows"]:
+        raise typer.Exit(1)
+
+
 @app.command("serve")
 def serve_cmd(
     manifest: Annotated[str, typer.Option(help="Manifest of the nightly reconstruction.")],
