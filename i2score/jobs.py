@@ -335,7 +335,61 @@ class PlanResult:
 
 
 def read_all(urls: Sequence[str], max_workers: int = 16) -> dict[str, bytes | BaseException]:
-    return storage.read_many(list(dict.fromkeys(urls)), max_workers=max_workers)
+    """Read ``urls`` in parallel (prefetched bytes of this batch are taken instead of re-read)."""
+    urls = list(dict.fromkeys(urls))
+    got: dict[str, bytes | BaseException] = {}
+    with _PREFETCH_LOCK:
+        for by_url in _prefetched.values():
+            got.update({u: by_url.pop(u) for u in urls if u in by_url and u not in got})
+    rest = [u for u in urls if u not in got]
+    if rest:
+        got.update(storage.read_many(rest, max_workers=max_workers))
+    return got
+
+
+# Inputs of the batch after the one running now, read while this one computes: the next batch
+# of the same phase usually runs in this process next (always with the local runner). Only
+# successful reads are kept, and only one batch's worth: a failing read is left to the batch,
+# which records the error against its row. Two batches' worth at most (the one about to read its
+# inputs and the next), oldest dropped first.
+_PREFETCH_LOCK = threading.Lock()
+_prefetched: dict[str, dict[str, bytes]] = {}
+_prefetch_thread: threading.Thread | None = None
+
+
+def _spec_input_urls(spec: Mapping[str, Any]) -> list[str]:
+    urls: list[str] = []
+    for it in spec["items"]:
+        if "row" in it:
+            urls += _row_from_json(it["row"]).urls()
+        elif "source" in it:
+            urls.append(it["source"]["url"])
+    return urls
+
+
+def _prefetch(paths: RunPaths, batch_id: str) -> None:
+    try:
+        if storage.exists(paths.record_url(batch_id)):
+            return
+        urls = _spec_input_urls(read_json(paths.spec_url(batch_id)))
+        got = storage.read_many(list(dict.fromkeys(urls)))
+    except Exception:  # an optimisation only: the batch reads (and reports) its own inputs
+        log.debug("prefetch of batch %s failed", batch_id, exc_info=True)
+        return
+    with _PREFETCH_LOCK:
+        _prefetched[batch_id] = {u: b for u, b in got.items() if isinstance(b, bytes)}
+        while len(_prefetched) > 2:
+            _prefetched.pop(next(iter(_prefetched)))
+
+
+def start_prefetch(paths: RunPaths, batch_id: str | None) -> None:
+    """Read the inputs of batch ``batch_id`` in a background thread (see :func:`read_all`)."""
+    global _prefetch_thread
+    if batch_id is None:
+        return
+    _prefetch_thread = threading.Thread(target=_prefetch, args=(paths, batch_id), daemon=True,
+                                        name=f"prefetch-{batch_id}")
+    _prefetch_thread.start()
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
@@ -457,7 +511,10 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         ids = []
         for items in groups:
             bid = _batch_id(kind_, len(specs), [json.dumps(i, sort_keys=True) for i in items])
-            specs.append({**base, **(extra or {}), "batch_id": bid, "kind": kind_, "items": items})
+            if ids:
+                specs[-1]["next_batch"] = bid  # what the worker prefetches while this one runs
+            specs.append({**base, **(extra or {}), "batch_id": bid, "kind": kind_, "items": items,
+                          "next_batch": None})
             ids.append(bid)
         if ids:
             phases.append(ids)
@@ -626,6 +683,7 @@ def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = Non
         raise RuntimeError(f"model {ctx.model!r} changed since the run was planned "
                            f"({ctx.generator_sha256[:12]} != {spec['generator']['sha256'][:12]})")
     t0 = time.perf_counter()
+    start_prefetch(paths, spec.get("next_batch"))
     out = BatchOutcome(batch_id, spec["kind"], spec["attempt"],
                        worker=f"{socket.gethostname()}:{os.getpid()}/{ctx.device}")
     runner = {"reconstruct": _run_reconstruct, "embed": _run_reconstruct, "edit": _run_edit,
