@@ -103,3 +103,36 @@ def test_worker_killed_mid_run_costs_only_its_batch(tmp_path):
     assert s["embedded"] == 6 and s["embedding_steps"] == 6 * 80
     assert len(_latents(str(root))) == 6
     assert len(s["workers"]) >= 2
+
+
+def test_runner_names_are_checked_and_map_to_task_runners():
+    from prefect_dask import DaskTaskRunner
+
+    from flows.runners import RunnerError, task_runner_for
+
+    for bad in ("dask", "dask-local:0", "dask-local:x", "dask://nohostport", "ray"):
+        with pytest.raises(RunnerError):
+            task_runner_for(bad)
+    remote = task_runner_for("dask://10.0.0.5:8786")
+    assert isinstance(remote, DaskTaskRunner) and remote.address == "tcp://10.0.0.5:8786"
+    local = task_runner_for("dask-local:3")
+    assert local.cluster_kwargs["n_workers"] == 3 and local.cluster_kwargs["threads_per_worker"] == 1
+    try:
+        import dask_cuda  # noqa: F401
+    except ImportError:
+        with pytest.raises(RunnerError, match="dask-cuda"):
+            task_runner_for("local-cuda")
+    else:
+        if not torch.cuda.is_available():
+            with pytest.raises(RunnerError, match="no CUDA GPU"):
+                task_runner_for("local-cuda")
+
+
+def test_unknown_runner_fails_the_cli_with_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    result = CliRunner().invoke(app, ["reconstruct", _manifest(tmp_path, 1), "--root", str(tmp_path / "r"),
+                                      "--runner", "ray"])
+    assert result.exit_code == 2, result.output

@@ -47,23 +47,25 @@ def served_reconstruct(prefect_api, tmp_path):
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
     code = "from flows.reconstruct import reconstruct; reconstruct.serve(name='shards', limit=4)"
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "serve.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
     from prefect.client.orchestration import get_client
 
-    deadline = time.monotonic() + 120
-    with get_client(sync_client=True) as client:
-        while True:
-            try:
-                client.read_deployment_by_name("reconstruct/shards")
-                break
-            except Exception:  # noqa: BLE001 - not registered yet
-                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-                time.sleep(0.5)
-    yield "reconstruct/shards"
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    try:
+        deadline = time.monotonic() + 120
+        with get_client(sync_client=True) as client:
+            while True:
+                try:
+                    client.read_deployment_by_name("reconstruct/shards")
+                    break
+                except Exception:  # noqa: BLE001 - not registered yet
+                    assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+                    time.sleep(0.5)
+        yield "reconstruct/shards"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_sharded_flow_runs_one_bounded_deployment_run_per_shard(tmp_path, served_reconstruct):
