@@ -87,7 +87,8 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
                 steps_n: int = 3000, seed: int = 0, init: str | None = None, lr_w: float = 0.01,
                 lr_n: float = 5.0, vgg: VGG16Features | None = None, lpips: LPIPS | None | bool = True,
                 early_stop: EarlyStop | None = None, callback: StepCallback | None = None,
-                autocast_dtype: torch.dtype | None = None, mean_w_samples: int = 10000) -> ReconstructionResult:
+                autocast_dtype: torch.dtype | None = None, mean_w_samples: int = 10000,
+                channels_last: bool = False, compile: bool = False) -> ReconstructionResult:
     """Embed images into W+ and noise space (paper Alg. 2): the W+ stage, then the noise stage.
 
     ``w = W_l(Mp=1, Mm=1, wm=1, w_ini, n_ini, x)`` with Adam lr 0.01 on MSE + perceptual, then
@@ -108,6 +109,8 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
         early_stop: optional per-image early stopping in both stages (off by default).
         callback: ``callback(global_step, loss [B_active])`` per step.
         autocast_dtype: e.g. ``torch.bfloat16`` for the generator forward.
+        channels_last, compile: engine fast-path options (see :mod:`i2score.fastpath`); results
+            then agree with the default engine to float tolerance, not bit for bit.
 
     Returns:
         :class:`ReconstructionResult`.
@@ -123,10 +126,11 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
 
     w_cb = callback
     n_cb = None if callback is None else (lambda step, loss: callback(steps_w + step, loss))
+    fast = {"autocast_dtype": autocast_dtype, "channels_last": channels_last, "compile": compile}
     w, res_w = optimize_w(G, x, w_init=w_init, noise=noise_init, vgg=vgg, steps=steps_w, lr=lr_w,
-                          callback=w_cb, early_stop=early_stop, autocast_dtype=autocast_dtype)
+                          callback=w_cb, early_stop=early_stop, **fast)
     noise, res_n = optimize_noise(G, x, w=w, noise_init=noise_init, steps=steps_n, lr=lr_n,
-                                  callback=n_cb, early_stop=early_stop, autocast_dtype=autocast_dtype)
+                                  callback=n_cb, early_stop=early_stop, **fast)
     with torch.no_grad(), batch_invariant(G.device):
         images_w = G.synthesize(w, noise_init)
         final = G.synthesize(w, noise)

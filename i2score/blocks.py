@@ -19,11 +19,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from i2score.fastpath import Render, renderer
 from i2score.features import VGG16Features, perceptual_preprocess
 from i2score.generator.network import StyleGAN2, SynthesisState
 from i2score.generator.ops import batch_invariant
@@ -225,12 +227,28 @@ def _make_optimizer(params: list[Tensor], kind: str, lr: float) -> torch.optim.O
     raise ValueError(f"optimizer must be 'adam' or 'gd', got {kind!r}")
 
 
-def _optimize(G: StyleGAN2, objective: Objective, w: Tensor, noise: list[Tensor], **kwargs) -> tuple[Tensor, list[Tensor], BlockResult]:  # type: ignore[no-untyped-def]
+def _optimize(G: StyleGAN2, objective: Objective, w: Tensor, noise: list[Tensor], *,
+              channels_last: bool = False, compile: bool = False,
+              **kwargs: Any) -> tuple[Tensor, list[Tensor], BlockResult]:
+    """Run :func:`_optimize_loop` with G's (optionally channels_last / compiled) synthesis
+    forward, inside the batch-invariant kernel context."""
+    render = renderer(G, channels_last=channels_last, compile=compile)
     with batch_invariant(w.device):
-        return _optimize_loop(G, objective, w, noise, **kwargs)
+        return _optimize_loop(render, objective, w, noise, **kwargs)
 
 
-def _optimize_loop(G: StyleGAN2, objective: Objective, w: Tensor, noise: list[Tensor], *, target: str,
+@dataclass
+class _Fixed:
+    """What the forward pass of the active images needs besides their parameters; rebuilt only
+    when the active set changes, so a step does no index arithmetic (and, on CUDA, no
+    host-to-device copy of an index list)."""
+
+    w0: Tensor  # [B_active, L, w_dim]
+    n0: list[Tensor]  # [B_active, 1, r, r] each
+    var_mask: Tensor | None  # [B_active, L] or [B_active, L-1]
+
+
+def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[Tensor], *, target: str,
                    var_mask: Tensor | None, steps: int, optimizer: str, lr: float, callback: StepCallback | None,
                    early_stop: EarlyStop | None,
                    autocast_dtype: torch.dtype | None) -> tuple[Tensor, list[Tensor], BlockResult]:
@@ -240,6 +258,11 @@ def _optimize_loop(G: StyleGAN2, objective: Objective, w: Tensor, noise: list[Te
     optimiser's element-wise arithmetic then runs on identically shaped tensors whether an
     image is alone or in a batch, and an image that stops early simply leaves the optimiser,
     taking its Adam moments with it, so converged images stop costing compute.
+
+    The loop never reads a device value back on its own except at early-stop checks (every
+    ``check_every`` steps) and at the end; a ``callback`` that reads its loss syncs by choice.
+    Loss, parameters and optimiser state are float32 whatever ``autocast_dtype`` the generator
+    runs under (the image is cast to float32 before the loss).
     """
     t0 = time.perf_counter()
     batch = w.shape[0]
@@ -258,34 +281,44 @@ def _optimize_loop(G: StyleGAN2, objective: Objective, w: Tensor, noise: list[Te
     window: list[Tensor] = []  # per-image loss at past checks, [B_active] each
     history: list[tuple[int, list[float]]] = []
 
-    def compose(idx: list[int]) -> tuple[Tensor, list[Tensor]]:
+    def fixed_for(idx: list[int]) -> _Fixed:
+        if len(idx) == batch:  # everyone: the tensors as they are, no gather
+            return _Fixed(w0, n0, var_mask)
         sel = torch.tensor(idx, device=w.device)
+        return _Fixed(w0[sel], [n[sel] for n in n0], None if var_mask is None else var_mask[sel])
+
+    def cat(parts: list[Tensor]) -> Tensor:
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def compose(idx: list[int], fx: _Fixed) -> tuple[Tensor, list[Tensor]]:
         if target == "w":
-            cur = torch.cat([per_image[b][0] for b in idx])
-            if var_mask is not None:
-                cur = torch.where(var_mask[sel][:, :, None], cur, w0[sel])
-            return cur, [n[sel] for n in n0]
-        maps = [torch.cat([per_image[b][j] for b in idx]) for j in range(len(n0))]
-        if var_mask is not None:
-            maps = [torch.where(var_mask[sel][:, j, None, None, None], m, n0[j][sel]) for j, m in enumerate(maps)]
-        return w0[sel], maps
+            cur = cat([per_image[b][0] for b in idx])
+            if fx.var_mask is not None:
+                cur = torch.where(fx.var_mask[:, :, None], cur, fx.w0)
+            return cur, fx.n0
+        maps = [cat([per_image[b][j] for b in idx]) for j in range(len(n0))]
+        if fx.var_mask is not None:
+            maps = [torch.where(fx.var_mask[:, j, None, None, None], m, fx.n0[j]) for j, m in enumerate(maps)]
+        return fx.w0, maps
 
     def finish(idx: list[int], loss: Tensor, step: int) -> None:
         with torch.no_grad():
-            cw, cn = compose(idx)
+            cw, cn = compose(idx, fixed_for(idx))
+            host_loss = loss.detach().float().cpu()  # one read for all finishing images
             for k, b in enumerate(idx):
                 out_w[b] = cw[k]
                 for j in range(len(out_n)):
                     out_n[j][b] = cn[j][k]
-                final_loss[b] = float(loss[active.index(b)])
+                final_loss[b] = host_loss[active.index(b)]
                 steps_run[b] = step
 
     obj = objective
+    fixed = fixed_for(active)
     loss = torch.zeros(batch)
     for step in range(steps + 1):
-        cw, cn = compose(active)
+        cw, cn = compose(active, fixed)
         with torch.autocast(w.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            image = G.synthesize(cw, cn)
+            image = render(cw, cn)
         loss = obj(image.float())
         reg = obj.regularize(cw)
         if reg is not None:
@@ -319,6 +352,7 @@ def _optimize_loop(G: StyleGAN2, objective: Objective, w: Tensor, noise: list[Te
             return out_w, out_n, BlockResult(final_loss, steps_run, time.perf_counter() - t0, history)
         window = [h[keep] for h in window]
         obj = objective.select(torch.tensor(active, device=w.device))
+        fixed = fixed_for(active)
         kept_params = [p for b in active for p in per_image[b]]
         new_opt = _make_optimizer(kept_params, optimizer, lr)
         for p in kept_params:
@@ -335,7 +369,8 @@ def optimize_w(G: StyleGAN2, x: Tensor, *, w_init: Tensor, noise: Sequence[Tenso
                weights: LossWeights = W_STAGE, style: StyleTerm | None = None, steps: int = 5000,
                optimizer: str = "adam", lr: float = 0.01, w_reg: tuple[Tensor, float] | None = None,
                callback: StepCallback | None = None, early_stop: EarlyStop | None = None,
-               autocast_dtype: torch.dtype | None = None) -> tuple[Tensor, BlockResult]:
+               autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+               compile: bool = False) -> tuple[Tensor, BlockResult]:
     """Masked W+ optimisation ``W_l`` (and, with ``style``, ``W_l + Mst`` as one objective).
 
     Args:
@@ -351,7 +386,10 @@ def optimize_w(G: StyleGAN2, x: Tensor, *, w_init: Tensor, noise: Sequence[Tenso
         steps: optimisation steps; optimizer ``"adam"`` (lr 0.01) or ``"gd"`` (paper: lr 0.8).
         w_reg: ``(w_star [B or 1, L, w_dim], λ)`` adds ``λ·||w − w*||²`` per image (scribble edit).
         early_stop: optional per-image early stopping.
-        autocast_dtype: e.g. ``torch.bfloat16`` to run the generator under autocast.
+        autocast_dtype: e.g. ``torch.bfloat16`` to run the generator under autocast (loss,
+            w and Adam state stay float32).
+        channels_last: NHWC activations in the generator and VGG16 (see :mod:`i2score.fastpath`).
+        compile: ``torch.compile`` the synthesis forward (compiled once per process).
 
     Returns:
         ``(w [B, L, w_dim], BlockResult)``.
@@ -364,7 +402,8 @@ def optimize_w(G: StyleGAN2, x: Tensor, *, w_init: Tensor, noise: Sequence[Tenso
     out_w, _, res = _optimize(G, objective, w0, list(noise), target="w",
                               var_mask=_as_row_mask(w_mask, batch, G.num_ws, x.device), steps=steps,
                               optimizer=optimizer, lr=lr, callback=callback,
-                              early_stop=early_stop, autocast_dtype=autocast_dtype)
+                              early_stop=early_stop, autocast_dtype=autocast_dtype,
+                              channels_last=channels_last, compile=compile)
     return out_w, res
 
 
@@ -372,7 +411,8 @@ def optimize_noise(G: StyleGAN2, x: Tensor, *, w: Tensor, noise_init: Sequence[T
                    mask: Tensor | None = None, noise_mask: Tensor | Sequence[bool] | None = None,
                    weights: LossWeights = NOISE_STAGE, steps: int = 3000, lr: float = 5.0,
                    callback: StepCallback | None = None, early_stop: EarlyStop | None = None,
-                   autocast_dtype: torch.dtype | None = None) -> tuple[list[Tensor], BlockResult]:
+                   autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
+                   compile: bool = False) -> tuple[list[Tensor], BlockResult]:
     """Masked noise optimisation ``Mk_n(M, w, n_ini, x, y)``: w fixed, Adam on the noise maps.
 
     Args:
@@ -383,6 +423,7 @@ def optimize_noise(G: StyleGAN2, x: Tensor, *, w: Tensor, noise_init: Sequence[T
         mask: ``Mm`` ``[B, 1, R, R]`` in [0, 1]; None = all ones.
         noise_mask: ``nm``, bool ``[L-1]`` or ``[B, L-1]``: maps that may change (None = all).
         steps, lr: paper: 3000 steps at Adam lr 5 (deliberately high).
+        autocast_dtype, channels_last, compile: as in :func:`optimize_w`.
 
     Returns:
         ``(noise list of [B, 1, r, r], BlockResult)``.
@@ -395,7 +436,8 @@ def optimize_noise(G: StyleGAN2, x: Tensor, *, w: Tensor, noise_init: Sequence[T
     _, out_n, res = _optimize(G, objective, w_full, list(noise_init), target="noise",
                               var_mask=_as_row_mask(noise_mask, batch, len(noise_init), x.device), steps=steps,
                               optimizer="adam", lr=lr, callback=callback,
-                              early_stop=early_stop, autocast_dtype=autocast_dtype)
+                              early_stop=early_stop, autocast_dtype=autocast_dtype,
+                              channels_last=channels_last, compile=compile)
     return out_n, res
 
 
@@ -456,13 +498,13 @@ def blend_activations(G: StyleGAN2, base: tuple[Tensor, Sequence[Tensor]], donor
 
 
 __all__ = [
+    "NOISE_STAGE",
+    "W_STAGE",
     "BlockResult",
     "EarlyStop",
     "LossWeights",
-    "NOISE_STAGE",
     "Objective",
     "StyleTerm",
-    "W_STAGE",
     "blend_activations",
     "optimize_noise",
     "optimize_w",

@@ -133,45 +133,101 @@ bench_app = typer.Typer(help="Benchmarks (measured, never assumed): embedding th
 app.add_typer(bench_app, name="bench")
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise typer.BadParameter(f"expected comma-separated integers, got {text!r}") from e
+def _batch_list(text: str) -> list[int | str]:
+    """``"1,8,auto"`` -> ``[1, 8, "auto"]``."""
+    out: list[int | str] = []
+    for v in (v.strip() for v in text.split(",")):
+        if not v:
+            continue
+        if v == "auto":
+            out.append(v)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError as e:
+            raise typer.BadParameter(f"expected comma-separated integers or 'auto', got {text!r}") from e
+    return out
+
+
+def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in names if d not in allowed]
+    if bad:
+        raise typer.BadParameter(f"unknown {what}(s) {bad}; use {' and/or '.join(allowed)}")
+    return names
 
 
 @bench_app.command("embed")
 def bench_embed_cmd(
     resolution: Annotated[int, typer.Option(help="Generator resolution (power of two).")] = 64,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,2,4,8",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes; 'auto' = the largest batch "
+                                                  "whose W+ step fits in GPU memory (on CPU: --max-batch).")] = "1,2,4,8",
     dtype: Annotated[str, typer.Option(help="Comma-separated: fp32, bf16 (autocast).")] = "fp32",
     device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
     channel_max: Annotated[int, typer.Option(help="Channel cap (512 = config-f).")] = 512,
+    channel_multiplier: Annotated[float, typer.Option(help="Channel multiplier (2 = config-f).")] = 2.0,
+    model: Annotated[str | None, typer.Option(help="Time this model (registry name or path, e.g. demo-faces-64) "
+                                                   "instead of a random generator; overrides the shape options.")] = None,
+    kernels: Annotated[str, typer.Option(help="Comma-separated: invariant (the engine's default, reproducible), "
+                                              "fast (PyTorch's ordinary kernels).")] = "invariant",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Also measure channels_last rows.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Also measure torch.compile rows (compiles once; "
+                                                            "needs a C compiler on CPU).")] = False,
+    reference: Annotated[bool, typer.Option(help="Also time the per-image reference loop (batch 1, fp32, ordinary "
+                                                 "kernels, loss.item() each step) and report ratios over it.")] = True,
+    max_batch: Annotated[int, typer.Option(help="Upper bound of --batch-sizes auto.")] = 64,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: PyTorch's default). On a shared machine "
+                                              "also set OMP_WAIT_POLICY=PASSIVE.")] = 0,
     repeats: Annotated[int, typer.Option(help="Timed calls per measurement (median).")] = 5,
     steps_per_timing: Annotated[int, typer.Option(help="Optimisation steps per timed call.")] = 3,
     out_dir: Annotated[Path, typer.Option(help="Where bench-embed.json and .md go.")] = Path("bench-out"),
 ) -> None:
-    """Steps/s and images/s of both embedding stages over batch sizes (random weights)."""
-    from i2score.bench import bench_embed, rows_to_markdown, write_report
+    """Steps/s and images/hour (5000+3000 schedule) of both embedding stages, against a per-image
+    reference loop measured in the same run (random weights unless --model)."""
+    import torch
+
+    from i2score.bench import bench_embed, bench_reference, rows_to_markdown, write_report
     from i2score.features import load_vgg16
 
-    dtypes = [d.strip() for d in dtype.split(",") if d.strip()]
-    bad = [d for d in dtypes if d not in ("fp32", "bf16")]
-    if bad:
-        raise typer.BadParameter(f"unknown dtype(s) {bad}; use fp32 and/or bf16")
+    dtypes = _names(dtype, ("fp32", "bf16"), "dtype")
+    kernel_names = _names(kernels, ("invariant", "fast"), "kernel")
+    batches = _batch_list(batch_sizes)
+    if threads > 0:
+        torch.set_num_threads(threads)
     console = Console(stderr=True)
     if "bf16" in dtypes and device == "cpu":
         from i2score.bench import cpu_has_native_bf16
 
         if cpu_has_native_bf16() is False:
             console.print("note: this CPU has no native bf16 (avx512_bf16/amx); bf16 rows measure emulation")
-    rows = bench_embed(resolution=resolution, batch_sizes=_int_list(batch_sizes), dtypes=dtypes, device=device,
-                       channel_max=channel_max, repeats=repeats, steps_per_timing=steps_per_timing,
-                       vgg=load_vgg16(), progress=console.print)
+    G = None
+    if model is not None:
+        from i2score.generator.loaders import load_generator
+
+        G = load_generator(model, device=device)
+        resolution = G.resolution
+    vgg = load_vgg16(device=device)
+    timing = {"repeats": repeats, "steps_per_timing": steps_per_timing}
+    ref_rows = []
+    if reference:
+        from i2score.generator.network import StyleGAN2
+
+        G_ref = G if G is not None else StyleGAN2(resolution, channel_max=channel_max,
+                                                  channel_multiplier=channel_multiplier, seed=0).to(device)
+        ref_rows.append(bench_reference(G_ref, vgg, model=model or "random", **timing))
+        console.print(f"reference loop: {ref_rows[0].w_steps_per_s:.2f} W-steps/s, "
+                      f"{ref_rows[0].images_per_hour_paper:.1f} images/h (5000+3000)")
+    rows = bench_embed(resolution=resolution, batch_sizes=batches, dtypes=dtypes, device=device,
+                       channel_max=channel_max, channel_multiplier=channel_multiplier, vgg=vgg,
+                       kernels=kernel_names, channels_last=(False, True) if channels_last else (False,),
+                       compile=(False, True) if compile else (False,), G=G, model=model or "random",
+                       max_batch=max_batch, progress=console.print, **timing)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = out_dir / f"bench-embed-{resolution}-{device.replace(':', '')}"
-    write_report(rows, f"{stem}.json", f"{stem}.md")
-    typer.echo(rows_to_markdown(rows))
+    settings = {"batch_sizes": batches, "dtypes": dtypes, "kernels": kernel_names, "channels_last": channels_last,
+                "compile": compile, "model": model, "max_batch": max_batch, **timing}
+    write_report(rows, f"{stem}.json", f"{stem}.md", reference=ref_rows, device=device, settings=settings)
+    typer.echo(rows_to_markdown(rows, ref_rows))
     typer.echo(f"wrote {stem}.json and {stem}.md")
 
 

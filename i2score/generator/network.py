@@ -176,14 +176,22 @@ class SynthesisNetwork(nn.Module):
         )
         self.register_buffer("fir", make_fir_filter(), persistent=False)
 
-    def run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int | None = None) -> SynthesisState:
-        """Run convs ``state.layer + 1 .. stop`` (``0 .. stop`` when ``state`` is None)."""
-        with batch_invariant(self.const.device):
-            return self._run(state, w, noise, self.cfg.num_convs - 1 if stop is None else stop)
+    def run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int | None = None,
+            *, channels_last: bool = False) -> SynthesisState:
+        """Run convs ``state.layer + 1 .. stop`` (``0 .. stop`` when ``state`` is None).
 
-    def _run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int) -> SynthesisState:
+        ``channels_last`` starts from an NHWC activation; every later op keeps that layout
+        (see :func:`i2score.fastpath.channels_last`, which also converts the weights)."""
+        with batch_invariant(self.const.device):
+            return self._run(state, w, noise, self.cfg.num_convs - 1 if stop is None else stop,
+                             channels_last=channels_last)
+
+    def _run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int,
+             channels_last: bool = False) -> SynthesisState:
         if state is None:
             x = self.const.to(w.dtype)[None].expand(w.shape[0], -1, -1, -1)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             rgb, start = None, 0
         else:
             x, rgb, start = state.x, state.rgb, state.layer + 1
@@ -330,13 +338,16 @@ class StyleGAN2(nn.Module):
             if n.ndim != 4 or tuple(n.shape[1:]) != s or n.shape[0] not in (1, w.shape[0]):
                 raise ValueError(f"noise[{i}] must be [B, {s[0]}, {s[1]}, {s[2]}], got {list(n.shape)}")
 
-    def synthesize(self, w: Tensor, noise: Sequence[Tensor]) -> Tensor:
+    def synthesize(self, w: Tensor, noise: Sequence[Tensor], *, channels_last: bool = False) -> Tensor:
         """Render ``w [B, L, w_dim]`` with ``noise`` (list of ``[B, 1, r, r]``).
+
+        ``channels_last`` runs the convolutions on NHWC activations (same values to float
+        rounding; faster where the conv kernels prefer NHWC, e.g. cuDNN with bf16).
 
         Returns ``[B, 3, R, R]``, nominally in [-1, 1].
         """
         self._check(w, noise)
-        state = self.synthesis.run(None, w, noise)
+        state = self.synthesis.run(None, w, noise, channels_last=channels_last)
         assert state.rgb is not None
         return state.rgb
 

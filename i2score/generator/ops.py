@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import weakref
 from collections.abc import Iterator
 
 import torch
@@ -40,6 +41,15 @@ def fast_kernels() -> Iterator[None]:
         _batch_invariance_enabled = previous
 
 
+def memory_format_of(x: Tensor) -> torch.memory_format:
+    """``torch.channels_last`` for an NHWC-strided 4-D tensor, else ``torch.contiguous_format``.
+
+    Tensors whose layout is ambiguous (one channel, or 1x1 spatial) count as contiguous."""
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
 def make_fir_filter(taps: tuple[float, ...] = (1.0, 3.0, 3.0, 1.0)) -> Tensor:
     """Separable 2-D FIR filter, normalised to sum 1. Returns ``[k, k]`` float32."""
     f1 = torch.tensor(taps, dtype=torch.float32)
@@ -63,14 +73,61 @@ def upfirdn2d(x: Tensor, fir: Tensor, *, up: int = 1, pad: tuple[int, int] = (0,
     """
     b, c, h, w = x.shape
     if up > 1:
+        fmt = memory_format_of(x)
         # Zero insertion: every input pixel lands on the top-left of an up x up cell.
         x = x.reshape(b, c, h, 1, w, 1)
         x = F.pad(x, (0, up - 1, 0, 0, 0, up - 1))
-        x = x.reshape(b, c, h * up, w * up)
+        # The 6-D detour comes back in NCHW order; restore the caller's layout so a
+        # channels_last forward pass stays channels_last (a no-op for NCHW inputs).
+        x = x.reshape(b, c, h * up, w * up).contiguous(memory_format=fmt)
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
+    if _batch_invariance_enabled and x.device.type == "cpu":
+        taps = _separable_taps(fir)
+        if taps is not None:
+            return _fir_separable(x, [t * gain for t in taps[0]], taps[1])
     k = (fir * gain).flip([0, 1]).to(dtype=x.dtype, device=x.device)
     weight = k[None, None].expand(c, 1, *k.shape)
     return F.conv2d(x, weight, groups=c)
+
+
+# Per FIR tensor (by id, with a weak reference that detects a recycled id): its version counter
+# and the separable taps of the flipped filter, or None when it is not separable. Read once per
+# filter, not once per call. (Tensors cannot key a WeakKeyDictionary: ``==`` is element-wise.)
+_SEPARABLE: dict[int, tuple[weakref.ref[Tensor], int, tuple[list[float], list[float]] | None]] = {}
+
+
+def _separable_taps(fir: Tensor) -> tuple[list[float], list[float]] | None:
+    """``(taps_h, taps_w)`` with ``outer(taps_h, taps_w) == fir.flip([0, 1])`` (a true
+    convolution's kernel), or None when ``fir`` is not a rank-1 (separable) filter."""
+    hit = _SEPARABLE.get(id(fir))
+    if hit is not None and hit[0]() is fir and hit[1] == fir._version:
+        return hit[2]
+    f = fir.detach().double().cpu().flip([0, 1])
+    total = f.sum()
+    col, row = f.sum(dim=1) / total, f.sum(dim=0)
+    taps = (col.tolist(), row.tolist()) if torch.allclose(torch.outer(col, row), f, rtol=0, atol=1e-12) else None
+    _SEPARABLE[id(fir)] = (weakref.ref(fir), fir._version, taps)
+    return taps
+
+
+def _fir_separable(x: Tensor, taps_h: list[float], taps_w: list[float]) -> Tensor:
+    """Valid 2-D correlation of every channel of ``x [B, C, H, W]`` with ``outer(taps_h, taps_w)``
+    as two 1-D passes: ``[B, C, H - kh + 1, W - kw + 1]``.
+
+    The batch-invariant CPU path of the FIR blur. PyTorch's native (non-oneDNN) depthwise
+    convolution loops over channel groups and is the slowest op of the generator's backward
+    (3x the whole rest of the narrow demo model). Plain multiplies by a scalar and plain adds
+    are exactly rounded, hence computed identically at any position of any batch (no fused
+    multiply-add whose use could differ between vectorised body and scalar tail)."""
+    kh, kw = len(taps_h), len(taps_w)
+    ho, wo = x.shape[-2] - kh + 1, x.shape[-1] - kw + 1
+    acc = x[..., :, 0:wo] * taps_w[0]
+    for t in range(1, kw):
+        acc = acc + x[..., :, t:t + wo] * taps_w[t]
+    out = acc[..., 0:ho, :] * taps_h[0]
+    for t in range(1, kh):
+        out = out + acc[..., t:t + ho, :] * taps_h[t]
+    return out
 
 
 def upsample2d(x: Tensor, fir: Tensor) -> Tensor:
@@ -92,7 +149,9 @@ def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterato
     alone and inside a batch can differ in the last bits, and the noise stage's Adam at lr 5
     amplifies that. PyTorch's native CPU kernels work image by image and are batch invariant
     (about 25% slower on large layers, 2-3x slower on the narrow demo model), so inside this
-    block oneDNN is off.
+    block oneDNN is off. So is NNPACK: without oneDNN, PyTorch switches forward convolutions to
+    NNPACK from batch 16 up (measured: the demo model rendered an image differently, by 1e-5,
+    alone and in a batch of 16).
 
     CUDA: cuDNN's autotuner and its atomic-add backward kernels make two runs with the same seed
     differ (measured on an H100: w after 300+300 steps differed by up to 0.4), so inside this
@@ -105,12 +164,14 @@ def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterato
     kind = torch.device(device).type
     if kind == "cpu":
         # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
-        previous = torch.backends.mkldnn.enabled
+        previous = torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
         torch.backends.mkldnn.enabled = False
+        torch._C._set_nnpack_enabled(False)
         try:
             yield
         finally:
-            torch.backends.mkldnn.enabled = previous
+            torch.backends.mkldnn.enabled = previous[0]
+            torch._C._set_nnpack_enabled(previous[1])
     elif kind == "cuda":
         cudnn = torch.backends.cudnn
         saved = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
@@ -182,7 +243,7 @@ def modulated_conv2d(x: Tensor, weight: Tensor, styles: Tensor, *, demodulate: b
     Returns:
         ``[B, Cout, H, W]`` (``2H, 2W`` when ``up``).
     """
-    cout, cin, kh, kw = weight.shape
+    kw = weight.shape[-1]
     x = x * styles.to(x.dtype)[:, :, None, None]
     w = weight.to(x.dtype)
     if up:
