@@ -39,6 +39,13 @@ def add_progress_listener(fn: ProgressListener) -> Callable[[], None]:
     return lambda: _listeners.remove(fn)
 
 
+def _notify(done: int, total: int, info: dict[str, Any]) -> None:
+    # A module-level function, so that pickling the run-batches flow for a Dask worker refers to
+    # it by name instead of copying the listeners (a progress bar holds locks) into the payload.
+    for fn in _listeners:
+        fn(done, total, info)
+
+
 def _absolute(url: str) -> str:
     """Local paths become absolute, so workers started elsewhere agree on them."""
     return url if "://" in url else os.path.abspath(url)
@@ -99,8 +106,7 @@ def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, l
                 failed += 1
             done += 1
             update_progress_artifact(progress, 100.0 * done / max(total, 1))
-            for fn in _listeners:
-                fn(done, total, info)
+            _notify(done, total, info)
     return failed
 
 
