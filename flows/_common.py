@@ -1,6 +1,6 @@
 """What every flow does: plan, run the batches phase by phase, report.
 
-The flows differ only in their parameters; the work is in :mod:`i2score.jobs`, reached through
+The flows differ only in their parameters; the work is in :mod:`i2score.runs.execute`, reached through
 the tasks of :mod:`tasks.batches`.
 """
 
@@ -22,7 +22,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 
 from flows.runners import check_runner, local_task_runner, task_runner_for
-from i2score import jobs, storage
+from i2score.runs import execute as jobs
+from i2score.data import storage
 from tasks import batches
 
 #: Where runs and the latent cache go when no root is given (a local folder).

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows._common import DEFAULT_ROOT, local_task_runner, run_job
-from i2score.jobs import JobConfig
+from i2score.runs.execute import JobConfig
 
 
 @flow(name="augment", task_runner=local_task_runner(), validate_parameters=True)
@@ -18,7 +18,7 @@ def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: 
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
     mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
-    :mod:`i2score.augment`). Writes ``runs/<run-id>/dataset.csv``, a manifest of the new
+    :mod:`i2score.method.applications.augment`). Writes ``runs/<run-id>/dataset.csv``, a manifest of the new
     dataset (the originals too unless ``include_originals`` is False) with each image's source,
     partner, op and parameters. Returns ids, counts and the report's URL.
     """

@@ -1,4 +1,4 @@
-"""The ``i2s`` command: the library's commands (:mod:`i2score.cli`) plus the flows.
+"""The ``i2s`` command: the library's commands (:mod:`i2score.cli.app`) plus the flows.
 
 Flow commands run the Prefect flow in this process (without ``PREFECT_API_URL`` Prefect starts a
 temporary local server for the run's bookkeeping), show a progress bar per batch and print
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from i2score.cli import app
+from i2score.cli.app import app
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "manifests" / "demo"
 

@@ -12,7 +12,7 @@ from prefect.futures import wait
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows._common import DEFAULT_ROOT, _absolute, local_task_runner
-from i2score import storage
+from i2score.data import storage
 from tasks import shards
 
 KINDS = ("reconstruct", "inpaint", "edit", "augment")

@@ -21,10 +21,10 @@ _EXPORTS = {
     "Generator": "i2score.generator.network",
     "GeneratorConfig": "i2score.generator.network",
     "StyleGAN2": "i2score.generator.network",
-    "load_generator": "i2score.generator.loaders",
-    "Latents": "i2score.latents",
-    "ReconstructionResult": "i2score.applications",
-    "reconstruct": "i2score.applications",
+    "load_generator": "i2score.generator.checkpoints.load",
+    "Latents": "i2score.data.latents",
+    "ReconstructionResult": "i2score.method.applications.reconstruct",
+    "reconstruct": "i2score.method.applications.reconstruct",
 }
 
 __all__ = [
@@ -39,10 +39,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from i2score.applications import ReconstructionResult, reconstruct
-    from i2score.generator.loaders import load_generator
+    from i2score.method.applications.reconstruct import ReconstructionResult, reconstruct
+    from i2score.generator.checkpoints.load import load_generator
     from i2score.generator.network import Generator, GeneratorConfig, StyleGAN2
-    from i2score.latents import Latents
+    from i2score.data.latents import Latents
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,8 @@
 """The tasks of every flow: plan a run, run one batch, finish the run.
 
 One task per batch, never per image. Tasks retry only on transient storage errors (5xx,
-throttling, timeouts, dropped connections, as :func:`i2score.storage.is_transient` decides);
-anything else is either recorded against the rows it affects (inside :mod:`i2score.jobs`) or a
+throttling, timeouts, dropped connections, as :func:`i2score.data.storage.is_transient` decides);
+anything else is either recorded against the rows it affects (inside :mod:`i2score.runs.execute`) or a
 real bug that should fail loudly. Caching is off (``NO_CACHE``): i2score's content-addressed
 latent cache and the run's batch records are what make re-runs cheap, and Prefect would
 otherwise hash every input on every call.
@@ -15,7 +15,11 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2score import jobs, reports, storage
+from i2score.runs import execute as jobs
+
+from i2score.runs import report as reports
+
+from i2score.data import storage
 from tasks.workers import prepare_worker
 
 RETRY_DELAYS = [2, 10, 30]
@@ -37,7 +41,7 @@ _OPTIONS: dict[str, Any] = {"retries": len(RETRY_DELAYS), "retry_delay_seconds":
 @task(name="plan-run", **_OPTIONS)
 def plan_run(config: dict[str, Any]) -> dict[str, Any]:
     """Validate, hash inputs, look up the cache and write the batch specs (see
-    :func:`i2score.jobs.plan_run`). Returns the plan's ids and counts."""
+    :func:`i2score.runs.execute.plan_run`). Returns the plan's ids and counts."""
     return jobs.plan_run(jobs.JobConfig.from_json(config)).to_json()
 
 
@@ -56,5 +60,5 @@ def finish_run(root: str, run_id: str, attempt: str, wall_seconds: float) -> dic
 @task(name="record-batch-failure", **_OPTIONS)
 def record_batch_failure(root: str, run_id: str, batch_id: str, attempt: str, message: str) -> None:
     """A batch failed for good: its rows go to the run's errors (see
-    :func:`i2score.jobs.record_batch_failure`)."""
+    :func:`i2score.runs.execute.record_batch_failure`)."""
     jobs.record_batch_failure(root, run_id, batch_id, attempt, message)

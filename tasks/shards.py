@@ -8,13 +8,13 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
-from i2score import shards
+from i2score.runs import shards
 from tasks.batches import _OPTIONS
 
 
 @task(name="split-manifest", **_OPTIONS)
 def split_manifest(manifest: str, root: str, kind: str, rows_per_shard: int, job: dict[str, Any]) -> dict[str, Any]:
-    """Validate and split the manifest (see :func:`i2score.shards.split_manifest`)."""
+    """Validate and split the manifest (see :func:`i2score.runs.shards.split_manifest`)."""
     return shards.split_manifest(manifest, root, kind=kind, rows_per_shard=rows_per_shard, job=job).to_json()
 
 

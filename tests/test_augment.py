@@ -12,16 +12,16 @@ from collections import Counter
 import pytest
 import torch
 
-from i2score.augment import (
+from i2score.method.applications.augment import (
     AUGMENT_OPS,
     Augmentation,
     crossover_mask,
     plan_augmentations,
     run_augmentations,
 )
-from i2score.edits import crossover, morph, style_mix
-from i2score.latents import Latents
-from i2score.sample_data import free_hole, rect_hole
+from i2score.method.applications.edits import crossover, morph, style_mix
+from i2score.data.latents import Latents
+from i2score.demo.sample_data import free_hole, rect_hole
 
 IDS = ["img-a", "img-b", "img-c", "img-d"]
 STEPS = {"steps_w": 3, "steps_n": 3}

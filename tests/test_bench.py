@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from i2score.cli import app
+from i2score.cli.app import app
 
 
 def test_bench_embed_writes_json_and_markdown(tmp_path):
@@ -37,7 +37,7 @@ def test_bench_ladder_on_a_random_generator():
 # -- reference loop, ratios, engine options ----------------------------------------------------
 
 def test_images_per_hour_and_ratios_come_from_the_measured_times():
-    from i2score.bench import add_reference_ratios, images_per_hour, make_row, rows_to_markdown
+    from i2score.bench.embed import add_reference_ratios, images_per_hour, make_row, rows_to_markdown
 
     common = {"resolution": 64, "channel_max": 128, "dtype": "fp32", "device": "cpu", "repeats": 3}
     ref = make_row(batch=1, w_step_s=0.1, n_step_s=0.05, loop="reference", kernels="fast", **common)
@@ -61,8 +61,8 @@ def test_images_per_hour_and_ratios_come_from_the_measured_times():
 
 def test_reference_loop_is_the_same_objective_as_the_engine(small_G, vgg, target_images):
     """Its first logged loss (before any update) equals the engine's loss at the start point."""
-    from i2score.bench import reference_stage
-    from i2score.blocks import optimize_noise, optimize_w
+    from i2score.bench.embed import reference_stage
+    from i2score.method.blocks import optimize_noise, optimize_w
 
     x = target_images[:1]
     w0 = small_G.mean_w(1000, 0)[None, None].expand(1, small_G.num_ws, -1).clone()
@@ -82,7 +82,7 @@ def test_reference_loop_is_the_same_objective_as_the_engine(small_G, vgg, target
 def test_reference_and_batched_loops_give_the_same_kind_of_rows(vgg):
     from dataclasses import fields
 
-    from i2score.bench import EmbedBenchRow, bench_embed, bench_reference
+    from i2score.bench.embed import EmbedBenchRow, bench_embed, bench_reference
     from i2score.generator.network import StyleGAN2
 
     G = StyleGAN2(8, channel_max=8, n_mapping=1, seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i2score.blocks import EarlyStop, LossWeights, StyleTerm, blend_activations, optimize_noise, optimize_w
+from i2score.method.blocks import EarlyStop, LossWeights, StyleTerm, blend_activations, optimize_noise, optimize_w
 
 
 def _start(G, batch):

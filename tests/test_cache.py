@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from i2score import storage
-from i2score.cache import (
+from i2score.data import storage
+from i2score.data.cache.store import (
     CorruptEntryError,
     LatentCache,
     _key_from_fields,
@@ -23,7 +23,7 @@ from i2score.cache import (
     make_source,
     npz_path,
 )
-from i2score.latents import Latents
+from i2score.data.latents import Latents
 
 GEN_SHA = "ab" * 32
 PARAMS = {"steps_w": 100, "steps_n": 50, "lr_w": 0.01, "seed": 0, "init": "mean"}
@@ -291,7 +291,7 @@ def test_float16_noise_round_trip(storage_root):
 
 # -- local only --------------------------------------------------------------------------------
 def test_lookup_reads_each_part_once_and_no_npz(tmp_path, monkeypatch):
-    import i2score.cache as cache_mod
+    import i2score.data.cache.store as cache_mod
 
     cache = LatentCache(str(tmp_path))
     n = 40
@@ -313,7 +313,7 @@ def test_cli_cache_commands(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from i2score.cli_cache import cache_app
+    from i2score.cli.cache import cache_app
 
     app = typer.Typer()
     app.add_typer(cache_app, name="cache")
@@ -335,7 +335,7 @@ def test_cli_cache_commands(tmp_path):
 
 
 def test_bench_cache_lookup_small(tmp_path):
-    from i2score.bench_cache import bench_cache_lookup
+    from i2score.bench.cache import bench_cache_lookup
 
     out = bench_cache_lookup(str(tmp_path), 600, w_shape=(4, 512), rows_per_part=250, repeats=1)
     assert out["parts"] == 3 and out["index_rows"] == 600

@@ -16,16 +16,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from i2score.applications import inpaint, reconstruct
-from i2score.bench_edits import seam_gradient_energy
-from i2score.bench_quality import _load_mask, _load_rgb, telea_inpaint
-from i2score.edits import crossover, local_style_transfer, scribble_edit
-from i2score.features import load_lpips
-from i2score.generator.loaders import load_generator
+from i2score.method.applications.reconstruct import inpaint, reconstruct
+from i2score.bench.edits import seam_gradient_energy
+from i2score.bench.quality import _load_mask, _load_rgb, telea_inpaint
+from i2score.method.applications.edits import crossover, local_style_transfer, scribble_edit
+from i2score.features.vgg16 import load_lpips
+from i2score.generator.checkpoints.load import load_generator
 from i2score.generator.ops import fast_kernels
-from i2score.latents import Latents
-from i2score.masks import enlarged_soft_mask
-from i2score.metrics import psnr
+from i2score.data.latents import Latents
+from i2score.method.masks import enlarged_soft_mask
+from i2score.method.metrics import psnr
 
 SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
 EMBED_STEPS = (300, 300)

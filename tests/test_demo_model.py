@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from i2score.applications import reconstruct
-from i2score.cli import app
-from i2score.generator.loaders import load_generator
+from i2score.method.applications.reconstruct import reconstruct
+from i2score.cli.app import app
+from i2score.generator.checkpoints.load import load_generator
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import (
     DEFAULT_MODEL,

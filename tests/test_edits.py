@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2score.edits import (
+from i2score.method.applications.edits import (
     attribute_transfer,
     crossover,
     expression_transfer,
@@ -18,8 +18,8 @@ from i2score.edits import (
     scribble_edit,
     style_mix,
 )
-from i2score.latents import Latents
-from i2score.masks import dilate
+from i2score.data.latents import Latents
+from i2score.method.masks import dilate
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_edits_reject_mismatched_batches(small_G, vgg, codes) -> None:
 
 
 def test_contact_sheet_layout(small_G, codes) -> None:
-    from i2score.contact_sheet import Cell, batch_cells, contact_sheet, grid_tensor
+    from i2score.runs.contact_sheet import Cell, batch_cells, contact_sheet, grid_tensor
 
     x = _render(small_G, codes).clamp(-1, 1)
     mask = _box(32, 0, 16, 0, 32)[0]
@@ -141,7 +141,7 @@ def test_contact_sheet_layout(small_G, codes) -> None:
 
 
 def test_bench_edits_writes_every_sheet(tmp_path) -> None:
-    from i2score.bench_edits import edits_report, seam_gradient_energy
+    from i2score.bench.edits import edits_report, seam_gradient_energy
     from i2score.generator.network import StyleGAN2
 
     G = StyleGAN2(64, channel_max=16, n_mapping=1, seed=2)

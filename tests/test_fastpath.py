@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from i2score import fastpath
-from i2score.blocks import EarlyStop, LossWeights, optimize_noise, optimize_w
-from i2score.fastpath import _search_largest, compiled_synthesis, has_c_compiler, largest_fitting_batch
+from i2score.generator import fastpath
+from i2score.method.blocks import EarlyStop, LossWeights, optimize_noise, optimize_w
+from i2score.generator.fastpath import _search_largest, compiled_synthesis, has_c_compiler, largest_fitting_batch
 from i2score.generator.network import StyleGAN2
 from i2score.generator.ops import batch_invariant
 

@@ -1,4 +1,4 @@
-"""Tests for i2score.features: weight resolution, the numpy-only unpickler, VGG16, LPIPS."""
+"""Tests for i2score.features.vgg16: weight resolution, the numpy-only unpickler, VGG16, LPIPS."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from i2score import features as fe
+from i2score.features import vgg16 as fe
 
 # torchvision's vgg16().features conv tensors, written out independently of the module's table.
 TORCHVISION_SHAPES: dict[str, tuple[int, ...]] = {

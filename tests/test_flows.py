@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from i2score import storage
-from i2score.cache import LatentCache
+from i2score.data import storage
+from i2score.data.cache.store import LatentCache
 
 DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
 SCHEDULE = "4+4/3+3"  # embedding 4 + 4 steps, edits and inpainting 3 + 3
@@ -140,12 +140,12 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     assert (s["rows"]["outputs"], s["rows"]["failed"]) == (4, 3)
 
     # A batch whose computation fails records its rows and the other batches finish.
-    import i2score.edits
+    import i2score.method.applications.edits
 
     def broken_morph(*args, **kwargs):
         raise RuntimeError("simulated failure inside morph")
 
-    monkeypatch.setattr(i2score.edits, "morph", broken_morph)
+    monkeypatch.setattr(i2score.method.applications.edits, "morph", broken_morph)
     edit_manifest = _manifest(root, "e.csv", ["id", "op", "image", "ref", "params"], [
         ["mix", "style_mix", good[0], good[1], ""],
         ["morph", "morph", good[0], good[1], ""],
@@ -229,7 +229,7 @@ def test_inpaint_and_augment_flows(tmp_path):
                   device="cpu")
     assert res["outputs"] == 6 and res["failed"] == 0
     dataset = storage.join(res["run_url"], "dataset.csv")
-    from i2score.manifest import validate_manifest
+    from i2score.data.manifest.validate import validate_manifest
 
     v = validate_manifest(dataset, kind="reconstruct", check_files=True)
     assert v.ok and len(v.rows) == 3 + 6

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from i2score.images import (
+from i2score.data.images import (
     DEFAULT_MAX_PIXELS,
     FIT_POLICIES,
     ImageError,

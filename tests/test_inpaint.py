@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i2score.applications import inpaint, inpainting_w_rows
-from i2score.bench_quality import telea_inpaint
-from i2score.masks import as_mask, dilate, enlarged_soft_mask, gaussian_blur
-from i2score.metrics import psnr
+from i2score.method.applications.reconstruct import inpaint, inpainting_w_rows
+from i2score.bench.quality import telea_inpaint
+from i2score.method.masks import as_mask, dilate, enlarged_soft_mask, gaussian_blur
+from i2score.method.metrics import psnr
 
 
 def _hole(res: int, y0: int, y1: int, x0: int, x1: int) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""i2score.jobs without Prefect: batches prefetch the inputs of the next batch."""
+"""i2score.runs.execute without Prefect: batches prefetch the inputs of the next batch."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-from i2score import jobs
+from i2score.runs import execute as jobs
 
 DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
 

@@ -42,7 +42,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2score.generator.loaders import (
+from i2score.generator.checkpoints.load import (
     CheckpointMismatchError,
     PickledObject,
     UnsafePickleError,

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from i2score import storage
-from i2score.manifest import (
+from i2score.data import storage
+from i2score.data.manifest.validate import (
     OPS,
     REASON_DESCRIPTIONS,
     Manifest,
@@ -373,7 +373,7 @@ def test_relative_manifest_path_and_storage_root(storage_root, tmp_path, monkeyp
 
 def test_schema_file_matches_the_ops_table():
     on_disk = json.loads((REPO / "manifests" / "schema.json").read_text())
-    assert on_disk == row_json_schema(), "regenerate: python -m i2score.manifest > manifests/schema.json"
+    assert on_disk == row_json_schema(), "regenerate: python -m i2score.data.manifest.validate > manifests/schema.json"
     assert set(on_disk["properties"]["op"]["enum"]) == set(OPS)
     readme = (REPO / "manifests" / "README.md").read_text()
     for code in Reason:
@@ -393,7 +393,7 @@ def test_cli_validate(tmp_path):
     import typer
     from typer.testing import CliRunner
 
-    from i2score.cli_manifest import validate_cmd
+    from i2score.cli.validate import validate_cmd
 
     app = typer.Typer()
     app.command("validate")(validate_cmd)
@@ -415,7 +415,7 @@ def test_cli_validate(tmp_path):
 
 
 def test_validation_is_fast(tmp_path):
-    from i2score.bench_manifest import bench_validate
+    from i2score.bench.manifest import bench_validate
 
     out = bench_validate(100, str(tmp_path))
     assert out["rows"] == 100 and out["rejected"] == 2 and out["valid"] == 98  # a duplicate: both rows

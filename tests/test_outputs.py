@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import i2score
-from i2score import storage
-from i2score.images import decode_image, to_tensor
-from i2score.manifest import Manifest, Rejection
-from i2score.outputs import (
+from i2score.data import storage
+from i2score.data.images import decode_image, to_tensor
+from i2score.data.manifest.validate import Manifest, Rejection
+from i2score.runs.outputs import (
     ERRORS_SCHEMA,
     OUTPUT_SCHEMA,
     OutputRecord,

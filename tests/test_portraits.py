@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from i2score.manifest import validate_manifest
-from i2score.portraits import (
+from i2score.data.manifest.validate import validate_manifest
+from i2score.demo.portraits import (
     HELDOUT_SEED_BASE,
     REGIONS,
     TRAIN_SEEDS,
@@ -18,7 +18,7 @@ from i2score.portraits import (
     render_portrait,
     sample_params,
 )
-from i2score.sample_data import free_hole, rect_hole, write_sample_data
+from i2score.demo.sample_data import free_hole, rect_hole, write_sample_data
 
 SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
 
@@ -90,7 +90,7 @@ def test_sample_manifests_validate(kind: str, fmt: str) -> None:
 
 
 def test_render_portrait_overrides_change_one_factor_and_reject_bad_ones() -> None:
-    from i2score.portraits import render_portrait
+    from i2score.demo.portraits import render_portrait
 
     neutral = render_portrait(1_000_014, 64, mouth="closed").astype(int)
     smile = render_portrait(1_000_014, 64, mouth="smile").astype(int)

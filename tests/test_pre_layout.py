@@ -15,8 +15,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from i2score.cache import LatentCache
-from i2score.jobs import JobConfig, plan_run
+from i2score.data.cache.store import LatentCache
+from i2score.runs.execute import JobConfig, plan_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_layout"
 BASE = "memory://i2s-pre-layout"

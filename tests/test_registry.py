@@ -16,7 +16,7 @@ import fsspec
 import pytest
 from typer.testing import CliRunner
 
-from i2score.cli import app
+from i2score.cli.app import app
 from i2score.generator import registry
 from i2score.generator.registry import (
     DOMAINS,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from i2score.shards import split_manifest
+from i2score.runs.shards import split_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 REPO = Path(__file__).resolve().parent.parent

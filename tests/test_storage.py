@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import fsspec
 import pytest
 
-from i2score import storage
+from i2score.data import storage
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzzSECRET"
 KEY_ID = "AKIAI2SCOREEXAMPLE01"
@@ -231,7 +231,7 @@ def faulty_s3(moto_proxy, monkeypatch):
 
 
 def _ours(caplog) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "i2score.storage"]
+    return [r for r in caplog.records if r.name == "i2score.data.storage"]
 
 
 def _assert_clean(text: str) -> None:
@@ -243,14 +243,14 @@ def test_read_and_write_retry_transient_5xx(faulty_s3, caplog):
     proxy, opts, bucket = faulty_s3
     url = f"s3://{bucket}/obj.bin"
     proxy.fail("PUT", f"/{bucket}/obj.bin", status=500, code="InternalError", times=2)
-    with caplog.at_level(logging.WARNING, logger="i2score.storage"):
+    with caplog.at_level(logging.WARNING, logger="i2score.data.storage"):
         storage.write_bytes(url, b"payload", **opts)
     assert proxy.hits[("PUT", f"/{bucket}/obj.bin")] == 3
     assert len(_ours(caplog)) == 2 and "attempt 1/5" in _ours(caplog)[0].getMessage()
 
     proxy.fail("GET", f"/{bucket}/obj.bin", status=503, code="ServiceUnavailable", times=2)
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="i2score.storage"):
+    with caplog.at_level(logging.WARNING, logger="i2score.data.storage"):
         assert storage.read_bytes(url, **opts) == b"payload"
     assert proxy.hits[("GET", f"/{bucket}/obj.bin")] == 3
     assert [r.levelno for r in _ours(caplog)] == [logging.WARNING] * 2
@@ -272,7 +272,7 @@ def test_slowdown_and_timeout_are_retried(faulty_s3):
 
 def test_not_found_and_forbidden_are_not_retried(faulty_s3, caplog):
     proxy, opts, bucket = faulty_s3
-    with caplog.at_level(logging.WARNING, logger="i2score.storage"), pytest.raises(FileNotFoundError) as info:
+    with caplog.at_level(logging.WARNING, logger="i2score.data.storage"), pytest.raises(FileNotFoundError) as info:
         storage.read_bytes(f"s3://{bucket}/missing.bin", **opts)
     assert proxy.hits[("GET", f"/{bucket}/missing.bin")] == 1
     assert info.value.attempts == 1 and not _ours(caplog)
@@ -290,7 +290,7 @@ def test_gives_up_after_attempts_with_clean_error(faulty_s3, caplog):
     url = f"s3://{bucket}/down.bin"
     storage.write_bytes(url, b"down", **opts)
     proxy.fail("GET", f"/{bucket}/down.bin", status=503, code="ServiceUnavailable", times=99)
-    with caplog.at_level(logging.WARNING, logger="i2score.storage"), pytest.raises(OSError) as info:
+    with caplog.at_level(logging.WARNING, logger="i2score.data.storage"), pytest.raises(OSError) as info:
         storage.read_bytes(url, attempts=3, **opts)
     assert proxy.hits[("GET", f"/{bucket}/down.bin")] == 3
     exc = info.value
@@ -310,7 +310,7 @@ def test_connection_errors_are_retried_and_redacted(monkeypatch, caplog):
     monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
     port = free_port()  # nothing listens there
     opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": KEY_ID, "secret": SECRET, "token": TOKEN}
-    with caplog.at_level(logging.WARNING, logger="i2score.storage"):
+    with caplog.at_level(logging.WARNING, logger="i2score.data.storage"):
         with pytest.raises(ConnectionError) as info:
             storage.read_bytes("s3://bucket/key.bin", attempts=2, **opts)
         assert info.value.attempts == 2 and info.value.transient

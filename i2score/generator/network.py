@@ -181,7 +181,7 @@ class SynthesisNetwork(nn.Module):
         """Run convs ``state.layer + 1 .. stop`` (``0 .. stop`` when ``state`` is None).
 
         ``channels_last`` starts from an NHWC activation; every later op keeps that layout
-        (see :func:`i2score.fastpath.channels_last`, which also converts the weights)."""
+        (see :func:`i2score.generator.fastpath.channels_last`, which also converts the weights)."""
         with batch_invariant(self.const.device):
             return self._run(state, w, noise, self.cfg.num_convs - 1 if stop is None else stop,
                              channels_last=channels_last)

@@ -74,7 +74,7 @@ ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt", "i2score-p
 * ``nvidia-pkl``: stylegan2-ada-pytorch / stylegan3 pickles (PyTorch, dict with ``G_ema``).
 * ``nvidia-tf-pkl``: original TensorFlow StyleGAN2 pickles (tuple ``G, D, Gs``).
 * ``rosinality-pt``: rosinality/stylegan2-pytorch ``torch.save`` dicts with ``g_ema``.
-* ``i2score-pt``: this project's own format (:func:`~i2score.generator.loaders.save_generator`).
+* ``i2score-pt``: this project's own format (:func:`~i2score.generator.checkpoints.load.save_generator`).
 """
 
 Domain = Literal["face", "other"]
@@ -211,7 +211,7 @@ _REF_SG2 = "NVlabs/stylegan2 README.md 'networks' table + pretrained_networks.py
 
 _SPECS: tuple[ModelSpec, ...] = (
     # --- bundled with the package -------------------------------------------------------------
-    # Trained by this project on procedural portraits (i2score.portraits, i2score.training):
+    # Trained by this project on procedural portraits (i2score.demo.portraits, i2score.demo.training):
     # the default model of the demo and the tests, usable offline. See README "Demo model".
     ModelSpec(
         name="demo-faces-64", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64.pt",

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``i2s bench``: embedding speed, quality, edits, the cache and manifests."""

@@ -1,0 +1,157 @@
+"""``i2s cache ...``: inspect and maintain the latent cache (thin wrappers over
+:class:`i2score.data.cache.store.LatentCache`). Registered by ``i2score.cli.app`` as ``app.add_typer(cache_app,
+name="cache")``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+cache_app = typer.Typer(
+    help="Latent cache: list, inspect, verify and compact the index under a storage root.",
+    no_args_is_help=True,
+)
+
+RootArg = Annotated[str, typer.Argument(help="Storage root URL (local path, s3://bucket/prefix, ...).")]
+
+
+def _fmt(value: object, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+@cache_app.command("ls")
+def cache_ls(
+    root: RootArg,
+    limit: Annotated[int, typer.Option(help="Show at most this many (newest) entries; 0 = all.")] = 50,
+) -> None:
+    """List cache entries (newest row per key) from the index."""
+    from i2score.data.cache.store import LatentCache
+    from i2score.data.storage import redact
+
+    table = LatentCache(root).ls()
+    console = Console()
+    rows = table.to_pylist()
+    shown = rows[-limit:] if limit else rows
+    out = Table(title=f"latent cache {redact(root)}: {len(rows)} entries", box=box.SIMPLE_HEAD)
+    out.add_column("key", no_wrap=True)
+    out.add_column("generator", overflow="fold")
+    out.add_column("algorithm", overflow="fold")
+    out.add_column("w", justify="right", no_wrap=True)
+    out.add_column("psnr_wn", justify="right", no_wrap=True)
+    out.add_column("status", no_wrap=True)
+    out.add_column("created (UTC)", no_wrap=True)
+    for r in shown:
+        out.add_row(r["key"][:12], _fmt(r["generator_id"]), f"{r['algorithm']} v{r['algorithm_version']}",
+                    f"{r['num_ws']}x{r['w_dim']}", _fmt(r["psnr_wn"]), r["status"],
+                    r["created_at"].strftime("%Y-%m-%d %H:%M"))
+    console.print(out)
+    if limit and len(rows) > limit:
+        console.print(f"({len(rows) - limit} older entries not shown; --limit 0 shows all)")
+
+
+@cache_app.command("show")
+def cache_show(
+    root: RootArg,
+    key: Annotated[str, typer.Argument(help="Cache key, or a unique prefix of one (>= 6 hex digits).")],
+) -> None:
+    """Show one entry: its index rows, whether its NPZ exists and verifies, its metadata."""
+    from i2score.data.cache.store import LatentCache
+
+    cache = LatentCache(root)
+    try:
+        full = cache.resolve(key)
+    except (KeyError, ValueError) as e:
+        typer.echo(f"error: {e.args[0] if e.args else e}", err=True)
+        raise typer.Exit(2) from None
+    info = cache.show(full)
+    console = Console()
+    out = Table(title=f"cache entry {full}", box=box.SIMPLE_HEAD, show_header=False)
+    out.add_column("field", style="bold", no_wrap=True)
+    out.add_column("value", overflow="fold")
+    out.add_row("npz", info["npz_path"])
+    out.add_row("npz exists", "yes" if info["npz_exists"] else "no")
+    out.add_row("npz verified", "yes" if info["npz_ok"] else f"NO ({info['reason']})")
+    out.add_row("index rows", str(info["index_rows"]))
+    if info["entries"]:
+        e = info["entries"][-1]
+        out.add_row("source id", _fmt(e.source_id))
+        out.add_row("image sha256", e.image_sha256)
+        out.add_row("mask sha256", _fmt(e.mask_sha256))
+        out.add_row("generator", f"{_fmt(e.generator_id)} ({e.generator_sha256})")
+        out.add_row("algorithm", f"{e.algorithm} v{e.algorithm_version}")
+        out.add_row("params", e.params_json)
+        out.add_row("w shape", f"{e.w_shape[0]}x{e.w_shape[1]}")
+        out.add_row("noise dtype", e.noise_dtype)
+        out.add_row("metrics", ", ".join(f"{k}={_fmt(v, 4)}" for k, v in e.metrics.items()))
+        out.add_row("timings", ", ".join(f"{k}={_fmt(v)}" for k, v in e.timings.items()))
+        out.add_row("status", e.status)
+        out.add_row("created", e.created_at.isoformat())
+    if info.get("meta"):
+        out.add_row("latents meta", json.dumps(info["meta"], sort_keys=True))
+    console.print(out)
+
+
+@cache_app.command("verify")
+def cache_verify(
+    root: RootArg,
+    adopt: Annotated[bool, typer.Option("--adopt/--no-adopt", help="First index valid orphan NPZs.")] = False,
+) -> None:
+    """Check every entry (NPZ exists, loads, checksum and shapes match its index row); exit 1
+    when anything is missing, corrupt, mismatched or an index part is unreadable."""
+    from i2score.data.cache.store import LatentCache
+    from i2score.data.storage import redact
+
+    cache = LatentCache(root)
+    adopted = cache.adopt_orphans() if adopt else []
+    rep = cache.verify()
+    console = Console()
+    out = Table(title=f"verify {redact(root)}", box=box.SIMPLE_HEAD, show_header=False)
+    out.add_column("check", style="bold")
+    out.add_column("count", justify="right")
+    for name, value in (("index parts", rep.index_parts), ("index rows", rep.index_rows), ("keys", rep.keys),
+                        ("NPZs verified", rep.verified), ("adopted now", len(adopted)),
+                        ("orphans (NPZ without row)", len(rep.orphans)), ("missing NPZ", len(rep.missing)),
+                        ("corrupt NPZ", len(rep.corrupt)), ("row/NPZ mismatch", len(rep.mismatched)),
+                        ("unreadable index parts", len(rep.bad_parts))):
+        out.add_row(name, str(value))
+    console.print(out)
+    problems = ([(k, "missing NPZ") for k in rep.missing] + list(rep.corrupt.items())
+                + list(rep.mismatched.items()) + list(rep.bad_parts.items()))
+    if problems:
+        bad = Table(title="problems", box=box.SIMPLE_HEAD)
+        bad.add_column("key / part", no_wrap=True)
+        bad.add_column("reason")
+        for k, why in problems:
+            bad.add_row(redact(k), redact(why))
+        console.print(bad)
+    if rep.orphans and not adopt:
+        console.print(f"{len(rep.orphans)} orphan NPZ(s): `i2s cache verify --adopt` indexes them.")
+    if not rep.ok:
+        raise typer.Exit(1)
+    console.print("[green]cache OK[/green]")
+
+
+@cache_app.command("compact")
+def cache_compact(root: RootArg) -> None:
+    """Merge all index parts into one per w shape (no row is lost; duplicates collapse)."""
+    from i2score.data.cache.store import LatentCache
+    from i2score.data.storage import redact
+
+    rep = LatentCache(root).compact()
+    console = Console()
+    if rep.parts_before <= 1:
+        console.print(f"nothing to compact ({rep.parts_before} index part)")
+        return
+    console.print(f"index parts {rep.parts_before} -> {rep.parts_after}; rows {rep.rows_before} -> "
+                  f"{rep.rows_after} ({rep.duplicates_dropped} duplicate rows collapsed)")
+    for url, why in rep.bad_parts.items():
+        console.print(f"[yellow]left unreadable part in place:[/yellow] {redact(url)}: {redact(why)}")

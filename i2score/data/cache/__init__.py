@@ -1,0 +1,1 @@
+"""The content-addressed latent cache (NPZ entries plus a Parquet index)."""

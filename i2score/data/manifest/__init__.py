@@ -1,0 +1,1 @@
+"""Input manifests: read, validate and load rows."""

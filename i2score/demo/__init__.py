@@ -1,0 +1,2 @@
+"""The demo's own data: procedural portraits, the sample manifests and the demo generator's
+training."""

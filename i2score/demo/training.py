@@ -1,0 +1,388 @@
+"""Train a StyleGAN2 (the project's own generator) with a residual discriminator.
+
+What the bundled demo model is trained with (StyleGAN2 paper, Karras et al. 2020, Sec. 2 and
+appendix B, at a small scale): non-saturating logistic loss, lazy R1 penalty on real images
+every ``r1_every`` discriminator steps, style mixing regularisation, an exponential moving
+average of the generator (the exported model), x-flips of the data, Adam with
+``betas=(0, 0.99)``. Path-length regularisation is left out: it costs a second generator
+backward pass and the demo model is judged by embedding quality, not by PPL.
+
+Runs on CPU (slowly) and CUDA (``amp`` = bf16 autocast there). Deterministic for a seed on
+a given device and thread count, and resumable: ``train`` continues from ``checkpoint.pt`` in
+its output folder with the optimiser states and every random stream, so a run interrupted and
+resumed produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from i2score.generator.checkpoints.load import _atomic_torch_save, save_generator
+from i2score.generator.network import GeneratorConfig, StyleGAN2, channels_at
+from i2score.generator.ops import LRELU_GAIN, LRELU_SLOPE, EqualLinear, fast_kernels
+
+
+class EqualConv2d(nn.Module):
+    """Conv with equalised learning rate (weights scaled by ``1/sqrt(fan_in)`` at run time)."""
+
+    def __init__(self, cin: int, cout: int, k: int, *, bias: bool = True, activation: bool = False) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, k, k))
+        self.bias = nn.Parameter(torch.zeros(cout)) if bias else None
+        self.gain = 1.0 / math.sqrt(cin * k * k)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.conv2d(x, self.weight * self.gain, self.bias, padding=self.weight.shape[-1] // 2)
+        return F.leaky_relu(x, LRELU_SLOPE) * LRELU_GAIN if self.activation else x
+
+
+class DiscriminatorBlock(nn.Module):
+    """Two 3x3 convs and a 2x down-sampling, with a 1x1 residual path (StyleGAN2 'resnet')."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv0 = EqualConv2d(cin, cin, 3, activation=True)
+        self.conv1 = EqualConv2d(cin, cout, 3, activation=True)
+        self.skip = EqualConv2d(cin, cout, 1, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.skip(F.avg_pool2d(x, 2))
+        x = F.avg_pool2d(self.conv1(self.conv0(x)), 2)
+        return (x + y) * math.sqrt(0.5)
+
+
+class Discriminator(nn.Module):
+    """``[B, 3, R, R]`` images in [-1, 1] -> ``[B]`` realness logits.
+
+    Channel widths follow the generator's rule (:func:`channels_at`) so both networks scale
+    together; the epilogue has the minibatch standard-deviation feature of StyleGAN2.
+    """
+
+    def __init__(self, resolution: int, *, channel_multiplier: float = 2, channel_max: int = 512,
+                 mbstd_group: int = 4) -> None:
+        super().__init__()
+        ch = lambda r: channels_at(r, channel_multiplier, channel_max)  # noqa: E731
+        self.from_rgb = EqualConv2d(3, ch(resolution), 1, activation=True)
+        blocks = []
+        r = resolution
+        while r > 4:
+            blocks.append(DiscriminatorBlock(ch(r), ch(r // 2)))
+            r //= 2
+        self.blocks = nn.ModuleList(blocks)
+        self.mbstd_group = mbstd_group
+        self.conv = EqualConv2d(ch(4) + 1, ch(4), 3, activation=True)
+        self.fc = EqualLinear(ch(4) * 16, ch(4), activation=True)
+        self.out = EqualLinear(ch(4), 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.from_rgb(x)
+        for block in self.blocks:
+            x = block(x)
+        b, c, h, w = x.shape
+        g = min(self.mbstd_group, b)
+        if b % g:
+            g = 1
+        # Std of each feature over groups of images, averaged to one extra channel: lets the
+        # discriminator see a lack of variety across the batch (mode collapse).
+        y = x.reshape(g, -1, c, h, w).float()
+        y = (y.var(dim=0, unbiased=False) + 1e-8).sqrt().mean(dim=[1, 2, 3])
+        y = y.to(x.dtype).reshape(-1, 1, 1, 1).repeat(g, 1, h, w)
+        x = self.conv(torch.cat([x, y], dim=1))
+        return self.out(self.fc(x.flatten(1))).squeeze(1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of a training run (defaults: the bundled ``demo-faces-64``)."""
+
+    resolution: int = 64
+    channel_multiplier: float = 0.125
+    channel_max: int = 128
+    n_mapping: int = 8
+    w_dim: int = 512
+    batch: int = 16
+    kimg: float = 64.0
+    lr: float = 0.0025
+    r1_gamma: float = 0.1
+    r1_every: int = 16
+    style_mixing: float = 0.9
+    ema_kimg: float = 5.0
+    ema_rampup: float = 0.05
+    w_avg_beta: float = 0.995
+    mirror: bool = True
+    dataset_size: int = 16_384
+    seed: int = 0
+    snapshot_every: int = 250
+    log_every: int = 25
+
+    @property
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(resolution=self.resolution, channel_multiplier=self.channel_multiplier,
+                               channel_max=self.channel_max, n_mapping=self.n_mapping,
+                               w_dim=self.w_dim, z_dim=self.w_dim)
+
+    @property
+    def total_steps(self) -> int:
+        return int(math.ceil(self.kimg * 1000 / self.batch))
+
+
+def load_portrait_dataset(cfg: TrainConfig, cache_dir: Path | None = None, workers: int = 1,
+                          log: Callable[[str], None] = print) -> Tensor:
+    """The training images ``uint8 [N, 3, R, R]``: portraits ``0 .. dataset_size-1``.
+
+    Rendered once and kept as ``portraits-{R}-{N}.npy`` in ``cache_dir`` (rendering is a
+    pure function of the seed, so the cache only saves time).
+    """
+    from i2score.demo.portraits import TRAIN_SEEDS, render_dataset
+
+    if cfg.dataset_size > TRAIN_SEEDS:
+        raise ValueError(f"dataset_size {cfg.dataset_size} > TRAIN_SEEDS {TRAIN_SEEDS}: larger seeds "
+                         "are reserved for held-out images")
+    path = None if cache_dir is None else cache_dir / f"portraits-{cfg.resolution}-{cfg.dataset_size}.npy"
+    if path is not None and path.is_file():
+        data = np.load(path)
+    else:
+        t0 = time.perf_counter()
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            chunks = [range(s, min(s + 1024, cfg.dataset_size)) for s in range(0, cfg.dataset_size, 1024)]
+            with ProcessPoolExecutor(workers) as pool:
+                data = np.concatenate(list(pool.map(render_dataset, chunks, [cfg.resolution] * len(chunks))))
+        else:
+            data = render_dataset(range(cfg.dataset_size), cfg.resolution)
+        log(f"rendered {len(data)} portraits in {time.perf_counter() - t0:.0f} s")
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
+            np.save(tmp, data)
+            os.replace(tmp, path)
+    return torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
+
+
+class Trainer:
+    """One training run: networks, optimisers, random streams and the step counter."""
+
+    def __init__(self, cfg: TrainConfig, data: Tensor, device: str | torch.device = "cpu",
+                 amp: bool | None = None) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.amp = (self.device.type == "cuda") if amp is None else amp
+        if self.amp and self.device.type != "cuda":
+            raise ValueError("amp (bf16 autocast) is only used on CUDA; this CPU would emulate bf16")
+        self.data = data
+        torch.manual_seed(cfg.seed)
+        self.G = StyleGAN2(cfg.generator_config, seed=cfg.seed).to(self.device)
+        self.G.requires_grad_(True).train()
+        self.D = Discriminator(cfg.resolution, channel_multiplier=cfg.channel_multiplier,
+                               channel_max=cfg.channel_max).to(self.device)
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        d_ratio = cfg.r1_every / (cfg.r1_every + 1)
+        g_params = [p for n, p in self.G.named_parameters() if n != "w_avg"]
+        self.opt_G = torch.optim.Adam(g_params, lr=cfg.lr, betas=(0.0, 0.99), eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr * d_ratio,
+                                      betas=(0.0, 0.99 ** d_ratio), eps=1e-8)
+        # Every random stream is an explicit generator, saved with the checkpoint.
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.rng = np.random.default_rng([cfg.seed, 2])
+        self.step = 0
+        self.order: np.ndarray = self.rng.permutation(len(data))
+        self.cursor = 0
+
+    # -- data and latents -----------------------------------------------------------------
+    def real_batch(self) -> Tensor:
+        n = self.cfg.batch
+        if self.cursor + n > len(self.order):
+            self.order = self.rng.permutation(len(self.data))
+            self.cursor = 0
+        idx = torch.from_numpy(self.order[self.cursor:self.cursor + n])
+        self.cursor += n
+        x = self.data[idx].float() / 127.5 - 1.0
+        if self.cfg.mirror:
+            flip = torch.from_numpy(self.rng.random(n) < 0.5)
+            x[flip] = x[flip].flip(-1)
+        return x.to(self.device)
+
+    def fake_ws(self, n: int) -> Tensor:
+        """Mapped latents ``[n, L, w_dim]`` with style mixing; updates the tracked mean w."""
+        G, L = self.G, self.G.num_ws
+        z = torch.randn(2 * n, G.cfg.z_dim, generator=self.gen).to(self.device)
+        w = G.mapping(z)
+        with torch.no_grad():
+            G.w_avg.copy_(w[:n].detach().mean(0).lerp(G.w_avg, self.cfg.w_avg_beta))
+        ws = w[:n, None].repeat(1, L, 1)
+        mix = torch.rand(n, generator=self.gen) < self.cfg.style_mixing
+        cut = torch.randint(1, L, (n,), generator=self.gen)
+        rows = torch.arange(L)[None, :] >= cut[:, None]
+        use2 = (mix[:, None] & rows).to(self.device)[..., None]
+        return torch.where(use2, w[n:, None].expand(-1, L, -1), ws)
+
+    def noise(self, n: int) -> list[Tensor]:
+        return [torch.randn(n, *s, generator=self.gen).to(self.device) for s in self.G.noise_shapes]
+
+    def _autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp)
+
+    # -- one iteration --------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        """One generator step and one discriminator step (plus R1 every ``r1_every``)."""
+        cfg, n = self.cfg, self.cfg.batch
+        stats: dict[str, float] = {}
+        # Generator: non-saturating loss, softplus(-D(G(z))).
+        self.D.requires_grad_(False)
+        with self._autocast():
+            fake = self.G.synthesize(self.fake_ws(n), self.noise(n))
+            loss_g = F.softplus(-self.D(fake).float()).mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_G.step()
+        stats["loss_g"] = float(loss_g.detach())
+        # Discriminator: softplus(D(fake)) + softplus(-D(real)).
+        self.D.requires_grad_(True)
+        real = self.real_batch()
+        with torch.no_grad(), self._autocast():
+            fake = self.G.synthesize(self.fake_ws(n), self.noise(n))
+        with self._autocast():
+            logits_fake = self.D(fake.detach()).float()
+            logits_real = self.D(real).float()
+            loss_d = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_D.step()
+        stats["loss_d"] = float(loss_d.detach())
+        stats["d_real"] = float(logits_real.detach().mean())
+        stats["d_fake"] = float(logits_fake.detach().mean())
+        if self.step % cfg.r1_every == 0:
+            # Lazy R1: gamma/2 * |grad_x D(x)|^2 on reals, scaled by the interval.
+            real = real.detach().requires_grad_(True)
+            logits = self.D(real).float()
+            (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+            r1 = grad.square().sum(dim=[1, 2, 3]).mean()
+            self.opt_D.zero_grad(set_to_none=True)
+            (r1 * (cfg.r1_gamma / 2) * cfg.r1_every + 0 * logits.mean()).backward()
+            self.opt_D.step()
+            stats["r1"] = float(r1.detach())
+        self._update_ema()
+        self.step += 1
+        return stats
+
+    def _update_ema(self) -> None:
+        cfg = self.cfg
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup > 0:
+            ema_nimg = min(ema_nimg, self.step * cfg.batch * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+                b_ema.copy_(b)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "config": dataclasses.asdict(self.cfg), "step": self.step,
+            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+            "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state,
+            "order": torch.from_numpy(self.order.copy()), "cursor": self.cursor,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        saved = TrainConfig(**state["config"])
+        # The run length and the logging cadence may change on resume (train longer, or stop
+        # at an earlier snapshot); everything that shapes the weights must not.
+        cadence = {"kimg": 0, "snapshot_every": 0, "log_every": 0}
+        if dataclasses.replace(saved, **cadence) != dataclasses.replace(self.cfg, **cadence):
+            raise ValueError(f"checkpoint was trained with {saved}, not {self.cfg}")
+        if self.cfg.total_steps < int(state["step"]):
+            raise ValueError(f"checkpoint is at step {state['step']}, past this run's end "
+                             f"({self.cfg.total_steps} steps = {self.cfg.kimg} kimg)")
+        self.step = int(state["step"])
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.G_ema.load_state_dict(state["G_ema"])
+        self.opt_G.load_state_dict(state["opt_G"])
+        self.opt_D.load_state_dict(state["opt_D"])
+        self.gen.set_state(state["gen"])
+        self.rng.bit_generator.state = state["rng"]
+        self.order = state["order"].numpy().copy()
+        self.cursor = int(state["cursor"])
+
+    def export_generator(self) -> StyleGAN2:
+        """The EMA generator as an inference model (CPU, eval, tracked mean w set)."""
+        G = copy.deepcopy(self.G_ema).cpu().eval().requires_grad_(False)
+        G.has_w_avg = True
+        G.source = "training"
+        return G
+
+
+def sample_grid(G: StyleGAN2, n: int = 64, seed: int = 0) -> np.ndarray:
+    """``n`` random samples (a square number) as one ``uint8 [H, W, 3]`` grid."""
+    side = int(round(math.sqrt(n)))
+    with torch.no_grad():
+        imgs, _ = G.sample(side * side, seed)
+    x = ((imgs.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    r = G.resolution
+    return x.reshape(side, side, r, r, 3).transpose(0, 2, 1, 3, 4).reshape(side * r, side * r, 3)
+
+
+def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "cpu",
+          amp: bool | None = None, max_steps: int | None = None, render_workers: int = 1,
+          log: Callable[[str], None] = print) -> Path:
+    """Train (or resume) a run in ``out_dir``; returns the path of the exported generator.
+
+    ``out_dir`` receives ``checkpoint.pt`` (full state, every ``snapshot_every`` steps and at
+    the end), ``log.jsonl`` (one line per ``log_every`` steps), ``samples.png`` (64 samples of
+    the EMA generator at each snapshot) and ``generator.pt`` (the EMA generator in the native
+    format, loadable with :func:`~i2score.generator.checkpoints.load.load_generator`). ``max_steps``
+    stops early (a later call resumes).
+    """
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_portrait_dataset(cfg, out / "data", workers=render_workers, log=log)
+    with fast_kernels():
+        trainer = Trainer(cfg, data, device=device, amp=amp)
+        ckpt = out / "checkpoint.pt"
+        if ckpt.is_file():
+            trainer.load_state(torch.load(ckpt, map_location=trainer.device, weights_only=False))
+            log(f"resumed from {ckpt} at step {trainer.step}")
+        end = cfg.total_steps if max_steps is None else min(cfg.total_steps, trainer.step + max_steps)
+        t_last, step_last = time.perf_counter(), trainer.step
+        with open(out / "log.jsonl", "a") as logf:
+            while trainer.step < end:
+                stats = trainer.train_step()
+                if trainer.step % cfg.log_every == 0 or trainer.step == end:
+                    now = time.perf_counter()
+                    sec_per_step = (now - t_last) / max(trainer.step - step_last, 1)
+                    t_last, step_last = now, trainer.step
+                    kimg = trainer.step * cfg.batch / 1000
+                    record = {"step": trainer.step, "kimg": round(kimg, 3),
+                              "sec_per_step": round(sec_per_step, 4), **{k: round(v, 4) for k, v in stats.items()}}
+                    logf.write(json.dumps(record) + "\n")
+                    logf.flush()
+                    log(f"step {trainer.step}/{cfg.total_steps} kimg {kimg:.1f} "
+                        f"{sec_per_step:.2f} s/step G {stats['loss_g']:.3f} D {stats['loss_d']:.3f}")
+                if trainer.step % cfg.snapshot_every == 0 or trainer.step == end:
+                    _atomic_torch_save(trainer.state(), ckpt)
+                    G = trainer.export_generator()
+                    save_generator(G, out / "generator.pt")
+                    Image.fromarray(sample_grid(G, 64, seed=cfg.seed)).save(out / "samples.png")
+    return out / "generator.pt"

@@ -1,0 +1,1 @@
+"""Generator checkpoints: format detection and one loader per format."""

@@ -1,0 +1,2 @@
+"""Batch jobs without Prefect: configuration, the op registry, planning, execution, outputs and
+reports."""

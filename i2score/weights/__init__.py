@@ -1,0 +1,1 @@
+"""Weight files: one safe unpickler for the whole package."""
