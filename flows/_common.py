@@ -1,6 +1,6 @@
 """What every flow does: plan, run the batches phase by phase, report.
 
-The flows differ only in their parameters; the work is in :mod:`i2score.runs.execute`, reached through
+The flows differ only in their parameters; the work is in :mod:`i2score.runs`, reached through
 the tasks of :mod:`tasks.batches`.
 """
 
@@ -22,8 +22,8 @@ from prefect.artifacts import (
 from prefect.futures import as_completed
 
 from flows.runners import check_runner, local_task_runner, task_runner_for
-from i2score.runs import execute as jobs
 from i2score.data import storage
+from i2score.runs.config import JobConfig
 from tasks import batches
 
 #: Where runs and the latent cache go when no root is given (a local folder).
@@ -56,13 +56,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60]
 
 
-def run_job(config: jobs.JobConfig, runner: str = "local") -> dict[str, Any]:
+def run_job(config: JobConfig, runner: str = "local") -> dict[str, Any]:
     """Plan ``config``, run its batches on ``runner`` and finish the run. Returns the summary's
     small part."""
     check_runner(runner)
     logger = get_run_logger()
     t0 = time.perf_counter()
-    config = jobs.JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
+    config = JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
                                        "root": _absolute(config.root)})
     plan = batches.plan_run(config.to_json())
     run_id, root = plan["run_id"], config.root

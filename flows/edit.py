@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow
 
 from flows._common import DEFAULT_ROOT, local_task_runner, run_job
-from i2score.runs.execute import JobConfig
+from i2score.runs.config import JobConfig
 
 
 @flow(name="edit", task_runner=local_task_runner(), validate_parameters=True)

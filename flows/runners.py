@@ -11,7 +11,7 @@
 - ``dask://HOST:PORT``: an existing Dask scheduler (``dask scheduler`` plus one ``dask worker
   --nthreads 1`` per GPU); the workers need this package and access to the storage root.
 
-Every worker loads the model once (:func:`i2score.runs.execute.worker_context` caches it per process)
+Every worker loads the model once (:func:`i2score.runs.context.worker_context` caches it per process)
 and runs whole batches; a worker lost mid-run costs only the batch it was running, which Dask
 reschedules on another worker (batches are idempotent: a batch's record is written after its
 images and cache entries).

@@ -23,8 +23,8 @@ _EXPORTS = {
     "StyleGAN2": "i2score.generator.network",
     "load_generator": "i2score.generator.checkpoints.load",
     "Latents": "i2score.data.latents",
-    "ReconstructionResult": "i2score.method.applications.reconstruct",
-    "reconstruct": "i2score.method.applications.reconstruct",
+    "ReconstructionResult": "i2score.method.applications",
+    "reconstruct": "i2score.method.applications",
 }
 
 __all__ = [
@@ -39,10 +39,10 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from i2score.method.applications.reconstruct import ReconstructionResult, reconstruct
+    from i2score.data.latents import Latents
     from i2score.generator.checkpoints.load import load_generator
     from i2score.generator.network import Generator, GeneratorConfig, StyleGAN2
-    from i2score.data.latents import Latents
+    from i2score.method.applications import ReconstructionResult, reconstruct
 
 
 def __getattr__(name: str) -> Any:

@@ -15,11 +15,10 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from i2score.runs import execute as jobs
-
-from i2score.runs import report as reports
-
 from i2score.data import storage
+from i2score.runs import execute, plan
+from i2score.runs import report as reports
+from i2score.runs.config import JobConfig
 from tasks.workers import prepare_worker
 
 RETRY_DELAYS = [2, 10, 30]
@@ -41,14 +40,14 @@ _OPTIONS: dict[str, Any] = {"retries": len(RETRY_DELAYS), "retry_delay_seconds":
 @task(name="plan-run", **_OPTIONS)
 def plan_run(config: dict[str, Any]) -> dict[str, Any]:
     """Validate, hash inputs, look up the cache and write the batch specs (see
-    :func:`i2score.runs.execute.plan_run`). Returns the plan's ids and counts."""
-    return jobs.plan_run(jobs.JobConfig.from_json(config)).to_json()
+    :func:`i2score.runs.plan.plan_run`). Returns the plan's ids and counts."""
+    return plan.plan_run(JobConfig.from_json(config)).to_json()
 
 
 @task(name="run-batch", task_run_name="{batch_id}", **_OPTIONS)
 def run_batch(root: str, run_id: str, batch_id: str) -> dict[str, Any]:
     """Run one planned batch (the model is loaded once per worker process). Returns its counts."""
-    return jobs.run_batch(root, run_id, batch_id, gpu_index=prepare_worker()).small()
+    return execute.run_batch(root, run_id, batch_id, gpu_index=prepare_worker()).small()
 
 
 @task(name="finish-run", **_OPTIONS)
@@ -61,4 +60,4 @@ def finish_run(root: str, run_id: str, attempt: str, wall_seconds: float) -> dic
 def record_batch_failure(root: str, run_id: str, batch_id: str, attempt: str, message: str) -> None:
     """A batch failed for good: its rows go to the run's errors (see
     :func:`i2score.runs.execute.record_batch_failure`)."""
-    jobs.record_batch_failure(root, run_id, batch_id, attempt, message)
+    execute.record_batch_failure(root, run_id, batch_id, attempt, message)

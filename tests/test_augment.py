@@ -12,16 +12,11 @@ from collections import Counter
 import pytest
 import torch
 
-from i2score.method.applications.augment import (
-    AUGMENT_OPS,
-    Augmentation,
-    crossover_mask,
-    plan_augmentations,
-    run_augmentations,
-)
-from i2score.method.applications.edits import crossover, morph, style_mix
 from i2score.data.latents import Latents
-from i2score.demo.sample_data import free_hole, rect_hole
+from i2score.method.applications import crossover, crossover_mask, morph, style_mix
+from i2score.method.masks import free_hole, rect_hole
+from i2score.runs.augment import Augmentation, plan_augmentations, run_augmentations
+from i2score.runs.ops import AUGMENT_OPS
 
 IDS = ["img-a", "img-b", "img-c", "img-d"]
 STEPS = {"steps_w": 3, "steps_n": 3}

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from i2score.method.applications.reconstruct import reconstruct
 from i2score.cli.app import app
 from i2score.generator.checkpoints.load import load_generator
 from i2score.generator.network import StyleGAN2
@@ -23,6 +22,7 @@ from i2score.generator.registry import (
     resolve_model_file,
     sha256_file,
 )
+from i2score.method.applications import reconstruct
 
 SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
 # After 150 W+ steps, held-out portrait 00 measured 27.98 dB with the demo model (portrait 01:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from i2score.method.applications.edits import (
+from i2score.data.latents import Latents
+from i2score.method.applications import (
     attribute_transfer,
     crossover,
     expression_transfer,
@@ -18,7 +19,6 @@ from i2score.method.applications.edits import (
     scribble_edit,
     style_mix,
 )
-from i2score.data.latents import Latents
 from i2score.method.masks import dilate
 
 

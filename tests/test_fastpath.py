@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from i2score.generator import fastpath
-from i2score.method.blocks import EarlyStop, LossWeights, optimize_noise, optimize_w
 from i2score.generator.fastpath import _search_largest, compiled_synthesis, has_c_compiler, largest_fitting_batch
 from i2score.generator.network import StyleGAN2
 from i2score.generator.ops import batch_invariant
+from i2score.method.blocks import EarlyStop, optimize_noise, optimize_w
+from i2score.method.objective import ImageTarget, embedding_target
 
 
 def _start(G, batch):
@@ -76,17 +77,17 @@ def test_channels_last_embedding_is_close_to_the_default(small_G, vgg, target_im
     1.3e-4). The noise stage (Adam lr 5) is compared through its loss for the same reason."""
     w0, n0 = _start(small_G, 4)
     steps, lr = 5, 0.01
-    wa, ra = optimize_w(small_G, target_images, w_init=w0, noise=n0, vgg=vgg, steps=steps, lr=lr)
-    wb, rb = optimize_w(small_G, target_images, w_init=w0, noise=n0, vgg=vgg, steps=steps, lr=lr,
-                        channels_last=True)
+    targets = [embedding_target(target_images)]
+    wa, ra = optimize_w(small_G, targets, w_ini=w0, n_ini=n0, vgg=vgg, steps=steps, lr=lr)
+    wb, rb = optimize_w(small_G, targets, w_ini=w0, n_ini=n0, vgg=vgg, steps=steps, lr=lr, channels_last=True)
     diff = (wa - wb).abs().flatten()
     assert float(diff.median()) <= 1e-5 and float(diff.quantile(0.99)) <= 1e-3
     assert float(diff.max()) <= 2 * lr * steps + 1e-6
     assert float((wa - w0).abs().max()) > 30 * float(diff.quantile(0.99))  # w really moved
     assert torch.allclose(ra.loss, rb.loss, rtol=1e-3, atol=0)
-    na, rna = optimize_noise(small_G, target_images, w=wa, noise_init=n0, steps=5)
-    nb, rnb = optimize_noise(small_G, target_images, w=wa, noise_init=n0, steps=5, channels_last=True)
-    assert all(b.shape == a.shape and b.dtype == a.dtype for a, b in zip(na, nb))
+    na, rna = optimize_noise(small_G, M=None, w=wa, n_ini=n0, x=target_images, steps=5)
+    nb, rnb = optimize_noise(small_G, M=None, w=wa, n_ini=n0, x=target_images, steps=5, channels_last=True)
+    assert all(b.shape == a.shape and b.dtype == a.dtype for a, b in zip(na, nb, strict=True))
     assert torch.allclose(rna.loss, rnb.loss, rtol=1e-3, atol=0)
 
 
@@ -96,7 +97,7 @@ def test_early_stop_still_works_with_the_fast_path_options(small_G, target_image
     # Already perfect (rendered the way the run renders): stops first.
     x[1] = small_G.synthesize(w0[1:2], [n[1:2] for n in n0], channels_last=True)[0]
     stop = EarlyStop(patience=10, min_delta_db=0.05, check_every=5)
-    _, res = optimize_noise(small_G, x, w=w0, noise_init=n0, steps=40, lr=0.5, early_stop=stop,
+    _, res = optimize_noise(small_G, M=None, w=w0, n_ini=n0, x=x, steps=40, lr=0.5, early_stop=stop,
                             channels_last=True)
     assert int(res.steps[1]) < 40
     assert bool(torch.isfinite(res.loss).all())
@@ -108,11 +109,11 @@ def test_early_stop_still_works_with_the_fast_path_options(small_G, target_image
 def test_bf16_autocast_keeps_loss_parameters_and_adam_state_float32(small_G, vgg, target_images):
     w0, n0 = _start(small_G, 2)
     seen: list[torch.dtype] = []
-    w, res = optimize_w(small_G, target_images[:2], w_init=w0, noise=n0, vgg=vgg, steps=2,
+    w, res = optimize_w(small_G, [embedding_target(target_images[:2])], w_ini=w0, n_ini=n0, vgg=vgg, steps=2,
                         autocast_dtype=torch.bfloat16, callback=lambda step, loss: seen.append(loss.dtype))
     assert w.dtype == torch.float32 and res.loss.dtype == torch.float32
     assert seen == [torch.float32, torch.float32]
-    noise, res_n = optimize_noise(small_G, target_images[:2], w=w, noise_init=n0, steps=2,
+    noise, res_n = optimize_noise(small_G, M=None, w=w, n_ini=n0, x=target_images[:2], steps=2,
                                   autocast_dtype=torch.bfloat16)
     assert all(n.dtype == torch.float32 for n in noise) and res_n.loss.dtype == torch.float32
 
@@ -138,7 +139,7 @@ def test_the_loop_reads_nothing_back_per_step(small_G, target_images, monkeypatc
             monkeypatch.setattr(torch.Tensor, name, counting(name))
         counts["n"] = 0
         try:
-            optimize_noise(small_G, x, w=w0, noise_init=n0, steps=steps, early_stop=early_stop)
+            optimize_noise(small_G, M=None, w=w0, n_ini=n0, x=x, steps=steps, early_stop=early_stop)
         finally:
             for name, fn in originals.items():
                 monkeypatch.setattr(torch.Tensor, name, fn)
@@ -163,10 +164,8 @@ def test_compiled_synthesis_matches_eager_and_is_compiled_once():
     G = StyleGAN2(8, channel_max=8, n_mapping=1, seed=0)
     w0, n0 = _start(G, 2)
     x = G.sample(2, seed=5)[0].detach().clamp(-1, 1)
-    wa, ra = optimize_w(G, x, w_init=w0, noise=n0, vgg=None, steps=3,
-                        weights=LossWeights(mse_x=1.0))
-    wb, rb = optimize_w(G, x, w_init=w0, noise=n0, vgg=None, steps=3, compile=True,
-                        weights=LossWeights(mse_x=1.0))
+    wa, ra = optimize_w(G, [ImageTarget(x)], w_ini=w0, n_ini=n0, vgg=None, steps=3)
+    wb, rb = optimize_w(G, [ImageTarget(x)], w_ini=w0, n_ini=n0, vgg=None, steps=3, compile=True)
     # Compared as the channels_last run is (see there): Adam may turn rounding-level gradient
     # entries into opposite steps of size lr, so w in distribution, the loss elementwise.
     diff = (wa - wb).abs().flatten()
@@ -209,7 +208,9 @@ def test_separable_fir_path_equals_the_depthwise_convolution():
 def test_channels_last_keeps_an_image_independent_of_its_batch(small_G, vgg, target_images):
     """With the default batch-invariant kernels, NHWC runs stay bitwise batch independent."""
     w0, n0 = _start(small_G, 4)
-    wa, _ = optimize_w(small_G, target_images, w_init=w0, noise=n0, vgg=vgg, steps=3, channels_last=True)
-    wb, _ = optimize_w(small_G, target_images[2:3], w_init=w0[2:3], noise=[n[2:3] for n in n0], vgg=vgg,
+    wa, _ = optimize_w(small_G, [embedding_target(target_images)], w_ini=w0, n_ini=n0, vgg=vgg, steps=3,
+                       channels_last=True)
+    wb, _ = optimize_w(small_G, [embedding_target(target_images[2:3])], w_ini=w0[2:3], n_ini=[n[2:3] for n in n0],
+                       vgg=vgg,
                        steps=3, channels_last=True)
     assert torch.equal(wa[2:3], wb)

@@ -140,12 +140,12 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     assert (s["rows"]["outputs"], s["rows"]["failed"]) == (4, 3)
 
     # A batch whose computation fails records its rows and the other batches finish.
-    import i2score.method.applications.edits
+    import i2score.runs.ops
 
     def broken_morph(*args, **kwargs):
         raise RuntimeError("simulated failure inside morph")
 
-    monkeypatch.setattr(i2score.method.applications.edits, "morph", broken_morph)
+    monkeypatch.setattr(i2score.runs.ops, "morph", broken_morph)
     edit_manifest = _manifest(root, "e.csv", ["id", "op", "image", "ref", "params"], [
         ["mix", "style_mix", good[0], good[1], ""],
         ["morph", "morph", good[0], good[1], ""],
@@ -229,9 +229,10 @@ def test_inpaint_and_augment_flows(tmp_path):
                   device="cpu")
     assert res["outputs"] == 6 and res["failed"] == 0
     dataset = storage.join(res["run_url"], "dataset.csv")
-    from i2score.data.manifest.validate import validate_manifest
+    from i2score.data.manifest import validate_manifest
+    from i2score.runs.ops import CATALOG
 
-    v = validate_manifest(dataset, kind="reconstruct", check_files=True)
+    v = validate_manifest(dataset, CATALOG, kind="reconstruct", check_files=True)
     assert v.ok and len(v.rows) == 3 + 6
     lineage = [r for r in v.rows if r.extra.get("augmentation") != "original"]
     assert {r.extra["augmentation"] for r in lineage} == {"style_mix", "noise", "interpolate"}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from i2score.method.applications.reconstruct import inpaint, inpainting_w_rows
 from i2score.bench.quality import telea_inpaint
+from i2score.method.applications import inpaint, inpainting_w_rows
 from i2score.method.masks import as_mask, dilate, enlarged_soft_mask, gaussian_blur
 from i2score.method.metrics import psnr
 

@@ -19,8 +19,7 @@ import pytest
 from PIL import Image
 
 from i2score.data import storage
-from i2score.data.manifest.validate import (
-    OPS,
+from i2score.data.manifest import (
     REASON_DESCRIPTIONS,
     Manifest,
     ManifestError,
@@ -31,6 +30,7 @@ from i2score.data.manifest.validate import (
     row_json_schema,
     validate_manifest,
 )
+from i2score.runs.ops import CATALOG, OPS
 
 COLUMNS = ["id", "image", "mask", "op", "ref", "params"]
 REPO = Path(__file__).resolve().parents[1]
@@ -163,7 +163,7 @@ def test_bad_input_corpus(storage_root, tmp_path):
     kinds = {r for _, r in CORPUS if r} | {"malformed_row"}
     assert len(kinds) >= 15, kinds
 
-    result = validate_manifest(url, kind="edit", check_files=True, resolution=32)
+    result = validate_manifest(url, CATALOG, kind="edit", check_files=True, resolution=32)
     expected = expected_reasons()
     got = {r.row: r.reason_code for r in result.rejected}
     assert got == {row: reason for row, reason in expected.items() if reason}, [
@@ -180,7 +180,7 @@ def test_bad_input_corpus(storage_root, tmp_path):
         assert row.image == storage.join(storage_root, "data/good.png")
         loaded = load_row(row, resolution=32)
         assert loaded.image.shape == (3, 32, 32)
-        assert -1 <= loaded.image.min() and loaded.image.max() <= 1
+        assert loaded.image.min() >= -1 and loaded.image.max() <= 1
         assert (loaded.mask is None) == (OPS[row.op].mask == "unused")
         if loaded.mask is not None:
             assert loaded.mask.shape == (1, 32, 32) and 0 < loaded.mask.sum() < 32 * 32
@@ -192,7 +192,7 @@ def test_bad_input_corpus(storage_root, tmp_path):
     assert OPS["inpaint"].resolve_params(params["ok_inpaint_2x"]) == {"k": 1, "seed": 0}
 
     # Schema checks alone reject the schema rows and pass the file rows.
-    schema_only = validate_manifest(url, kind="edit")
+    schema_only = validate_manifest(url, CATALOG, kind="edit")
     file_reasons = {"missing_file", "unreadable_file", "empty_file", "truncated_image",
                     "undecodable_image", "decompression_bomb", "mask_size_mismatch", "non_binary_mask"}
     assert {r.reason_code for r in schema_only.rejected}.isdisjoint(file_reasons)
@@ -206,14 +206,14 @@ def test_bad_input_corpus(storage_root, tmp_path):
 
 def test_missing_required_column_rejects_every_row(tmp_path):
     url = put(str(tmp_path / "m.csv"), csv_bytes([["a", "x.png"], ["b", "y.png"]], ["id", "image"]))
-    result = validate_manifest(url, kind="inpaint")
+    result = validate_manifest(url, CATALOG, kind="inpaint")
     assert not result.rows
     assert [(r.row, r.id, r.reason_code) for r in result.rejected] == [
         (1, "a", "missing_column"), (2, "b", "missing_column")]
     assert "mask" in result.rejected[0].message
-    edit = validate_manifest(url, kind="edit")
+    edit = validate_manifest(url, CATALOG, kind="edit")
     assert {r.reason_code for r in edit.rejected} == {"missing_column"}
-    assert validate_manifest(url, kind="reconstruct").ok
+    assert validate_manifest(url, CATALOG, kind="reconstruct").ok
 
 
 def test_kind_defaults_and_restrictions(tmp_path):
@@ -221,12 +221,12 @@ def test_kind_defaults_and_restrictions(tmp_path):
     put(str(tmp_path / "m.png"), mask())
     url = put(str(tmp_path / "m.csv"), csv_bytes(
         [["a", "a.png", "m.png", "", "", '{"k": 3}'], ["b", "a.png", "m.png", "crossover", "a.png", ""]]))
-    result = validate_manifest(url, kind="inpaint", check_files=True)
+    result = validate_manifest(url, CATALOG, kind="inpaint", check_files=True)
     assert [r.op for r in result.rows] == ["inpaint"]
     assert result.rows[0].params == {"k": 3}
     assert [r.reason_code for r in result.rejected] == ["unknown_op"]
     with pytest.raises(ValueError):
-        validate_manifest(url, kind="bogus")
+        validate_manifest(url, CATALOG, kind="bogus")
 
 
 def test_id_rules():
@@ -272,7 +272,7 @@ def test_csv_parquet_jsonl_parity(tmp_path):
     lines = "\n".join(json.dumps(o) for o in _as_objects(PARITY_ROWS)) + "\n"
     urls.append(put(str(tmp_path / "m.jsonl"), lines.encode()))
 
-    results = [validate_manifest(u, kind="edit", check_files=True) for u in urls]
+    results = [validate_manifest(u, CATALOG, kind="edit", check_files=True) for u in urls]
     first = results[0]
     assert [r.id for r in first.rows] == ["b", "c"]
     assert [(r.id, r.reason_code) for r in first.rejected] == [
@@ -296,7 +296,7 @@ def test_parquet_native_types(tmp_path):
     buf = io.BytesIO()
     pq.write_table(table, buf)
     url = put(str(tmp_path / "m.parquet"), buf.getvalue())
-    result = validate_manifest(url, kind="edit")
+    result = validate_manifest(url, CATALOG, kind="edit")
     assert [(r.id, r.params) for r in result.rows] == [("1", {"k": 2}), ("2", {"seed": 5})]
 
 
@@ -311,7 +311,7 @@ def test_jsonl_specifics(tmp_path):
         "",
     ]
     url = put(str(tmp_path / "m.ndjson"), "\n".join(lines).encode())
-    result = validate_manifest(url)
+    result = validate_manifest(url, CATALOG)
     assert [(r.id, r.extra) for r in result.rows] == [("a", {"note": "kept"})]
     assert [(r.row, r.reason_code) for r in result.rejected] == [
         (2, "malformed_row"), (3, "malformed_row"), (4, "path_traversal"), (5, "malformed_row"),
@@ -320,14 +320,14 @@ def test_jsonl_specifics(tmp_path):
 
 def test_whole_manifest_errors(tmp_path):
     with pytest.raises(ManifestError, match="extension"):
-        validate_manifest(put(str(tmp_path / "m.txt"), b"id,image\n"))
+        validate_manifest(put(str(tmp_path / "m.txt"), b"id,image\n"), CATALOG)
     with pytest.raises(FileNotFoundError):
-        validate_manifest(str(tmp_path / "absent.csv"))
+        validate_manifest(str(tmp_path / "absent.csv"), CATALOG)
     with pytest.raises(ManifestError, match="Parquet"):
-        validate_manifest(put(str(tmp_path / "bad.parquet"), b"PAR1 nope"))
+        validate_manifest(put(str(tmp_path / "bad.parquet"), b"PAR1 nope"), CATALOG)
     with pytest.raises(ManifestError, match="duplicate column"):
-        validate_manifest(put(str(tmp_path / "dup.csv"), b"id,image,ID\na,b,c\n"))
-    empty = validate_manifest(put(str(tmp_path / "empty.csv"), b""))
+        validate_manifest(put(str(tmp_path / "dup.csv"), b"id,image,ID\na,b,c\n"), CATALOG)
+    empty = validate_manifest(put(str(tmp_path / "empty.csv"), b""), CATALOG)
     assert empty.n_total == 0 and empty.ok
 
 
@@ -350,7 +350,7 @@ def test_whole_manifest_errors(tmp_path):
 ])
 def test_relative_paths_resolve_against_the_manifest(manifest_url, value, expected):
     m = Manifest.from_bytes(csv_bytes([["a", value]], ["id", "image"]), manifest_url, "csv")
-    result = m.validate("reconstruct")
+    result = validate_manifest(m, CATALOG, kind="reconstruct")
     assert [r.image for r in result.rows] == [expected]
 
 
@@ -358,11 +358,11 @@ def test_relative_manifest_path_and_storage_root(storage_root, tmp_path, monkeyp
     put(storage.join(storage_root, "set1/imgs/a.png"), photo())
     url = put(storage.join(storage_root, "set1/m.jsonl"),
               json.dumps({"id": "a", "image": "imgs/a.png"}).encode())
-    result = validate_manifest(url, check_files=True)
+    result = validate_manifest(url, CATALOG, check_files=True)
     assert [r.image for r in result.rows] == [storage.join(storage_root, "set1/imgs/a.png")]
     if not storage.is_remote(storage_root):  # a relative manifest path is made absolute
         monkeypatch.chdir(storage_root)
-        rel = validate_manifest("set1/m.jsonl", check_files=True)
+        rel = validate_manifest("set1/m.jsonl", CATALOG, check_files=True)
         assert rel.rows[0].image == os.path.join(storage_root, "set1/imgs/a.png")
 
 
@@ -373,7 +373,7 @@ def test_relative_manifest_path_and_storage_root(storage_root, tmp_path, monkeyp
 
 def test_schema_file_matches_the_ops_table():
     on_disk = json.loads((REPO / "manifests" / "schema.json").read_text())
-    assert on_disk == row_json_schema(), "regenerate: python -m i2score.data.manifest.validate > manifests/schema.json"
+    assert on_disk == row_json_schema(CATALOG), "regenerate: python -m i2score.runs.ops > manifests/schema.json"
     assert set(on_disk["properties"]["op"]["enum"]) == set(OPS)
     readme = (REPO / "manifests" / "README.md").read_text()
     for code in Reason:

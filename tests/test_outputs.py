@@ -12,7 +12,8 @@ import torch
 import i2score
 from i2score.data import storage
 from i2score.data.images import decode_image, to_tensor
-from i2score.data.manifest.validate import Manifest, Rejection
+from i2score.data.manifest import Manifest, Rejection, validate_manifest
+from i2score.runs.ops import CATALOG
 from i2score.runs.outputs import (
     ERRORS_SCHEMA,
     OUTPUT_SCHEMA,
@@ -72,7 +73,7 @@ def test_round_trip(storage_root):
 def test_validation_errors_round_trip(storage_root):
     data = b"id,image\na,a.png\n../b,a.png\nc,ftp://h/x.png\n"
     m = Manifest.from_bytes(data, storage.join(storage_root, "m.csv"))
-    result = m.validate("reconstruct")
+    result = validate_manifest(m, CATALOG, kind="reconstruct")
     out = RunOutputs(storage_root, "run-1")
     table = read_table(out.write_errors(result.rejected, source=result.manifest_url))
     assert table.equals(result.to_arrow())

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from i2score.data.manifest.validate import validate_manifest
+from i2score.data.manifest import validate_manifest
 from i2score.demo.portraits import (
     HELDOUT_SEED_BASE,
     REGIONS,
@@ -18,7 +18,9 @@ from i2score.demo.portraits import (
     render_portrait,
     sample_params,
 )
-from i2score.demo.sample_data import free_hole, rect_hole, write_sample_data
+from i2score.demo.sample_data import write_sample_data
+from i2score.method.masks import free_hole, rect_hole
+from i2score.runs.ops import CATALOG
 
 SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
 
@@ -84,7 +86,7 @@ def test_committed_sample_data_is_what_the_generator_writes(tmp_path: Path) -> N
 @pytest.mark.parametrize("kind", ["reconstruct", "inpaint", "edit"])
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_sample_manifests_validate(kind: str, fmt: str) -> None:
-    result = validate_manifest(str(SAMPLE / f"{kind}.{fmt}"), kind=kind, check_files=True, resolution=64)
+    result = validate_manifest(str(SAMPLE / f"{kind}.{fmt}"), CATALOG, kind=kind, check_files=True, resolution=64)
     assert len(result.rejected) == 0, result.rejected
     assert len(result.rows) == {"reconstruct": 19, "inpaint": 32, "edit": 12}[kind]
 

@@ -16,7 +16,8 @@ import fsspec
 import pytest
 
 from i2score.data.cache.store import LatentCache
-from i2score.runs.execute import JobConfig, plan_run
+from i2score.runs.config import JobConfig
+from i2score.runs.plan import plan_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_layout"
 BASE = "memory://i2s-pre-layout"

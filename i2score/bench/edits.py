@@ -16,22 +16,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from i2score.method.applications.reconstruct import inpaint, reconstruct
 from i2score.bench.quality import _load_mask, _load_rgb, _summary, telea_inpaint
-from i2score.runs.contact_sheet import Cell, contact_sheet
-from i2score.method.applications.edits import (
+from i2score.data.latents import Latents
+from i2score.features.vgg16 import load_lpips, load_vgg16
+from i2score.generator.network import StyleGAN2
+from i2score.method.applications import (
     attribute_transfer,
     crossover,
     expression_transfer,
+    inpaint,
     local_style_transfer,
     morph,
+    reconstruct,
     scribble_edit,
     style_mix,
 )
-from i2score.features.vgg16 import load_lpips, load_vgg16
-from i2score.generator.network import StyleGAN2
-from i2score.data.latents import Latents
 from i2score.method.masks import dilate
+from i2score.runs.contact_sheet import Cell, contact_sheet
 
 
 def seam_gradient_energy(images: Tensor, mask: Tensor, width: int = 2) -> Tensor:

@@ -26,11 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from i2score.method.blocks import W_STAGE, optimize_noise, optimize_w
 from i2score.features.vgg16 import VGG16Features, perceptual_preprocess
 from i2score.generator import ops
 from i2score.generator.network import StyleGAN2
+from i2score.method.blocks import optimize_noise, optimize_w
 from i2score.method.losses import PERCEPTUAL_LAYERS, masked_feature_mse, masked_mse
+from i2score.method.objective import PERCEPT_WEIGHT, embedding_target
 
 PAPER_STEPS_W = 5000
 PAPER_STEPS_N = 3000
@@ -150,7 +151,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
     Batch 1, float32, PyTorch's ordinary kernels (inside :func:`ops.fast_kernels`, so oneDNN /
     cuDNN stay as PyTorch sets them and no batch-invariant row splitting happens), a single
     parameter tensor with Adam, the target's VGG16 features computed once (as careful
-    projectors do), the same objective as the engine (``W_STAGE`` weights: MSE + perceptual;
+    projectors do), the same objective as the engine (a ``W_l`` target: MSE + perceptual;
     the noise stage: MSE), and ``loss.item()`` every step, because they log the loss every
     step (a host sync on GPU).
 
@@ -177,7 +178,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
             for _ in range(steps):
                 image = G.synthesize(w, fixed_noise)
                 feats = vgg(perceptual_preprocess(image), PERCEPTUAL_LAYERS)
-                loss = (W_STAGE.mse_x * masked_mse(image, x) + W_STAGE.percept * masked_feature_mse(feats, target_feats)).sum()
+                loss = (masked_mse(image, x) + PERCEPT_WEIGHT * masked_feature_mse(feats, target_feats)).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -298,13 +299,14 @@ def _bench_batched(G: StyleGAN2, vgg: VGG16Features, *, batch: int, autocast: to
                    steps_per_timing: int, model: str) -> EmbedBenchRow:
     dev = G.device
     x, w0, n0 = _inputs(G, batch)
-    fast = {"autocast_dtype": autocast, "channels_last": channels_last, "compile": compile}
 
     def w_steps(k: int) -> None:
-        optimize_w(G, x, w_init=w0, noise=n0, vgg=vgg, steps=k, **fast)
+        optimize_w(G, [embedding_target(x)], w_ini=w0, n_ini=n0, vgg=vgg, steps=k, autocast_dtype=autocast,
+                   channels_last=channels_last, compile=compile)
 
     def n_steps(k: int) -> None:
-        optimize_noise(G, x, w=w0, noise_init=n0, steps=k, **fast)
+        optimize_noise(G, M=None, w=w0, n_ini=n0, x=x, steps=k, autocast_dtype=autocast,
+                       channels_last=channels_last, compile=compile)
 
     timing = {"steps": steps_per_timing, "warmup": warmup, "repeats": repeats}
     with kernel_mode(kernels):
@@ -430,7 +432,7 @@ def sample_photos(resolution: int, names: Sequence[str] = ("astronaut", "coffee"
 def bench_ladder(G: StyleGAN2, images: torch.Tensor, names: Sequence[str], *, steps_w: int, steps_n: int,
                  seed: int = 0, early_stop: Any = None) -> list[LadderRow]:
     """The PSNR ladder of Alg. 2 (W+ stage, then noise stage) on a batch of images."""
-    from i2score.method.applications.reconstruct import reconstruct
+    from i2score.method.applications import reconstruct
 
     res = reconstruct(images.to(G.device), G, steps_w=steps_w, steps_n=steps_n, seed=seed, early_stop=early_stop)
     return [LadderRow(image=n, early_stop=early_stop is not None, psnr_w=m["psnr_w"], psnr_wn=m["psnr_wn"],

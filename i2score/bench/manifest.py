@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from i2score.data import storage
-from i2score.data.manifest.validate import validate_manifest
+from i2score.data.manifest import validate_manifest
+from i2score.runs.ops import CATALOG
 
 # Cycled through by the good rows: (op, mask?, ref?, params).
 _GOOD = [
@@ -54,7 +55,7 @@ def synthetic_manifest_csv(n_rows: int) -> bytes:
 
 def bench_validate(n_rows: int, root_url: str) -> dict[str, Any]:
     """Write a synthetic ``n_rows`` CSV edit manifest below ``root_url`` and time
-    :func:`~i2score.data.manifest.validate.validate_manifest` on it (read + parse + schema checks).
+    :func:`~i2score.data.manifest.validate_manifest` on it (read + parse + schema checks).
 
     Returns ``{"rows", "valid", "rejected", "manifest_bytes", "write_s", "wall_s",
     "rows_per_s"}``; ``wall_s`` covers reading the manifest back from storage too.
@@ -64,7 +65,7 @@ def bench_validate(n_rows: int, root_url: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     storage.write_bytes(url, data)
     t1 = time.perf_counter()
-    result = validate_manifest(url, kind="edit", check_files=False)
+    result = validate_manifest(url, CATALOG, kind="edit", check_files=False)
     t2 = time.perf_counter()
     wall = t2 - t1
     return {

@@ -106,8 +106,8 @@ def models_samples(
 
     from PIL import Image
 
-    from i2score.generator.checkpoints.load import load_generator
     from i2score.demo.training import sample_grid
+    from i2score.generator.checkpoints.load import load_generator
 
     if n < 1 or math.isqrt(n) ** 2 != n:
         raise typer.BadParameter(f"n must be a square number, got {n}", param_hint="--n")
@@ -283,9 +283,8 @@ def bench_quality_cmd(
     import contextlib
     import json
 
-    from i2score.generator import ops
-
     from i2score.bench.quality import markdown_table, quality_report
+    from i2score.generator import ops
     from i2score.generator.checkpoints.load import load_generator
 
     G = load_generator(model, device=device)

@@ -35,9 +35,9 @@ def train_cmd(
     """
     import torch
 
+    from i2score.demo.training import TrainConfig, train
     from i2score.generator.checkpoints.load import load_generator_file, save_generator
     from i2score.generator.registry import sha256_file
-    from i2score.demo.training import TrainConfig, train
 
     cfg = TrainConfig(resolution=resolution, channel_multiplier=channel_multiplier, channel_max=channel_max,
                       batch=batch, kimg=kimg, r1_gamma=r1_gamma, dataset_size=dataset_size, seed=seed)

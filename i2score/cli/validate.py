@@ -32,14 +32,15 @@ def validate_cmd(
 
     Exits 1 if any row is rejected, 2 if the manifest cannot be read.
     """
-    from i2score.data.manifest.validate import KINDS, ManifestError, validate_manifest
+    from i2score.data.manifest import ManifestError, validate_manifest
+    from i2score.runs.ops import CATALOG, KINDS
 
     console = Console()
     if kind not in KINDS:
         console.print(f"[red]--kind must be one of {', '.join(KINDS)}[/red]")
         raise typer.Exit(2)
     try:
-        result = validate_manifest(manifest, kind=kind, check_files=check_files,
+        result = validate_manifest(manifest, CATALOG, kind=kind, check_files=check_files,
                                    resolution=resolution if check_files else None)
     except (ManifestError, OSError) as e:
         console.print(Text("cannot read manifest: ", style="red") + Text(storage.redact(e)))

@@ -330,7 +330,7 @@ def fit_mask(mask: Tensor, resolution: int, policy: FitPolicy = "center-crop") -
 
 def to_tensor(img: Image.Image) -> Tensor:
     """RGB PIL image ``W x H`` -> ``[3, H, W]`` float32 in [-1, 1] (``v / 127.5 - 1``, as
-    :func:`i2score.method.applications.reconstruct.images_to_tensor`)."""
+    :func:`i2score.method.applications.images_to_tensor`)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
     a = np.asarray(img, dtype=np.float32) / 127.5 - 1.0

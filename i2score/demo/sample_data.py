@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from i2score.demo.portraits import REGIONS, heldout_seeds, region_mask, render_portrait
+from i2score.method.masks import free_hole, rect_hole
 
 PHOTOS = ("astronaut", "coffee", "chelsea")
 EXPRESSION_PAIR = {"neutral": "closed", "smile": "smile"}
@@ -38,41 +38,6 @@ EXPRESSION_PAIR = {"neutral": "closed", "smile": "smile"}
 
 def _save_mask(mask: np.ndarray, path: Path) -> None:
     Image.fromarray(np.where(mask, 255, 0).astype(np.uint8), "L").save(path, optimize=True)
-
-
-def rect_hole(seed: int, resolution: int) -> np.ndarray:
-    """A rectangle covering 6-20 % of the image, inside the central 80 % (``bool [R, R]``)."""
-    rng = np.random.default_rng([seed, 0x4EC7])
-    area = rng.uniform(0.06, 0.20) * resolution**2
-    aspect = rng.uniform(0.6, 1.6)
-    h = int(round(min(math.sqrt(area * aspect), 0.6 * resolution)))
-    w = int(round(min(area / max(h, 1), 0.6 * resolution)))
-    lo, hi = int(0.1 * resolution), int(0.9 * resolution)
-    y0 = int(rng.integers(lo, max(lo + 1, hi - h)))
-    x0 = int(rng.integers(lo, max(lo + 1, hi - w)))
-    m = np.zeros((resolution, resolution), dtype=bool)
-    m[y0:y0 + h, x0:x0 + w] = True
-    return m
-
-
-def free_hole(seed: int, resolution: int) -> np.ndarray:
-    """Free-form hole: 2-4 thick random brush strokes (``bool [R, R]``)."""
-    rng = np.random.default_rng([seed, 0xF8EE])
-    big = resolution * 4
-    layer = Image.new("L", (big, big), 0)
-    d = ImageDraw.Draw(layer)
-    for _ in range(int(rng.integers(2, 5))):
-        x, y = rng.uniform(0.2, 0.8, 2) * big
-        width = int(rng.uniform(0.05, 0.1) * big)
-        for _ in range(int(rng.integers(3, 6))):
-            angle = rng.uniform(0, 2 * math.pi)
-            length = rng.uniform(0.08, 0.2) * big
-            nx = float(np.clip(x + length * math.cos(angle), 0.1 * big, 0.9 * big))
-            ny = float(np.clip(y + length * math.sin(angle), 0.1 * big, 0.9 * big))
-            d.line([(x, y), (nx, ny)], fill=255, width=width, joint="curve")
-            d.ellipse([nx - width / 2, ny - width / 2, nx + width / 2, ny + width / 2], fill=255)
-            x, y = nx, ny
-    return np.asarray(layer.resize((resolution, resolution), Image.BOX)) >= 128
 
 
 def scribble(image: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

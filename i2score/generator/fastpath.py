@@ -3,7 +3,7 @@
 None of these change the objective: they change memory layouts, kernels and batch sizes, so
 results agree with the default engine to float rounding (not bit for bit; the default engine is
 the reproducible one). The blocks (:func:`i2score.method.blocks.optimize_w`, ``optimize_noise``) and
-:func:`i2score.method.applications.reconstruct.reconstruct` take them as keyword options, off by default.
+:func:`i2score.method.applications.reconstruct` take them as keyword options, off by default.
 
 * ``channels_last``: the synthesis starts from an NHWC activation and every later op keeps the
   layout (FIR resampling restores it after its NCHW detour); the generated image, and hence the

@@ -10,7 +10,7 @@ Conventions:
 * Scale: pixel MSE is the mean over the ``N = 3HW`` pixel values; the perceptual term is the
   sum over VGG16 conv1_1, conv1_2, conv2_2 and conv3_3 of the mean squared feature difference
   (images masked before VGG and features masked after it). The default λ's that balance the
-  two are in ``i2score.method.blocks.LossWeights``.
+  two are in :mod:`i2score.method.objective`.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def masked_feature_mse(feats: Sequence[Tensor], target_feats: Sequence[Tensor], 
         ``[B]``.
     """
     total: Tensor | None = None
-    for f, t in zip(feats, target_feats):
+    for f, t in zip(feats, target_feats, strict=True):
         diff = f - t
         if mask is not None:
             diff = diff * resize_mask(mask, (f.shape[-2], f.shape[-1])).to(diff.dtype)

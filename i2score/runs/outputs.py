@@ -32,10 +32,9 @@ import pyarrow.parquet as pq
 from torch import Tensor
 
 from i2score import __version__
-
 from i2score.data import storage
 from i2score.data.images import tensor_to_png_bytes
-from i2score.data.manifest.validate import ERRORS_SCHEMA, Rejection, check_id, rejections_to_arrow
+from i2score.data.manifest import ERRORS_SCHEMA, Rejection, check_id, rejections_to_arrow
 
 __all__ = [
     "ERRORS_SCHEMA",
@@ -159,7 +158,7 @@ def read_table(url: str) -> pa.Table:
 class RunOutputs:
     """Writer for one run's outputs below ``<root_url>/runs/<run_id>/``.
 
-    ``run_id`` and every row id must be safe ids (:func:`i2score.data.manifest.validate.check_id`), so no
+    ``run_id`` and every row id must be safe ids (:func:`i2score.data.manifest.check_id`), so no
     output can land outside the run folder.
     """
 

@@ -1,7 +1,7 @@
 """Finishing a run: merge its batch records into ``manifest.parquet``, ``errors.parquet``,
 ``summary.json`` (counts, metric distributions, steps run, cache hits), the report
 (``report.md``, ``report.html``, ``sheet.png``) and, for augmentation runs, ``dataset.csv``.
-Prefect-free; see :mod:`i2score.runs.execute` for the run layout."""
+Prefect-free; see :mod:`i2score.runs.records` for the run layout."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from i2score.data import storage
-from i2score.runs.execute import RunPaths, batch_records, read_all, read_json
-from i2score.data.manifest.validate import Rejection
+from i2score.data.manifest import Rejection, validate_manifest
+from i2score.runs.ops import CATALOG, OPS
+from i2score.runs.prefetch import read_all
+from i2score.runs.records import RunPaths, batch_records, read_json
 
 
 def _quantiles(values: Sequence[float]) -> dict[str, float] | None:
@@ -108,14 +110,12 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     import csv
     import io
 
-    from i2score.data.manifest.validate import validate_manifest as _validate
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     # Not "op"/"params": those columns mean an edit to a manifest reader; these are lineage.
     w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params"])
     if config.get("include_originals", True):
-        for r in _validate(config["manifest"], kind="reconstruct").rows:
+        for r in validate_manifest(config["manifest"], CATALOG, kind="reconstruct").rows:
             w.writerow([r.id, storage.redact(r.image), r.id, "", "original", "{}"])
     for o in outs:
         rel = "outputs/" + storage.basename(o["output_url"])
@@ -131,8 +131,8 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
     """A contact sheet: per output (up to ``limit``), its input image(s) and the output."""
     import io
 
-    from i2score.runs.contact_sheet import Cell, contact_sheet
     from i2score.data.images import decode_image, fit_to_resolution, to_tensor
+    from i2score.runs.contact_sheet import Cell, contact_sheet
 
     shown = list(outs)[:limit]
     if not shown:
@@ -171,6 +171,16 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
     return url
 
 
+def psnr_meanings(outs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """What the ``psnr`` column holds for each op among ``outs`` (from the op registry)."""
+    lines = []
+    for name in sorted({o["op"] for o in outs}):
+        op = OPS.get(name)
+        if op is not None and op.metric is not None:
+            lines.append(f"{name}: {op.metric.what} (`{op.metric.key}`)")
+    return lines
+
+
 def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]],
                     errors: Sequence[Mapping[str, Any]], *, max_links: int = 50) -> str:
     """The run report as Markdown (also the flows' Markdown artifact)."""
@@ -198,6 +208,9 @@ def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]
         if q:
             lines.append(f"| {name} | {q['n']} | {q['min']} | {q['p10']} | {q['median']} | {q['p90']} | {q['max']} |")
     lines.append("")
+    meanings = psnr_meanings(outs)
+    if meanings:
+        lines += ["psnr, by op: " + "; ".join(meanings) + ".", ""]
     if errors:
         lines += ["## Failed rows", "", "| row | id | reason | message |", "|---:|---|---|---|"]
         for e in errors[:100]:
@@ -231,6 +244,7 @@ def _html(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]], errors:
             + ("<img src=\"sheet.png\" alt=\"contact sheet\">" if s["files"].get("sheet") else "")
             + f"<h2>Metrics</h2><table border=1><tr><th>metric</th><th>n</th><th>min</th><th>median</th>"
               f"<th>max</th></tr>{stats}</table>"
+            + "".join(f"<p>psnr, {escape(m)}</p>" for m in psnr_meanings(outs))
             + (f"<h2>Failed rows</h2><table border=1><tr><th>row</th><th>id</th><th>reason</th>"
                f"<th>message</th></tr>{rows}</table>" if errors else "")
             + f"<h2>Outputs</h2><ul>{links}</ul>")

@@ -21,7 +21,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from i2score.data import storage
-from i2score.data.manifest.validate import OPS, Manifest, ManifestRow, Rejection, rejections_to_arrow
+from i2score.data.manifest import Manifest, ManifestRow, Rejection, rejections_to_arrow, validate_manifest
+from i2score.runs.ops import CATALOG, OPS
 
 
 @dataclass
@@ -81,7 +82,7 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
     most ``rows_per_shard`` rows (a group of rows that name each other may make one larger).
 
     Args:
-        manifest_url: the manifest (any format :class:`~i2score.data.manifest.validate.Manifest` reads).
+        manifest_url: the manifest (any format :class:`~i2score.data.manifest.Manifest` reads).
         root: storage root; shards go to ``<root>/shards/<digest>/shard-NNNNN.jsonl``.
         kind: ``reconstruct``, ``inpaint``, ``edit`` or ``augment`` (augment shards like reconstruct).
         rows_per_shard: shard size (>= 1).
@@ -96,7 +97,7 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
     url = manifest_url if "://" in manifest_url else os.path.abspath(manifest_url)
     data = storage.read_bytes(url)
     manifest = Manifest.from_bytes(data, url)
-    result = manifest.validate("reconstruct" if kind == "augment" else kind)
+    result = validate_manifest(manifest, CATALOG, kind="reconstruct" if kind == "augment" else kind)
     job_json = json.dumps(dict(job or {}), sort_keys=True, default=str)
     digest = hashlib.sha256(b"\0".join([data, job_json.encode(), kind.encode(),
                                         str(rows_per_shard).encode()])).hexdigest()[:16]

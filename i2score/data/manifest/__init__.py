@@ -1,1 +1,53 @@
-"""Input manifests: read, validate and load rows."""
+"""Input manifests: the language of a row (:mod:`.schema`), reading (:mod:`.read`), validation
+against the op catalog (:mod:`.validate`), loading a row's files (:mod:`.load`) and the JSON
+Schema of a row (:mod:`.jsonschema`)."""
+
+from i2score.data.manifest.jsonschema import row_json_schema
+from i2score.data.manifest.load import LoadedRow, load_row
+from i2score.data.manifest.read import Manifest, read_manifest
+from i2score.data.manifest.schema import (
+    ERRORS_SCHEMA,
+    KNOWN_COLUMNS,
+    REASON_DESCRIPTIONS,
+    SUPPORTED_SCHEMES,
+    ManifestError,
+    ManifestKind,
+    ManifestRow,
+    OpCatalog,
+    OpSchema,
+    Param,
+    Reason,
+    Rejection,
+    RowError,
+    Use,
+    ValidationResult,
+    check_id,
+    rejections_to_arrow,
+)
+from i2score.data.manifest.validate import validate_manifest
+
+__all__ = [
+    "ERRORS_SCHEMA",
+    "KNOWN_COLUMNS",
+    "REASON_DESCRIPTIONS",
+    "SUPPORTED_SCHEMES",
+    "LoadedRow",
+    "Manifest",
+    "ManifestError",
+    "ManifestKind",
+    "ManifestRow",
+    "OpCatalog",
+    "OpSchema",
+    "Param",
+    "Reason",
+    "Rejection",
+    "RowError",
+    "Use",
+    "ValidationResult",
+    "check_id",
+    "load_row",
+    "read_manifest",
+    "rejections_to_arrow",
+    "row_json_schema",
+    "validate_manifest",
+]

@@ -1,0 +1,51 @@
+"""What a worker process keeps between batches: the generator and the VGG16/LPIPS it is
+optimised and measured with, loaded once per (model, device)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from i2score.features.vgg16 import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
+from i2score.generator.checkpoints.load import load_generator
+from i2score.generator.network import StyleGAN2
+from i2score.generator.registry import DEFAULT_MODEL
+from i2score.runs.config import resolve_device
+
+
+@dataclass
+class WorkerContext:
+    """What a batch needs besides its spec. One per (model, device) and process."""
+
+    G: StyleGAN2
+    vgg: VGG16Features
+    lpips: LPIPS | None
+    device: str
+    model: str
+
+    @property
+    def generator_sha256(self) -> str:
+        return str(self.G.weights_sha256)
+
+
+_CONTEXTS: dict[tuple[str, str], WorkerContext] = {}
+_CONTEXT_LOCK = threading.Lock()
+
+
+def worker_context(model: str | None, device: str) -> WorkerContext:
+    """The generator (and the VGG16/LPIPS it is optimised with) on ``device``, loaded on first
+    use and kept for the life of the process, so a worker loads each model once however many
+    batches it runs. Threads share it (the lock serialises the first load)."""
+    model = model or DEFAULT_MODEL
+    device = resolve_device(device)
+    with _CONTEXT_LOCK:
+        ctx = _CONTEXTS.get((model, device))
+        if ctx is None:
+            G = load_generator(model, device=device)
+            vgg = load_vgg16(device=device)
+            try:
+                lp: LPIPS | None = load_lpips(device=device)
+            except VGGWeightsNotFoundError:
+                lp = None
+            ctx = _CONTEXTS[(model, device)] = WorkerContext(G, vgg, lp, device, model)
+        return ctx

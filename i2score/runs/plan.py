@@ -1,0 +1,261 @@
+"""Planning a run: validate the manifest, hash every input, look up the cache and write the batch
+specs, so that executing a batch needs nothing but its spec.
+
+Resumability comes from three facts: the run id is a digest of the job (manifest bytes, model
+weights, schedule, seed and job parameters), a batch record is written only after its outputs
+and cache entries, and planning skips rows that already have an output record. Re-running a
+killed run therefore redoes only unfinished batches (their finished embeddings are cache hits),
+and re-running a finished run (``summary.json`` with the same digest) does nothing, or retries
+only its failed rows when it has some.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from i2score.data import storage
+from i2score.data.cache import LatentCache, source_key
+from i2score.data.manifest import ManifestRow, Rejection, RowError, load_row, validate_manifest
+from i2score.generator.checkpoints.load import load_generator
+from i2score.generator.registry import DEFAULT_MODEL
+from i2score.method.applications import ALGORITHM_VERSION
+from i2score.runs.augment import plan_augmentations
+from i2score.runs.config import JobConfig, Schedule
+from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS
+from i2score.runs.prefetch import read_all
+from i2score.runs.records import (
+    SOURCE_FAILED,
+    RunPaths,
+    digest,
+    finished_rows,
+    read_json,
+    row_to_json,
+    write_json,
+)
+
+#: Rows whose files planning reads at a time (to hash them).
+PLAN_READ_CHUNK = 256
+
+
+@dataclass
+class PlanResult:
+    """What :func:`plan_run` returns (small: the flow passes batch ids to tasks).
+
+    ``phases`` are lists of batch ids; a phase starts when the previous one is finished
+    (edits need the embeddings of their sources). ``noop`` is True when the run is already
+    finished (``summary`` then holds its summary).
+    """
+
+    run_id: str
+    run_url: str
+    digest: str
+    attempt: str
+    phases: list[list[str]]
+    counts: dict[str, int]
+    noop: bool = False
+    summary: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    return [list(items[i:i + size]) for i in range(0, len(items), size)]
+
+
+def _batch_id(kind: str, index: int, members: Iterable[str]) -> str:
+    return f"{kind}-{index:05d}-{digest(sorted(members))[:10]}"
+
+
+def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
+    """Validate the manifest, hash every input, look up the cache and write the batch specs.
+
+    Rows that already have an output in this run (an earlier, interrupted attempt) are
+    skipped; embeddings already in the cache are not planned again (reconstruct runs render
+    them in larger batches). Returns a :class:`PlanResult`; when ``summary.json`` of the same
+    job exists and no row failed, the run is finished and nothing is written (``noop``); when
+    rows failed, only those are planned again.
+    """
+    attempt = attempt or uuid.uuid4().hex[:12]
+    schedule = Schedule.parse(config.schedule)
+    model = config.model or DEFAULT_MODEL
+    # The weights hash enters every cache key; the plan only needs the header, so load on CPU.
+    G = load_generator(model, device="cpu")
+    gen = {"id": model, "sha256": G.weights_sha256, "resolution": G.resolution, "num_ws": G.num_ws}
+    manifest_bytes = storage.read_bytes(config.manifest)
+    job = {k: v for k, v in config.to_json().items() if k not in ("run_id", "device", "batch_size", "root")}
+    job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job, asdict(schedule)])
+    run_id = config.run_id or f"{config.kind}-{job_digest[:12]}"
+    paths = RunPaths(config.root, run_id)
+
+    try:
+        summary = read_json(paths.url("summary.json"))
+    except FileNotFoundError:
+        summary = None
+    # A finished run is a no-op; one with failed rows retries those rows (the others are done).
+    if summary is not None and summary.get("digest") == job_digest and not summary["rows"]["failed"]:
+        return PlanResult(run_id, paths.run_url, job_digest, attempt, [], {}, noop=True, summary=summary)
+
+    kind = "reconstruct" if config.kind == "augment" else config.kind
+    validation = validate_manifest(config.manifest, CATALOG, kind=kind)
+    rejected = list(validation.rejected)
+    rows = validation.rows
+
+    # Every row's files once: their bytes make the cache keys.
+    sha: dict[str, str] = {}
+    good: list[ManifestRow] = []
+    # A chunk at a time: only hashes are kept, so memory does not grow with the dataset.
+    for chunk in _chunks(rows, PLAN_READ_CHUNK):
+        fetched = read_all([u for r in chunk for u in r.urls()])
+        for r in chunk:
+            if any(isinstance(fetched.get(u), BaseException) for u in r.urls()):
+                try:
+                    load_row(r, resolution=gen["resolution"], fetched=fetched)
+                except RowError as e:
+                    rejected.append(Rejection(r.row, r.id, e.reason_code, e.message, e.field, e.url))
+                    continue
+            for u in r.urls():
+                got = fetched[u]
+                if isinstance(got, bytes):
+                    sha.setdefault(u, hashlib.sha256(got).hexdigest())
+            good.append(r)
+        del fetched
+
+    embed_params = schedule.reconstruct_params(config.seed)
+
+    def embed_key(url: str) -> str:
+        return cache_key_of(sha[url], None, gen["sha256"], OPS["reconstruct"].algorithm, embed_params)
+
+    # Rows already finished by an earlier attempt of this run.
+    done = finished_rows(paths)
+    todo = [r for r in good if r.id not in done]
+    by_id = {r.id: r for r in good}
+
+    # Sources to embed: (key -> (url, id of the first row that uses it)).
+    sources: dict[str, dict[str, Any]] = {}
+    row_keys: dict[str, dict[str, str]] = {}
+    for r in todo:
+        roles = ("image",) if config.kind in ("reconstruct", "augment") else OPS[r.op].latents
+        keys: dict[str, str] = {}
+        for role in roles:
+            if role in ("image", "ref"):
+                url, sid = (r.image, r.id) if role == "image" else (r.ref, f"{r.id}.ref")
+            elif r.params[role] in by_id:
+                other = by_id[r.params[role]]
+                url, sid = other.image, other.id
+            else:
+                rejected.append(Rejection(r.row, r.id, SOURCE_FAILED, f"params.{role} names row "
+                                          f"{r.params[role]!r}, whose files cannot be used", "params"))
+                break
+            keys[role] = embed_key(url)
+            sources.setdefault(keys[role], {"key": keys[role], "url": url, "id": sid})
+        else:
+            row_keys[r.id] = keys
+    todo = [r for r in todo if r.id in row_keys]
+    if config.kind == "augment":
+        # Partners come from every valid row, finished or not.
+        for r in good:
+            k = embed_key(r.image)
+            row_keys.setdefault(r.id, {"image": k})
+            sources.setdefault(k, {"key": k, "url": r.image, "id": r.id})
+
+    cache = LatentCache(config.root)
+    hits = cache.lookup(list(sources)) if sources else {}
+    misses = [s for k, s in sources.items() if k not in hits]
+
+    specs: list[dict[str, Any]] = []
+    phases: list[list[str]] = []
+    base = {"run_id": run_id, "root": config.root, "config": config.to_json(), "attempt": attempt,
+            "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params}
+
+    def add_phase(kind_: str, groups: list[list[dict[str, Any]]], extra: dict[str, Any] | None = None) -> None:
+        ids = []
+        for items in groups:
+            bid = _batch_id(kind_, len(specs), [json.dumps(i, sort_keys=True) for i in items])
+            if ids:
+                specs[-1]["next_batch"] = bid  # what the worker prefetches while this one runs
+            specs.append({**base, **(extra or {}), "batch_id": bid, "kind": kind_, "items": items,
+                          "next_batch": None})
+            ids.append(bid)
+        if ids:
+            phases.append(ids)
+
+    if config.kind == "reconstruct":
+        items = [{"row": row_to_json(r), "key": row_keys[r.id]["image"]} for r in todo]
+        miss_keys = {s["key"] for s in misses}
+        embed_items = [i for i in items if i["key"] in miss_keys]
+        render_items = [i for i in items if i["key"] not in miss_keys]
+        # Hits only render (one forward each), so they travel in larger batches.
+        add_phase("reconstruct", _chunks(embed_items, config.batch_size)
+                  + _chunks(render_items, config.batch_size * 8))
+    else:
+        if misses:
+            add_phase("embed", _chunks([{"source": s} for s in misses], config.batch_size))
+        if config.kind == "augment":
+            add_phase("augment", _augment_groups(config, good, todo, row_keys, gen["num_ws"]))
+        else:
+            groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+            for r in todo:
+                params = OPS[r.op].resolve_params(r.params, config)
+                groups[json.dumps([r.op, params], sort_keys=True)].append(
+                    {"row": row_to_json(r), "keys": row_keys[r.id], "params": params})
+            add_phase("edit", [c for g in groups.values() for c in _chunks(g, config.batch_size)])
+
+    counts = {"rows": validation.n_total, "valid": len(good), "rejected": len(rejected),
+              "already_done": len(good) - len(todo), "sources": len(sources),
+              "cache_hits": len(sources) - len(misses), "to_embed": len(misses),
+              "batches": len(specs)}
+    # Specs first, then the validation record: a crash in between only costs a re-plan.
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda s: write_json(paths.spec_url(s["batch_id"]), s), specs))
+    write_json(paths.url("plan.json"), {"digest": job_digest, "config": config.to_json(), "generator": gen,
+                                          "schedule": asdict(schedule), "phases": phases,
+                                          "attempt": attempt, "counts": counts})
+    write_json(paths.record_url("validation"), {
+        "batch_id": "validation", "kind": "validation", "attempt": attempt, "outputs": [],
+        "errors": [asdict(r) for r in rejected], "embedding_steps": 0, "edit_steps": 0,
+        "embedded": 0, "cache_hits": 0, "seconds": 0.0})
+    return PlanResult(run_id, paths.run_url, job_digest, attempt, phases, counts)
+
+
+def cache_key_of(image_sha: str, mask_sha: str | None, gen_sha: str, algorithm: str,
+                 params: Mapping[str, Any]) -> str:
+    """The cache key :func:`i2score.data.cache.make_source` gives, from hashes already computed."""
+    return source_key({"image_sha256": image_sha, "mask_sha256": mask_sha, "generator_sha256": gen_sha,
+                       "algorithm": algorithm, "algorithm_version": ALGORITHM_VERSION, "params": dict(params)})
+
+
+def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[ManifestRow],
+                    row_keys: Mapping[str, Mapping[str, str]], num_ws: int) -> list[list[dict[str, Any]]]:
+    by_id = {r.id: r for r in good}
+    augs = plan_augmentations([r.id for r in good], config.n_per_image, config.ops or AUGMENT_OPS,
+                              seed=config.seed, num_ws=num_ws)
+    todo_ids = {r.id for r in todo}
+    items = []
+    for a in augs:
+        if a.source_id not in todo_ids:
+            continue
+        involved = [a.source_id] + ([a.partner_id] if a.partner_id else [])
+        items.append({"augmentation": asdict(a),
+                      "sources": {i: {"row": row_to_json(by_id[i]), "key": row_keys[i]["image"]} for i in involved}})
+    # One source image's variants stay in one batch (its record then finishes it whole).
+    per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for it in items:
+        per_source[it["augmentation"]["source_id"]].append(it)
+    groups: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    for its in per_source.values():
+        if current and len(current) + len(its) > config.batch_size * max(1, config.n_per_image):
+            groups.append(current)
+            current = []
+        current.extend(its)
+    if current:
+        groups.append(current)
+    return groups
