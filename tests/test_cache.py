@@ -13,16 +13,16 @@ import pytest
 import torch
 
 from i2score.data import storage
-from i2score.data.cache.store import (
+from i2score.data.cache import (
     CorruptEntryError,
     LatentCache,
-    _key_from_fields,
     cache_key,
     canonical_params,
     decode_entry,
     make_source,
     npz_path,
 )
+from i2score.data.cache.keys import _key_from_fields
 from i2score.data.latents import Latents
 
 GEN_SHA = "ab" * 32
@@ -291,7 +291,7 @@ def test_float16_noise_round_trip(storage_root):
 
 # -- local only --------------------------------------------------------------------------------
 def test_lookup_reads_each_part_once_and_no_npz(tmp_path, monkeypatch):
-    import i2score.data.cache.store as cache_mod
+    import i2score.data.cache.index as cache_mod
 
     cache = LatentCache(str(tmp_path))
     n = 40

@@ -15,7 +15,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from i2score.data.cache.store import LatentCache
+from i2score.data.cache import LatentCache
 from i2score.runs.execute import JobConfig, plan_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "pre_layout"

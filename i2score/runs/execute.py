@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from i2score.data import storage
-from i2score.data.cache.store import LatentCache, make_source, source_key
+from i2score.data.cache import LatentCache, make_source, source_key
 from i2score.data.manifest.validate import (
     ManifestRow,
     Rejection,
