@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import fsspec
 import pytest
 
-from i2score.data import storage
+from i2score.data import retries, storage
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzzSECRET"
 KEY_ID = "AKIAI2SCOREEXAMPLE01"
@@ -215,8 +215,8 @@ def faulty_s3(moto_proxy, monkeypatch):
     credentials in the options (to prove they never leak) and fast backoff."""
     import s3fs
 
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_MAX_S", 0.05)
+    monkeypatch.setattr(retries, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(retries, "RETRY_BACKOFF_MAX_S", 0.05)
     opts = {
         "endpoint_url": f"http://127.0.0.1:{moto_proxy.port}",
         "key": KEY_ID,
@@ -307,7 +307,7 @@ def test_gives_up_after_attempts_with_clean_error(faulty_s3, caplog):
 def test_connection_errors_are_retried_and_redacted(monkeypatch, caplog):
     """Connection refused is retried; keys in the options and a password in an http URL
     never reach the error or the log."""
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(retries, "RETRY_BACKOFF_S", 0.01)
     port = free_port()  # nothing listens there
     opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": KEY_ID, "secret": SECRET, "token": TOKEN}
     with caplog.at_level(logging.WARNING, logger="i2score.data.storage"):
