@@ -209,8 +209,9 @@ def _public_class(exc: BaseException) -> type[BaseException]:
         return TimeoutError
     if kind == "connection":
         return ConnectionError
-    if not isinstance(exc, OSError) and isinstance(getattr(exc, "response", None), Mapping):
-        code = str(exc.response.get("Error", {}).get("Code", ""))  # type: ignore[attr-defined]
+    response = getattr(exc, "response", None)
+    if not isinstance(exc, OSError) and isinstance(response, Mapping):
+        code = str(response.get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NoSuchBucket", "NotFound"):
             return FileNotFoundError
         if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
@@ -230,12 +231,11 @@ def _sanitized(exc: BaseException, op: str, url: str, attempts: int) -> BaseExce
     err_no = getattr(exc, "errno", None)
     new: BaseException
     try:
-        if issubclass(cls, OSError) and isinstance(err_no, int):
-            new = cls(err_no, message)
-        else:
-            new = cls(message)
+        new = cls(err_no, message) if issubclass(cls, OSError) and isinstance(err_no, int) else cls(message)
     except Exception:  # noqa: BLE001 - exotic constructor
         new = OSError(message)
+    # The public types stay builtin (callers catch OSError & co.), so these extra attributes are
+    # set on instances whose classes do not declare them: hence the ignores.
     new.url = safe_url(url)  # type: ignore[attr-defined]
     new.attempts = attempts  # type: ignore[attr-defined]
     new.transient = is_transient(exc)  # type: ignore[attr-defined]

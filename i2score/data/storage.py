@@ -42,6 +42,7 @@ this module's interface (``__all__``), so callers need one import for everything
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -257,10 +258,8 @@ def _write_local(path: str, data: bytes) -> None:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise
 
 
@@ -327,10 +326,8 @@ def delete(url: str, *, attempts: int | None = None, **storage_options: Any) -> 
 
     def _delete() -> None:
         fs, path = url_to_fs(url, **storage_options)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             fs.rm_file(path)
-        except FileNotFoundError:
-            pass
         fs.invalidate_cache(path)
 
     _with_retries("delete", url, _delete, attempts)
@@ -361,4 +358,4 @@ def read_many(
         return {u: _one(u) for u in unique}
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="i2s-read") as pool:
         results = list(pool.map(_one, unique))
-    return dict(zip(unique, results))
+    return dict(zip(unique, results, strict=True))

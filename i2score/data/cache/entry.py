@@ -183,7 +183,7 @@ def decode_entry(data: bytes, key: str | None = None) -> tuple[Latents, dict[str
         raise CorruptEntryError(f"w shape/dtype {list(w.shape)} {w.dtype} inconsistent with metadata")
     if [list(n.shape) for n in noises] != cm.get("noise_shapes"):
         raise CorruptEntryError("noise shapes inconsistent with metadata")
-    if any(n.dtype != _NOISE_DTYPES.get(cm.get("noise_dtype", ""), None) for n in noises):
+    if any(n.dtype != _NOISE_DTYPES.get(cm.get("noise_dtype", "")) for n in noises):
         raise CorruptEntryError("noise dtype inconsistent with metadata")
     try:
         if source_key(cm["source"]) != cm["key"]:

@@ -369,9 +369,9 @@ class LatentCache:
         stored result stays). An index row is added only if the key has none yet (adoption). An
         existing NPZ that fails verification is overwritten: it is useless to every reader, and
         the new PUT replaces it whole. Two writers racing on a new key both PUT (last one wins,
-        both complete) and both add a row; readers collapse the duplicate rows. ``source`` comes from :func:`make_source` and
-        must hash to ``key``. ``metrics``/``timings`` may be one dict from
-        ``ReconstructionResult.metrics`` (known keys go to columns, others to ``extra``).
+        both complete) and both add a row; readers collapse the duplicate rows. ``source`` comes
+        from :func:`make_source` and must hash to ``key``. ``metrics``/``timings`` may be one dict
+        from ``ReconstructionResult.metrics`` (known keys go to columns, others to ``extra``).
         """
         return self.put_many([key], latents, sources=[source], metrics=[metrics or {}],
                              timings=[timings or {}], noise_dtype=noise_dtype, status=status)[0]
