@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import threading
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,16 +15,16 @@ import pytest
 import torch
 
 from i2score.data import storage
-from i2score.data.cache.store import (
+from i2score.data.cache import (
     CorruptEntryError,
     LatentCache,
-    _key_from_fields,
     cache_key,
     canonical_params,
     decode_entry,
     make_source,
     npz_path,
 )
+from i2score.data.cache.keys import _key_from_fields
 from i2score.data.latents import Latents
 
 GEN_SHA = "ab" * 32
@@ -39,8 +41,8 @@ def make_latents(seed: int, num_ws: int = 6, resolutions: tuple[int, ...] = (4, 
     return Latents(w, noise, {"algorithm": "test", "seed": seed})
 
 
-def entry_inputs(i: int, **kw) -> tuple[str, dict]:
-    args = {"image_bytes": f"image-{i}".encode(), "mask_bytes": None, "generator_sha256": GEN_SHA,
+def entry_inputs(i: int, **kw: Any) -> tuple[str, dict]:
+    args: dict[str, Any] = {"image_bytes": f"image-{i}".encode(), "mask_bytes": None, "generator_sha256": GEN_SHA,
             "algorithm": "image2stylegan++/reconstruct", "params": PARAMS, "algorithm_version": 1,
             "generator_id": "test-gen", "source_id": f"row-{i}"}
     args.update(kw)
@@ -56,12 +58,13 @@ def put_one(cache: LatentCache, i: int, **kw) -> tuple[str, Latents]:
 
 # -- keys --------------------------------------------------------------------------------
 def test_key_stable_and_sensitive_to_every_input():
-    base = {"image_bytes": b"img", "mask_bytes": b"mask", "generator_sha256": GEN_SHA, "algorithm": "alg",
-            "params": {"a": 1, "b": [1.5, "x"], "c": {"d": None}}, "algorithm_version": 1}
+    base: dict[str, Any] = {
+        "image_bytes": b"img", "mask_bytes": b"mask", "generator_sha256": GEN_SHA, "algorithm": "alg",
+        "params": {"a": 1, "b": [1.5, "x"], "c": {"d": None}}, "algorithm_version": 1}
     k = cache_key(**base)
     assert k == cache_key(**base) and len(k) == 64
     assert cache_key(**{**base, "params": {"c": {"d": None}, "b": [1.5, "x"], "a": 1.0}}) == k  # order, 1.0 == 1
-    variants = [
+    variants: list[dict[str, Any]] = [
         {"image_bytes": b"img2"}, {"mask_bytes": None}, {"mask_bytes": b""}, {"mask_bytes": b"mask2"},
         {"generator_sha256": "cd" * 32}, {"algorithm": "alg2"}, {"params": {"a": 2, "b": [1.5, "x"], "c": {"d": None}}},
         {"params": {"a": 1, "b": [1.5, "x"]}}, {"algorithm_version": 2},
@@ -69,7 +72,8 @@ def test_key_stable_and_sensitive_to_every_input():
     keys = {cache_key(**{**base, **v}) for v in variants}
     assert k not in keys and len(keys) == len(variants)
     # Length prefixes: moving bytes between adjacent parts changes the key.
-    fields = {"generator_sha256": GEN_SHA, "algorithm": "alg", "params_json": "{}", "algorithm_version": 1}
+    fields: dict[str, Any] = {"generator_sha256": GEN_SHA, "algorithm": "alg", "params_json": "{}",
+                              "algorithm_version": 1}
     assert (_key_from_fields(image_sha256="ab", mask_sha256="cd", **fields)
             != _key_from_fields(image_sha256="abc", mask_sha256="d", **fields))
     key, source = make_source(**base)
@@ -113,7 +117,8 @@ def test_round_trip_bitwise(storage_root):
     got = fresh.get(key)
     assert got is not None
     assert torch.equal(got.w, lat.w) and got.w.dtype == torch.float32
-    assert len(got.noise) == len(lat.noise) and all(torch.equal(a, b) for a, b in zip(got.noise, lat.noise))
+    assert len(got.noise) == len(lat.noise)
+    assert all(torch.equal(a, b) for a, b in zip(got.noise, lat.noise, strict=True))
     assert got.meta["seed"] == 0 and got.meta["cache"]["key"] == key
     assert fresh.get("0" * 64) is None
 
@@ -174,7 +179,9 @@ def test_crash_between_npz_and_index_is_repaired(storage_root, monkeypatch):
     assert set(fresh.lookup(keys)) == set(keys)
     rep = fresh.verify()
     assert rep.ok and rep.orphans == [] and rep.verified == 3
-    assert torch.equal(fresh.get(keys[1]).w, make_latents(4).w)
+    adopted = fresh.get(keys[1])
+    assert adopted is not None
+    assert torch.equal(adopted.w, make_latents(4).w)
 
 
 def _writer(root: str, i: int, barrier) -> None:
@@ -206,7 +213,9 @@ def test_concurrent_writers_threads_and_processes(storage_root):
     assert rep.index_rows >= 2  # racing writers may each add a row ...
     assert cache.ls().num_rows == 2  # ... which readers collapse
     assert set(cache.lookup([key, key8])) == {key, key8}
-    assert torch.equal(cache.get(key).w, make_latents(7).w) and torch.equal(cache.get(key8).w, make_latents(8).w)
+    got7, got8 = cache.get(key), cache.get(key8)
+    assert got7 is not None and got8 is not None
+    assert torch.equal(got7.w, make_latents(7).w) and torch.equal(got8.w, make_latents(8).w)
 
 
 def test_verify_detects_corrupt_npz_and_put_overwrites(storage_root):
@@ -277,8 +286,9 @@ def test_float16_noise_round_trip(storage_root):
     e32 = cache.put(key32, make_latents(31), source=source32)
     assert e16.noise_dtype == "float16" and e16.npz_bytes < e32.npz_bytes
     got = cache.get(key)
+    assert got is not None
     assert torch.equal(got.w, lat.w)  # w always float32
-    for a, b in zip(got.noise, lat.noise):
+    for a, b in zip(got.noise, lat.noise, strict=True):
         assert a.dtype == torch.float32
         torch.testing.assert_close(a, b, rtol=2**-11, atol=1e-7)
     assert cache.verify().ok
@@ -291,7 +301,7 @@ def test_float16_noise_round_trip(storage_root):
 
 # -- local only --------------------------------------------------------------------------------
 def test_lookup_reads_each_part_once_and_no_npz(tmp_path, monkeypatch):
-    import i2score.data.cache.store as cache_mod
+    import i2score.data.cache.index as cache_mod
 
     cache = LatentCache(str(tmp_path))
     n = 40
@@ -302,7 +312,12 @@ def test_lookup_reads_each_part_once_and_no_npz(tmp_path, monkeypatch):
     assert len(cache.index_parts()) == 2
     reads: list[str] = []
     real_read_part = cache_mod._read_part
-    monkeypatch.setattr(cache_mod, "_read_part", lambda url, cols: reads.append(url) or real_read_part(url, cols))
+
+    def counting_read_part(url: str, cols: Sequence[str] | None) -> pa.Table:
+        reads.append(url)
+        return real_read_part(url, cols)
+
+    monkeypatch.setattr(cache_mod, "_read_part", counting_read_part)
     monkeypatch.setattr(storage, "read_bytes", lambda *a, **k: pytest.fail("per-key object read"))
     monkeypatch.setattr(storage, "exists", lambda *a, **k: pytest.fail("per-key HEAD for a bulk lookup"))
     hits = LatentCache(str(tmp_path)).lookup([k for k, _ in pairs] + ["f" * 64])

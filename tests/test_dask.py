@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from i2score.data import storage
-from i2score.data.cache.store import LatentCache
+from i2score.data.cache import LatentCache
 
 pytest.importorskip("prefect_dask", reason="the dask extra is part of CI's dev install")
 pytestmark = pytest.mark.usefixtures("prefect_api")

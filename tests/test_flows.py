@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from i2score.data import storage
-from i2score.data.cache.store import LatentCache
+from i2score.data.cache import LatentCache
 
 DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
 SCHEDULE = "4+4/3+3"  # embedding 4 + 4 steps, edits and inpainting 3 + 3

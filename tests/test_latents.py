@@ -15,7 +15,7 @@ def test_npz_round_trip_is_bit_exact(tmp_path):
     lat = _latents()
     lat.save(str(tmp_path / "a.npz"))
     back = Latents.load(str(tmp_path / "a.npz"))
-    assert torch.equal(back.w, lat.w) and all(torch.equal(a, b) for a, b in zip(back.noise, lat.noise))
+    assert torch.equal(back.w, lat.w) and all(torch.equal(a, b) for a, b in zip(back.noise, lat.noise, strict=True))
     assert back.meta == {"seed": 3}
 
 

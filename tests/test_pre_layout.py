@@ -15,7 +15,7 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from i2score.data.cache.store import LatentCache
+from i2score.data.cache import LatentCache
 from i2score.runs.config import JobConfig
 from i2score.runs.plan import plan_run
 

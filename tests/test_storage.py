@@ -12,15 +12,25 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol, runtime_checkable
 
 import fsspec
 import pytest
 
-from i2score.data import storage
+from i2score.data import retries, storage
 
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYzzSECRET"
 KEY_ID = "AKIAI2SCOREEXAMPLE01"
 TOKEN = "FwoGZXIvYXdzEXAMPLESESSIONTOKENxyz"
+
+
+@runtime_checkable
+class StorageFailure(Protocol):
+    """What storage adds to the builtin exceptions it raises (see i2score.data.retries)."""
+
+    url: str
+    attempts: int
+    transient: bool
 
 
 def free_port() -> int:
@@ -62,6 +72,7 @@ def test_round_trip(storage_root):
     assert storage.list_files(storage_root) == sorted([b, c])
     with pytest.raises(FileNotFoundError) as info:
         storage.read_bytes(a)
+    assert isinstance(info.value, StorageFailure)
     assert info.value.attempts == 1 and not info.value.transient
     assert storage.is_remote(storage_root) == storage_root.startswith("s3://")
 
@@ -215,8 +226,8 @@ def faulty_s3(moto_proxy, monkeypatch):
     credentials in the options (to prove they never leak) and fast backoff."""
     import s3fs
 
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_MAX_S", 0.05)
+    monkeypatch.setattr(retries, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(retries, "RETRY_BACKOFF_MAX_S", 0.05)
     opts = {
         "endpoint_url": f"http://127.0.0.1:{moto_proxy.port}",
         "key": KEY_ID,
@@ -275,6 +286,7 @@ def test_not_found_and_forbidden_are_not_retried(faulty_s3, caplog):
     with caplog.at_level(logging.WARNING, logger="i2score.data.storage"), pytest.raises(FileNotFoundError) as info:
         storage.read_bytes(f"s3://{bucket}/missing.bin", **opts)
     assert proxy.hits[("GET", f"/{bucket}/missing.bin")] == 1
+    assert isinstance(info.value, StorageFailure)
     assert info.value.attempts == 1 and not _ours(caplog)
     _assert_clean(str(info.value))
 
@@ -294,6 +306,7 @@ def test_gives_up_after_attempts_with_clean_error(faulty_s3, caplog):
         storage.read_bytes(url, attempts=3, **opts)
     assert proxy.hits[("GET", f"/{bucket}/down.bin")] == 3
     exc = info.value
+    assert isinstance(exc, StorageFailure)
     assert exc.attempts == 3 and exc.transient and exc.errno == errno.EBUSY
     assert exc.__cause__ is None and exc.__suppress_context__
     assert "after 3 attempts" in str(exc) and url in str(exc)
@@ -301,27 +314,30 @@ def test_gives_up_after_attempts_with_clean_error(faulty_s3, caplog):
     _assert_clean(str(exc) + repr(exc) + caplog.text)
 
     got = storage.read_many([url], attempts=2, **opts)  # errors come back, not raised
-    assert isinstance(got[url], OSError) and got[url].attempts == 2
+    err = got[url]
+    assert isinstance(err, OSError) and isinstance(err, StorageFailure) and err.attempts == 2
 
 
 def test_connection_errors_are_retried_and_redacted(monkeypatch, caplog):
     """Connection refused is retried; keys in the options and a password in an http URL
     never reach the error or the log."""
-    monkeypatch.setattr(storage, "RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr(retries, "RETRY_BACKOFF_S", 0.01)
     port = free_port()  # nothing listens there
     opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": KEY_ID, "secret": SECRET, "token": TOKEN}
     with caplog.at_level(logging.WARNING, logger="i2score.data.storage"):
         with pytest.raises(ConnectionError) as info:
             storage.read_bytes("s3://bucket/key.bin", attempts=2, **opts)
+        assert isinstance(info.value, StorageFailure)
         assert info.value.attempts == 2 and info.value.transient
         assert len(_ours(caplog)) == 1
         caplog.clear()
         url = f"http://admin:{SECRET}@127.0.0.1:{port}/data/x.bin"
-        with pytest.raises(OSError) as info:
+        with pytest.raises(OSError) as http_info:
             storage.read_bytes(url, attempts=2)
-        assert "http://***@127.0.0.1" in str(info.value) and info.value.url == storage.safe_url(url)
-    _assert_clean(str(info.value) + caplog.text)
-    assert "admin" not in str(info.value) + caplog.text
+        assert isinstance(http_info.value, StorageFailure)
+        assert "http://***@127.0.0.1" in str(http_info.value) and http_info.value.url == storage.safe_url(url)
+    _assert_clean(str(http_info.value) + caplog.text)
+    assert "admin" not in str(http_info.value) + caplog.text
 
 
 # ----------------------------------------------------------------------------------------------
@@ -444,4 +460,5 @@ def test_env_options_reach_the_server_at_run_time(faulty_s3, monkeypatch):
     proxy.fail("GET", f"/{bucket}/env.bin", times=5)
     with pytest.raises(OSError) as info:
         storage.read_bytes(url)
+    assert isinstance(info.value, StorageFailure)
     assert info.value.attempts == 2

@@ -28,14 +28,14 @@ import numpy as np
 import pyarrow as pa
 
 from i2score.data import storage
-from i2score.data.cache.store import (
+from i2score.data.cache import (
     LOOKUP_COLUMNS,
     LatentCache,
-    _part_name,
-    _table_bytes,
     index_schema,
     npz_path,
 )
+from i2score.data.cache import part_name as _part_name
+from i2score.data.cache import table_bytes as _table_bytes
 
 
 def synthetic_keys(n: int, seed: int = 0) -> list[str]:

@@ -1,5 +1,5 @@
 """``i2s cache ...``: inspect and maintain the latent cache (thin wrappers over
-:class:`i2score.data.cache.store.LatentCache`). Registered by ``i2score.cli.app`` as ``app.add_typer(cache_app,
+:class:`i2score.data.cache.LatentCache`). Registered by ``i2score.cli.app`` as ``app.add_typer(cache_app,
 name="cache")``."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def cache_ls(
     limit: Annotated[int, typer.Option(help="Show at most this many (newest) entries; 0 = all.")] = 50,
 ) -> None:
     """List cache entries (newest row per key) from the index."""
-    from i2score.data.cache.store import LatentCache
+    from i2score.data.cache import LatentCache
     from i2score.data.storage import redact
 
     table = LatentCache(root).ls()
@@ -64,7 +64,7 @@ def cache_show(
     key: Annotated[str, typer.Argument(help="Cache key, or a unique prefix of one (>= 6 hex digits).")],
 ) -> None:
     """Show one entry: its index rows, whether its NPZ exists and verifies, its metadata."""
-    from i2score.data.cache.store import LatentCache
+    from i2score.data.cache import LatentCache
 
     cache = LatentCache(root)
     try:
@@ -107,7 +107,7 @@ def cache_verify(
 ) -> None:
     """Check every entry (NPZ exists, loads, checksum and shapes match its index row); exit 1
     when anything is missing, corrupt, mismatched or an index part is unreadable."""
-    from i2score.data.cache.store import LatentCache
+    from i2score.data.cache import LatentCache
     from i2score.data.storage import redact
 
     cache = LatentCache(root)
@@ -143,7 +143,7 @@ def cache_verify(
 @cache_app.command("compact")
 def cache_compact(root: RootArg) -> None:
     """Merge all index parts into one per w shape (no row is lost; duplicates collapse)."""
-    from i2score.data.cache.store import LatentCache
+    from i2score.data.cache import LatentCache
     from i2score.data.storage import redact
 
     rep = LatentCache(root).compact()

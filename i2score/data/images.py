@@ -252,13 +252,14 @@ def decode_mask(data: bytes, size: tuple[int, int], *, threshold: float = 0.5,
                          f"mask: {ambiguous:.1%} of pixels are between {margin:g} and {1 - margin:g} "
                          f"(at most {max_ambiguous:.0%} allowed); save it as black/white")
     binary = (values >= threshold).astype(np.float32)
-    if im.size != tuple(size):
-        if resize == "error" or not _same_aspect(im.size, tuple(size)):
+    width, height = size
+    if im.size != (width, height):
+        if resize == "error" or not _same_aspect(im.size, (width, height)):
             raise ImageError("mask_size_mismatch",
                              f"mask is {im.size[0]}x{im.size[1]}, image is {size[0]}x{size[1]}"
                              + ("" if resize == "error" else " (different aspect ratio)"))
         resized = Image.fromarray((binary * 255).astype(np.uint8), "L").resize(
-            tuple(size), Image.Resampling.NEAREST)
+            (width, height), Image.Resampling.NEAREST)
         binary = (np.asarray(resized) >= 128).astype(np.float32)
     return torch.from_numpy(binary)[None]
 
