@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from i2score import kernels
 from i2score.features.vgg16 import VGG16Features, perceptual_preprocess
-from i2score.generator import ops
 from i2score.generator.network import StyleGAN2
 from i2score.method.blocks import optimize_noise, optimize_w
 from i2score.method.losses import PERCEPTUAL_LAYERS, masked_feature_mse, masked_mse
@@ -37,8 +37,8 @@ PAPER_STEPS_W = 5000
 PAPER_STEPS_N = 3000
 
 KERNELS = ("invariant", "fast")
-"""``invariant``: the product's default batch-invariant kernels (:func:`ops.batch_invariant`);
-``fast``: PyTorch's ordinary kernels (oneDNN on CPU, cuDNN autotuning), via ``ops.fast_kernels``."""
+"""``invariant``: the product's default batch-invariant kernels (:func:`kernels.batch_invariant`);
+``fast``: PyTorch's ordinary kernels (oneDNN on CPU, cuDNN autotuning), via ``kernels.fast_kernels``."""
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -139,7 +139,7 @@ def kernel_mode(kernels: str) -> Iterator[None]:
     """``"invariant"``: leave the product's batch-invariant kernels on; ``"fast"``: ordinary ones."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    with ops.fast_kernels() if kernels == "fast" else contextlib.nullcontext():
+    with kernels.fast_kernels() if kernels == "fast" else contextlib.nullcontext():
         yield
 
 
@@ -148,7 +148,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
     """The per-image baseline: one stage of Alg. 2 for ONE image, as published
     reimplementations run it (the baseline the engine is compared with, not the product).
 
-    Batch 1, float32, PyTorch's ordinary kernels (inside :func:`ops.fast_kernels`, so oneDNN /
+    Batch 1, float32, PyTorch's ordinary kernels (inside :func:`kernels.fast_kernels`, so oneDNN /
     cuDNN stay as PyTorch sets them and no batch-invariant row splitting happens), a single
     parameter tensor with Adam, the target's VGG16 features computed once (as careful
     projectors do), the same objective as the engine (a ``W_l`` target: MSE + perceptual;
@@ -168,7 +168,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
     if x.shape[0] != 1:
         raise ValueError(f"the reference loop embeds one image at a time, got a batch of {x.shape[0]}")
     last = float("nan")
-    with ops.fast_kernels():
+    with kernels.fast_kernels():
         if stage == "w":
             w = w_init.detach().clone().requires_grad_(True)
             fixed_noise = [n.detach() for n in noise]
@@ -201,7 +201,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
 def _inputs(G: StyleGAN2, batch: int) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Targets ``[B, 3, R, R]`` (the generator's own samples), mean-latent start ``[B, L, w_dim]``
     and initial noise, the same for every configuration."""
-    with torch.no_grad(), ops.batch_invariant(G.device):
+    with torch.no_grad(), kernels.batch_invariant(G.device):
         x = G.sample(batch, seed=1)[0].clamp(-1, 1)
     w0 = G.mean_w(1000, 0)[None, None].expand(batch, G.num_ws, -1).clone()
     return x, w0, G.random_noise(batch, [0] * batch)
@@ -227,9 +227,9 @@ def bench_reference(G: StyleGAN2, vgg: VGG16Features, *, repeats: int = 5, warmu
 
 def resolve_batch_sizes(batch_sizes: Sequence[int | str], G: StyleGAN2, vgg: VGG16Features, *, max_batch: int,
                         autocast_dtype: torch.dtype | None, channels_last: bool) -> list[int]:
-    """Integers as given; ``"auto"`` becomes :func:`i2score.generator.fastpath.largest_fitting_batch` (on
+    """Integers as given; ``"auto"`` becomes :func:`i2score.method.batch_size.largest_fitting_batch` (on
     CPU that is ``max_batch``: CPU memory is not what limits the batch there)."""
-    from i2score.generator.fastpath import largest_fitting_batch
+    from i2score.method.batch_size import largest_fitting_batch
 
     out: list[int] = []
     for b in batch_sizes:

@@ -33,7 +33,8 @@ from torch import Tensor, nn
 
 from i2score.generator.checkpoints.load import _atomic_torch_save, save_generator
 from i2score.generator.network import GeneratorConfig, StyleGAN2, channels_at
-from i2score.generator.ops import LRELU_GAIN, LRELU_SLOPE, EqualLinear, fast_kernels
+from i2score.generator.ops import LRELU_GAIN, LRELU_SLOPE, EqualLinear
+from i2score.kernels import fast_kernels
 
 
 class EqualConv2d(nn.Module):

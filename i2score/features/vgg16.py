@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
 from i2score.weights.unpickle import UnsafePickleError
 
 __all__ = [

@@ -27,11 +27,11 @@ from i2score.generator.ops import (
     LRELU_GAIN,
     LRELU_SLOPE,
     EqualLinear,
-    batch_invariant,
     make_fir_filter,
     modulated_conv2d,
     upsample2d,
 )
+from i2score.kernels import batch_invariant
 
 
 def channels_at(resolution: int, channel_multiplier: float = 2, channel_max: int = 512) -> int:

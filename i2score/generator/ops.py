@@ -9,37 +9,17 @@ transposed convolution followed by a [1, 3, 3, 1] blur.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import weakref
-from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from i2score.kernels import batch_invariance_enabled
+
 LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
-
-# Embedding wants batch-invariant CPU kernels (see ``batch_invariant``); training wants the
-# fastest ones and never compares an image across batch sizes. ``fast_kernels`` flips this.
-_batch_invariance_enabled = True
-
-
-@contextlib.contextmanager
-def fast_kernels() -> Iterator[None]:
-    """Inside this block, ``batch_invariant`` and ``batch_invariant_linear`` use the ordinary
-    (fastest, batch-size dependent) CPU kernels. For training, where throughput matters and
-    bitwise batch independence does not."""
-    global _batch_invariance_enabled
-    previous = _batch_invariance_enabled
-    _batch_invariance_enabled = False
-    try:
-        yield
-    finally:
-        _batch_invariance_enabled = previous
-
 
 def memory_format_of(x: Tensor) -> torch.memory_format:
     """``torch.channels_last`` for an NHWC-strided 4-D tensor, else ``torch.contiguous_format``.
@@ -81,7 +61,7 @@ def upfirdn2d(x: Tensor, fir: Tensor, *, up: int = 1, pad: tuple[int, int] = (0,
         # channels_last forward pass stays channels_last (a no-op for NCHW inputs).
         x = x.reshape(b, c, h * up, w * up).contiguous(memory_format=fmt)
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))
-    if _batch_invariance_enabled and x.device.type == "cpu":
+    if batch_invariance_enabled() and x.device.type == "cpu":
         taps = _separable_taps(fir)
         if taps is not None:
             return _fir_separable(x, [t * gain for t in taps[0]], taps[1])
@@ -136,57 +116,6 @@ def upsample2d(x: Tensor, fir: Tensor) -> Tensor:
     return upfirdn2d(x, fir, up=2, pad=((k + 1) // 2, (k - 2) // 2), gain=4.0)
 
 
-# cuBLAS is deterministic only with a fixed workspace; the variable must be set before the
-# first cuBLAS call, i.e. before any CUDA work, which importing this module precedes.
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-@contextlib.contextmanager
-def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterator[None]:
-    """Reproducible kernels: the same inputs give the same bits on the same device.
-
-    CPU: oneDNN picks convolution algorithms by shape, batch size included, so an image computed
-    alone and inside a batch can differ in the last bits, and the noise stage's Adam at lr 5
-    amplifies that. PyTorch's native CPU kernels work image by image and are batch invariant
-    (about 25% slower on large layers, 2-3x slower on the narrow demo model), so inside this
-    block oneDNN is off. So is NNPACK: without oneDNN, PyTorch switches forward convolutions to
-    NNPACK from batch 16 up (measured: the demo model rendered an image differently, by 1e-5,
-    alone and in a batch of 16).
-
-    CUDA: cuDNN's autotuner and its atomic-add backward kernels make two runs with the same seed
-    differ (measured on an H100: w after 300+300 steps differed by up to 0.4), so inside this
-    block cuDNN is deterministic, the autotuner off and PyTorch's deterministic algorithms on
-    (warn-only, for ops that have none). Results still depend on the batch size on CUDA.
-    """
-    if not enabled or not _batch_invariance_enabled:
-        yield
-        return
-    kind = torch.device(device).type
-    if kind == "cpu":
-        # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
-        previous = torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
-        torch.backends.mkldnn.enabled = False
-        torch._C._set_nnpack_enabled(False)
-        try:
-            yield
-        finally:
-            torch.backends.mkldnn.enabled = previous[0]
-            torch._C._set_nnpack_enabled(previous[1])
-    elif kind == "cuda":
-        cudnn = torch.backends.cudnn
-        saved = (cudnn.deterministic, cudnn.benchmark, torch.are_deterministic_algorithms_enabled(),
-                 torch.is_deterministic_algorithms_warn_only_enabled())
-        cudnn.deterministic, cudnn.benchmark = True, False
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        try:
-            yield
-        finally:
-            cudnn.deterministic, cudnn.benchmark = saved[0], saved[1]
-            torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
-    else:
-        yield
-
-
 def batch_invariant_linear(x: Tensor, weight: Tensor) -> Tensor:
     """``x [B, K] @ weight[N, K].T -> [B, N]`` whose rows do not depend on the other rows.
 
@@ -197,7 +126,7 @@ def batch_invariant_linear(x: Tensor, weight: Tensor) -> Tensor:
     tolerance).
     """
     w = weight.to(x.dtype)
-    if _batch_invariance_enabled and x.device.type == "cpu" and x.shape[0] > 1:
+    if batch_invariance_enabled() and x.device.type == "cpu" and x.shape[0] > 1:
         return torch.cat([F.linear(row, w) for row in x.split(1)])
     return F.linear(x, w)
 

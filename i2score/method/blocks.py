@@ -29,7 +29,7 @@ from torch import Tensor
 from i2score.features.vgg16 import VGG16Features
 from i2score.generator.fastpath import Render, renderer
 from i2score.generator.network import StyleGAN2, SynthesisState
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
 from i2score.method.objective import ImageTarget, Objective, Target
 
 StepCallback = Callable[[int, Tensor], None]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
 
 
 def as_mask(mask: Tensor, batch: int | None = None, resolution: int | None = None) -> Tensor:

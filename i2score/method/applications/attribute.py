@@ -16,7 +16,7 @@ from torch import Tensor
 
 from i2score.data.latents import Latents
 from i2score.generator.network import StyleGAN2
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
 from i2score.method.applications.common import EditResult, algorithm_meta, check_batch
 from i2score.method.blocks import blend_activations
 from i2score.method.masks import as_mask

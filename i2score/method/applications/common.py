@@ -19,7 +19,7 @@ from torch import Tensor
 
 from i2score.data.latents import Latents
 from i2score.generator.network import StyleGAN2
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
 from i2score.method.blocks import BlockResult, StepCallback
 from i2score.method.metrics import psnr
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from i2score.data.latents import Latents
 from i2score.features.vgg16 import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
 from i2score.generator.network import StyleGAN2
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
 from i2score.method.applications.common import (
     after_steps,
     algorithm_meta,

@@ -11,7 +11,7 @@ from i2score.runs.execute import run_batch
 from i2score.runs.plan import plan_run
 from i2score.runs.records import RunPaths, read_json
 
-DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 
 
 def test_next_batch_inputs_are_prefetched_while_a_batch_runs(tmp_path):

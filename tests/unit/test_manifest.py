@@ -33,7 +33,7 @@ from i2score.data.manifest import (
 from i2score.runs.ops import CATALOG, OPS
 
 COLUMNS = ["id", "image", "mask", "op", "ref", "params"]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def encode(im: Image.Image, fmt: str = "PNG") -> bytes:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from i2score import kernels
 from i2score.demo.training import Discriminator, TrainConfig, Trainer, load_portrait_dataset, sample_grid, train
-from i2score.generator import ops
 from i2score.generator.checkpoints.load import load_generator, load_generator_file, save_generator
 
 TINY = TrainConfig(resolution=16, channel_multiplier=0.125, channel_max=16, n_mapping=2, w_dim=32, batch=4,
@@ -40,7 +40,7 @@ def test_dataset_is_uint8_portraits(tiny_data: torch.Tensor) -> None:
 
 
 def test_training_is_deterministic_and_moves_the_weights(tiny_data: torch.Tensor) -> None:
-    with ops.fast_kernels():
+    with kernels.fast_kernels():
         a, b = Trainer(TINY, tiny_data), Trainer(TINY, tiny_data)
         start = _params(a.G).clone()
         stats = [a.train_step() for _ in range(3)]
@@ -56,10 +56,10 @@ def test_training_is_deterministic_and_moves_the_weights(tiny_data: torch.Tensor
 
 
 def test_fast_kernels_restores_batch_invariance() -> None:
-    assert ops._batch_invariance_enabled
-    with ops.fast_kernels():
-        assert not ops._batch_invariance_enabled
-    assert ops._batch_invariance_enabled
+    assert kernels.batch_invariance_enabled()
+    with kernels.fast_kernels():
+        assert not kernels.batch_invariance_enabled()
+    assert kernels.batch_invariance_enabled()
 
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-INFRA = Path(__file__).resolve().parent.parent / "infra"
+INFRA = Path(__file__).resolve().parents[2] / "infra"
 REPO = INFRA.parent
 #: Where this project's machines keep the Terraform AWS provider (ARCHITECTURE.md).
 PLUGIN_DIRS = [os.environ.get("I2S_TF_PLUGIN_DIR", ""), "/opt/tf-plugins"]

@@ -21,7 +21,7 @@ from PIL import Image
 from i2score.data import storage
 from i2score.data.cache import LatentCache
 
-DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 SCHEDULE = "4+4/3+3"  # embedding 4 + 4 steps, edits and inpainting 3 + 3
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

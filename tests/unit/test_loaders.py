@@ -59,7 +59,7 @@ from i2score.generator.checkpoints.load import (
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.registry import ChecksumMismatchError, sha256_file
 
-FIXTURE = Path(__file__).parent / "fixtures" / "nvidia_small.npz"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "nvidia_small.npz"
 TOL = 1e-4
 
 

@@ -22,7 +22,7 @@ from i2score.demo.sample_data import write_sample_data
 from i2score.method.masks import free_hole, rect_hole
 from i2score.runs.ops import CATALOG
 
-SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 
 
 def test_render_is_deterministic_and_varied() -> None:

@@ -1,6 +1,6 @@
 """Latent cache: keys, round trip, idempotency, crash repair, concurrent writers, corruption,
 compaction, float16 noise, CLI and a small lookup benchmark. Main paths run on ``storage_root``
-(a local folder and a real SeaweedFS S3 prefix)."""
+(a local folder here; ``tests/integration/test_cache_s3.py`` runs them on SeaweedFS)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ import pytest
 from i2score.runs.shards import split_manifest
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "manifests" / "demo"
 
 

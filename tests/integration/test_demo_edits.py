@@ -21,12 +21,12 @@ from i2score.bench.quality import _load_mask, _load_rgb, telea_inpaint
 from i2score.data.latents import Latents
 from i2score.features.vgg16 import load_lpips
 from i2score.generator.checkpoints.load import load_generator
-from i2score.generator.ops import fast_kernels
+from i2score.kernels import fast_kernels
 from i2score.method.applications import crossover, inpaint, local_style_transfer, reconstruct, scribble_edit
 from i2score.method.masks import enlarged_soft_mask
 from i2score.method.metrics import psnr
 
-SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 EMBED_STEPS = (300, 300)
 EDIT_STEPS = (300, 300)
 

@@ -145,7 +145,7 @@ def test_bench_edits_writes_every_sheet(tmp_path) -> None:
     from i2score.generator.network import StyleGAN2
 
     G = StyleGAN2(64, channel_max=16, n_mapping=1, seed=2)
-    data = Path(__file__).resolve().parents[1] / "manifests" / "demo"
+    data = Path(__file__).resolve().parents[2] / "manifests" / "demo"
     report = edits_report(G, data, tmp_path, embed_steps_w=2, embed_steps_n=2, steps_w=2, steps_n=2,
                           inpaint_steps_w=2, inpaint_steps_n=2,
                           log=lambda m: None)

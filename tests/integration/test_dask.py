@@ -19,7 +19,7 @@ from i2score.data.cache import LatentCache
 pytest.importorskip("prefect_dask", reason="the dask extra is part of CI's dev install")
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-DEMO = Path(__file__).resolve().parent.parent / "manifests" / "demo"
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 
 
 def _manifest(tmp_path: Path, n: int) -> str:

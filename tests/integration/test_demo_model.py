@@ -24,7 +24,7 @@ from i2score.generator.registry import (
 )
 from i2score.method.applications import reconstruct
 
-SAMPLE = Path(__file__).resolve().parents[1] / "manifests" / "demo"
+SAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 # After 150 W+ steps, held-out portrait 00 measured 27.98 dB with the demo model (portrait 01:
 # 24.55) and 21.27 dB (18.13) with the same architecture at random weights (CPU, seed 0).
 PSNR_W_150 = 22.0

@@ -19,7 +19,7 @@ from i2score.data.cache import LatentCache
 from i2score.runs.config import JobConfig
 from i2score.runs.plan import plan_run
 
-FIXTURE = Path(__file__).parent / "fixtures" / "pre_layout"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "pre_layout"
 BASE = "memory://i2s-pre-layout"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
 KINDS = ("reconstruct", "edit", "inpaint", "augment")

@@ -8,12 +8,10 @@ import math
 import pytest
 import torch
 
-from i2score.generator import fastpath
-from i2score.generator.fastpath import _search_largest, compiled_synthesis, has_c_compiler, largest_fitting_batch
-from i2score.generator.network import StyleGAN2
-from i2score.generator.ops import batch_invariant
+from i2score.kernels import batch_invariant
+from i2score.method.batch_size import _search_largest, largest_fitting_batch
 from i2score.method.blocks import EarlyStop, optimize_noise, optimize_w
-from i2score.method.objective import ImageTarget, embedding_target
+from i2score.method.objective import embedding_target
 
 
 def _start(G, batch):
@@ -152,29 +150,6 @@ def test_the_loop_reads_nothing_back_per_step(small_G, target_images, monkeypatc
     assert reads(12, never) == reads(13, never) == reads(17, never)
 
 
-# -- torch.compile -----------------------------------------------------------------------------
-
-@pytest.mark.slow
-def test_compiled_synthesis_matches_eager_and_is_compiled_once():
-    """torch.compile's CPU backend builds C++ kernels; without a compiler it cannot run at all.
-    A tiny generator keeps the one-off compilation to ~20 s on two cores. Inductor fuses the
-    element-wise chains (other rounding), so the tolerances are those of channels_last."""
-    if not has_c_compiler():
-        pytest.skip("torch.compile on CPU needs a C compiler (cc/gcc/clang) on PATH; none found")
-    G = StyleGAN2(8, channel_max=8, n_mapping=1, seed=0)
-    w0, n0 = _start(G, 2)
-    x = G.sample(2, seed=5)[0].detach().clamp(-1, 1)
-    wa, ra = optimize_w(G, [ImageTarget(x)], w_ini=w0, n_ini=n0, vgg=None, steps=3)
-    wb, rb = optimize_w(G, [ImageTarget(x)], w_ini=w0, n_ini=n0, vgg=None, steps=3, compile=True)
-    # Compared as the channels_last run is (see there): Adam may turn rounding-level gradient
-    # entries into opposite steps of size lr, so w in distribution, the loss elementwise.
-    diff = (wa - wb).abs().flatten()
-    assert float(diff.median()) <= 1e-5 and float(diff.quantile(0.99)) <= 1e-3
-    assert torch.allclose(ra.loss, rb.loss, rtol=1e-3, atol=0)
-    first = compiled_synthesis(G)
-    assert compiled_synthesis(G) is first and fastpath._COMPILED[G.synthesis][False] is first
-
-
 # -- batch-invariant kernels -------------------------------------------------------------------
 
 def test_an_image_renders_identically_alone_and_in_a_batch_of_16(small_G):
@@ -192,13 +167,14 @@ def test_an_image_renders_identically_alone_and_in_a_batch_of_16(small_G):
 def test_separable_fir_path_equals_the_depthwise_convolution():
     """The batch-invariant CPU FIR (two 1-D passes) computes the same filter as the grouped
     convolution it replaces, asymmetric filters (flip) included; float64 isolates the maths."""
+    from i2score import kernels
     from i2score.generator import ops
 
     x = torch.randn(2, 5, 11, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     for fir in (ops.make_fir_filter().double(), torch.outer(torch.tensor([1.0, 2.0, 0.5]), torch.tensor([3.0, 1.0])).double()):
         for kwargs in ({"pad": (2, 2), "gain": 4.0}, {"up": 2, "pad": (2, 1), "gain": 4.0}):
             invariant = ops.upfirdn2d(x, fir, **kwargs)
-            with ops.fast_kernels():
+            with kernels.fast_kernels():
                 conv = ops.upfirdn2d(x, fir, **kwargs)
             assert invariant.shape == conv.shape
             assert torch.allclose(invariant, conv, rtol=0, atol=1e-12)

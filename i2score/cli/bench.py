@@ -1,0 +1,238 @@
+"""``i2s bench ...``: benchmarks (measured, never assumed) behind thin commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+bench_app = typer.Typer(help="Benchmarks (measured, never assumed): embedding throughput.",
+                        no_args_is_help=True)
+
+
+def _batch_list(text: str) -> list[int | str]:
+    """``"1,8,auto"`` -> ``[1, 8, "auto"]``."""
+    out: list[int | str] = []
+    for v in (v.strip() for v in text.split(",")):
+        if not v:
+            continue
+        if v == "auto":
+            out.append(v)
+            continue
+        try:
+            out.append(int(v))
+        except ValueError as e:
+            raise typer.BadParameter(f"expected comma-separated integers or 'auto', got {text!r}") from e
+    return out
+
+
+def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    bad = [d for d in names if d not in allowed]
+    if bad:
+        raise typer.BadParameter(f"unknown {what}(s) {bad}; use {' and/or '.join(allowed)}")
+    return names
+
+
+@bench_app.command("embed")
+def bench_embed_cmd(
+    resolution: Annotated[int, typer.Option(help="Generator resolution (power of two).")] = 64,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes; 'auto' = the largest batch "
+                                                  "whose W+ step fits in GPU memory (on CPU: --max-batch).")] = "1,2,4,8",
+    dtype: Annotated[str, typer.Option(help="Comma-separated: fp32, bf16 (autocast).")] = "fp32",
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    channel_max: Annotated[int, typer.Option(help="Channel cap (512 = config-f).")] = 512,
+    channel_multiplier: Annotated[float, typer.Option(help="Channel multiplier (2 = config-f).")] = 2.0,
+    model: Annotated[str | None, typer.Option(help="Time this model (registry name or path, e.g. demo-faces-64) "
+                                                   "instead of a random generator; overrides the shape options.")] = None,
+    kernels: Annotated[str, typer.Option(help="Comma-separated: invariant (the engine's default, reproducible), "
+                                              "fast (PyTorch's ordinary kernels).")] = "invariant",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Also measure channels_last rows.")] = False,
+    compile: Annotated[bool, typer.Option("--compile", help="Also measure torch.compile rows (compiles once; "
+                                                            "needs a C compiler on CPU).")] = False,
+    reference: Annotated[bool, typer.Option(help="Also time the per-image reference loop (batch 1, fp32, ordinary "
+                                                 "kernels, loss.item() each step) and report ratios over it.")] = True,
+    max_batch: Annotated[int, typer.Option(help="Upper bound of --batch-sizes auto.")] = 64,
+    threads: Annotated[int, typer.Option(help="torch CPU threads (0: PyTorch's default). On a shared machine "
+                                              "also set OMP_WAIT_POLICY=PASSIVE.")] = 0,
+    repeats: Annotated[int, typer.Option(help="Timed calls per measurement (median).")] = 5,
+    steps_per_timing: Annotated[int, typer.Option(help="Optimisation steps per timed call.")] = 3,
+    out_dir: Annotated[Path, typer.Option(help="Where bench-embed.json and .md go.")] = Path("bench-out"),
+) -> None:
+    """Steps/s and images/hour (5000+3000 schedule) of both embedding stages, against a per-image
+    reference loop measured in the same run (random weights unless --model)."""
+    import torch
+
+    from i2score.bench.embed import bench_embed, bench_reference, rows_to_markdown, write_report
+    from i2score.features.vgg16 import load_vgg16
+
+    dtypes = _names(dtype, ("fp32", "bf16"), "dtype")
+    kernel_names = _names(kernels, ("invariant", "fast"), "kernel")
+    batches = _batch_list(batch_sizes)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    console = Console(stderr=True)
+    if "bf16" in dtypes and device == "cpu":
+        from i2score.bench.embed import cpu_has_native_bf16
+
+        if cpu_has_native_bf16() is False:
+            console.print("note: this CPU has no native bf16 (avx512_bf16/amx); bf16 rows measure emulation")
+    G = None
+    if model is not None:
+        from i2score.generator.checkpoints.load import load_generator
+
+        G = load_generator(model, device=device)
+        resolution = G.resolution
+    vgg = load_vgg16(device=device)
+    timing = {"repeats": repeats, "steps_per_timing": steps_per_timing}
+    ref_rows = []
+    if reference:
+        from i2score.generator.network import StyleGAN2
+
+        G_ref = G if G is not None else StyleGAN2(resolution, channel_max=channel_max,
+                                                  channel_multiplier=channel_multiplier, seed=0).to(device)
+        ref_rows.append(bench_reference(G_ref, vgg, model=model or "random", **timing))
+        console.print(f"reference loop: {ref_rows[0].w_steps_per_s:.2f} W-steps/s, "
+                      f"{ref_rows[0].images_per_hour_paper:.1f} images/h (5000+3000)")
+    rows = bench_embed(resolution=resolution, batch_sizes=batches, dtypes=dtypes, device=device,
+                       channel_max=channel_max, channel_multiplier=channel_multiplier, vgg=vgg,
+                       kernels=kernel_names, channels_last=(False, True) if channels_last else (False,),
+                       compile=(False, True) if compile else (False,), G=G, model=model or "random",
+                       max_batch=max_batch, progress=console.print, **timing)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = out_dir / f"bench-embed-{resolution}-{device.replace(':', '')}"
+    settings = {"batch_sizes": batches, "dtypes": dtypes, "kernels": kernel_names, "channels_last": channels_last,
+                "compile": compile, "model": model, "max_batch": max_batch, **timing}
+    write_report(rows, f"{stem}.json", f"{stem}.md", reference=ref_rows, device=device, settings=settings)
+    typer.echo(rows_to_markdown(rows, ref_rows))
+    typer.echo(f"wrote {stem}.json and {stem}.md")
+
+
+@bench_app.command("ladder")
+def bench_ladder_cmd(
+    model: Annotated[str, typer.Option(help="Registry name, path or URL; or random:RES[:CHANNEL_MAX].")] = "random:64:64",
+    steps_w: Annotated[int, typer.Option(help="W+ stage steps (paper: 5000).")] = 500,
+    steps_n: Annotated[int, typer.Option(help="Noise stage steps (paper: 3000).")] = 500,
+    early_stop: Annotated[bool, typer.Option(help="Also run with per-image early stopping.")] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    seed: int = 0,
+) -> None:
+    """PSNR ladder of reconstruction on scikit-image's photos (astronaut, coffee, chelsea)."""
+    from i2score.bench.embed import bench_ladder, ladder_to_markdown, sample_photos
+    from i2score.method.blocks import EarlyStop
+
+    if model.startswith("random:"):
+        from i2score.generator.network import StyleGAN2
+
+        parts = [int(p) for p in model.split(":")[1:]]
+        G = StyleGAN2(parts[0], channel_max=parts[1] if len(parts) > 1 else 512, seed=seed).to(device)
+    else:
+        from i2score.generator.checkpoints.load import load_generator
+
+        G = load_generator(model, device=device)
+    names, images = sample_photos(G.resolution)
+    rows = bench_ladder(G, images, names, steps_w=steps_w, steps_n=steps_n, seed=seed)
+    if early_stop:
+        rows += bench_ladder(G, images, names, steps_w=steps_w, steps_n=steps_n, seed=seed, early_stop=EarlyStop())
+    typer.echo(f"model {model}, {steps_w} W+ steps + {steps_n} noise steps, seed {seed}")
+    typer.echo(ladder_to_markdown(rows))
+
+
+@bench_app.command("quality")
+def bench_quality_cmd(
+    model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = "demo-faces-64",
+    data: Annotated[Path, typer.Option(help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
+    n_images: Annotated[int, typer.Option(help="Held-out images to use.")] = 16,
+    steps_w: Annotated[int, typer.Option(help="Reconstruction W+ steps (paper: 5000).")] = 5000,
+    steps_n: Annotated[int, typer.Option(help="Reconstruction noise steps (paper: 3000).")] = 3000,
+    inpaint_steps_w: Annotated[int, typer.Option(help="Inpainting W+ Adam steps (the paper: 200 GD).")] = 1000,
+    inpaint_steps_n: Annotated[int, typer.Option(help="Inpainting noise steps (paper: 1000).")] = 1000,
+    photos: Annotated[bool, typer.Option(help="Also reconstruct the real photos.")] = True,
+    inpainting: Annotated[bool, typer.Option(help="Also measure inpainting against Telea.")] = True,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    out: Annotated[Path | None, typer.Option(help="Write the full report (per image) as JSON here.")] = None,
+    fast_kernels: Annotated[bool, typer.Option(help="Use the ordinary CPU kernels instead of the batch-invariant "
+                                                    "ones (2-3x faster for small models on CPU; results then "
+                                                    "depend on the batch size in the last bits).")] = False,
+    seed: int = 0,
+) -> None:
+    """Quality table: reconstruction (W+ / W+ and noise) and inpainting vs OpenCV Telea."""
+    import contextlib
+    import json
+
+    from i2score import kernels
+    from i2score.bench.quality import markdown_table, quality_report
+    from i2score.generator.checkpoints.load import load_generator
+
+    G = load_generator(model, device=device)
+    with kernels.fast_kernels() if fast_kernels else contextlib.nullcontext():
+        report = quality_report(G, data, n_images=n_images, steps_w=steps_w, steps_n=steps_n,
+                                inpaint_steps_w=inpaint_steps_w, inpaint_steps_n=inpaint_steps_n,
+                                photos=photos, inpainting=inpainting, seed=seed,
+                                log=lambda m: typer.echo(m, err=True))
+    report["settings"]["fast_kernels"] = fast_kernels
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=1))
+    typer.echo(f"model {model} ({G.weights_sha256}), {steps_w}+{steps_n} reconstruction steps, "
+               f"{inpaint_steps_w}+{inpaint_steps_n} inpainting steps, seed {seed}")
+    typer.echo(markdown_table(report))
+
+
+@bench_app.command("edits")
+def bench_edits_cmd(
+    out: Annotated[Path, typer.Option(help="Folder for the contact sheets and edits.json.")] = Path("bench-out/edits"),
+    model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = "demo-faces-64",
+    data: Annotated[Path, typer.Option(help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
+    embed_steps_w: Annotated[int, typer.Option(help="W+ steps of the initial embedding.")] = 1000,
+    embed_steps_n: Annotated[int, typer.Option(help="Noise steps of the initial embedding.")] = 1000,
+    steps_w: Annotated[int, typer.Option(help="W+ steps of each optimising edit (paper: 1000).")] = 1000,
+    steps_n: Annotated[int, typer.Option(help="Noise steps of each optimising edit (paper: 1000).")] = 1000,
+    inpaint_steps_w: Annotated[int, typer.Option(help="Inpainting W+ Adam steps (the paper: 200 GD).")] = 1000,
+    inpaint_steps_n: Annotated[int, typer.Option(help="Inpainting noise steps (paper: 1000).")] = 1000,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    seed: int = 0,
+) -> None:
+    """Every edit on the sample data: a contact sheet per application and measured numbers."""
+    import json
+
+    from i2score.bench.edits import edits_report
+    from i2score.generator.checkpoints.load import load_generator
+
+    G = load_generator(model, device=device)
+    report = edits_report(G, data, out, embed_steps_w=embed_steps_w, embed_steps_n=embed_steps_n,
+                          steps_w=steps_w, steps_n=steps_n, inpaint_steps_w=inpaint_steps_w,
+                          inpaint_steps_n=inpaint_steps_n, seed=seed, log=lambda m: typer.echo(m, err=True))
+    (out / "edits.json").write_text(json.dumps(report, indent=1))
+    typer.echo(str(out))
+
+
+@bench_app.command("validate")
+def bench_validate_cmd(
+    root: Annotated[str, typer.Option(help="Folder or URL to write the synthetic manifest to.")] = "bench-out",
+    rows: Annotated[int, typer.Option(help="Manifest rows.")] = 100_000,
+) -> None:
+    """Time schema validation of a synthetic manifest (about 1% bad rows)."""
+    from i2score.bench.manifest import bench_validate
+    from i2score.data.storage import safe_url
+
+    result = bench_validate(rows, root)
+    typer.echo(f"validated {result['rows']} rows ({result['rejected']} rejected) from {safe_url(root)} "
+               f"in {result['wall_s']:.2f} s: {result['rows_per_s']:.0f} rows/s")
+
+
+@bench_app.command("cache")
+def bench_cache_cmd(
+    root: Annotated[str, typer.Option(help="An EMPTY scratch folder or URL for the synthetic cache.")],
+    keys: Annotated[int, typer.Option(help="Index rows / keys looked up.")] = 100_000,
+    num_ws: Annotated[int, typer.Option(help="Rows of w (18 = 1024 px).")] = 18,
+) -> None:
+    """Time a bulk cache lookup of KEYS keys (index read once; with and without the NPZ check)."""
+    import json
+
+    from i2score.bench.cache import bench_cache_lookup
+
+    typer.echo(json.dumps(bench_cache_lookup(root, keys, w_shape=(num_ws, 512)), indent=2))
+
