@@ -20,7 +20,7 @@ from i2score.method.applications.reconstruct import inpaint, reconstruct
 from i2score.bench.edits import seam_gradient_energy
 from i2score.bench.quality import _load_mask, _load_rgb, telea_inpaint
 from i2score.method.applications.edits import crossover, local_style_transfer, scribble_edit
-from i2score.features.vgg16 import load_lpips
+from i2score.features import load_lpips
 from i2score.generator.checkpoints.load import load_generator
 from i2score.generator.ops import fast_kernels
 from i2score.data.latents import Latents

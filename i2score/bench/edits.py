@@ -28,7 +28,7 @@ from i2score.method.applications.edits import (
     scribble_edit,
     style_mix,
 )
-from i2score.features.vgg16 import load_lpips, load_vgg16
+from i2score.features import load_lpips, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.data.latents import Latents
 from i2score.method.masks import dilate

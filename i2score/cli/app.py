@@ -187,7 +187,7 @@ def bench_embed_cmd(
     import torch
 
     from i2score.bench.embed import bench_embed, bench_reference, rows_to_markdown, write_report
-    from i2score.features.vgg16 import load_vgg16
+    from i2score.features import load_vgg16
 
     dtypes = _names(dtype, ("fp32", "bf16"), "dtype")
     kernel_names = _names(kernels, ("invariant", "fast"), "kernel")

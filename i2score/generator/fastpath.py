@@ -120,7 +120,7 @@ def _w_step_fits(G: StyleGAN2, vgg: torch.nn.Module | None, device: torch.device
     loss, Adam update) at ``batch`` on CUDA; False on out-of-memory or when the peak memory
     leaves less than ``headroom`` of the device's memory free (room for the loop's targets,
     Adam moments and allocator fragmentation, which a single probe step does not show)."""
-    from i2score.features.vgg16 import perceptual_preprocess
+    from i2score.features import perceptual_preprocess
     from i2score.method.losses import PERCEPTUAL_LAYERS
 
     torch.cuda.empty_cache()

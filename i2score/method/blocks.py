@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from i2score.generator.fastpath import Render, renderer
-from i2score.features.vgg16 import VGG16Features, perceptual_preprocess
+from i2score.features import VGG16Features, perceptual_preprocess
 from i2score.generator.network import StyleGAN2, SynthesisState
 from i2score.generator.ops import batch_invariant
 from i2score.method.losses import (

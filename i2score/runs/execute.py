@@ -231,7 +231,7 @@ def worker_context(model: str | None, device: str) -> WorkerContext:
     """The generator (and the VGG16/LPIPS it is optimised with) on ``device``, loaded on first
     use and kept for the life of the process, so a worker loads each model once however many
     batches it runs. Threads share it (the lock serialises the first load)."""
-    from i2score.features.vgg16 import VGGWeightsNotFoundError, load_lpips, load_vgg16
+    from i2score.features import VGGWeightsNotFoundError, load_lpips, load_vgg16
     from i2score.generator.checkpoints.load import load_generator
     from i2score.generator.registry import DEFAULT_MODEL
 

@@ -45,7 +45,7 @@ from i2score.method.applications.edits import (
     morph,
     style_mix,
 )
-from i2score.features.vgg16 import VGG16Features, load_vgg16
+from i2score.features import VGG16Features, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.data.latents import Latents
 from i2score.demo.sample_data import free_hole, rect_hole

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from i2score.method.applications.reconstruct import ALGORITHM_VERSION
 from i2score.method.blocks import LossWeights, StepCallback, StyleTerm, blend_activations, optimize_noise, optimize_w
-from i2score.features.vgg16 import VGG16Features, load_vgg16
+from i2score.features import VGG16Features, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.generator.ops import batch_invariant
 from i2score.data.latents import Latents

@@ -17,7 +17,7 @@ from PIL import Image
 from torch import Tensor
 
 from i2score.method.blocks import EarlyStop, StepCallback, optimize_noise, optimize_w
-from i2score.features.vgg16 import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
+from i2score.features import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.generator.ops import batch_invariant
 from i2score.data.latents import Latents
