@@ -11,6 +11,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -263,7 +264,8 @@ def test_load_vgg16_caches_weights(isolated, monkeypatch, fake_weights_file):
     b = fe.load_vgg16(fake_weights_file, allow_download=False)
     assert len(calls) == 1
     assert a is not b  # fresh modules sharing the cached tensors: moving one leaves the other
-    assert a.features[0].weight.data_ptr() == b.features[0].weight.data_ptr()
+    conv_a, conv_b = cast(torch.nn.Conv2d, a.features[0]), cast(torch.nn.Conv2d, b.features[0])
+    assert conv_a.weight.data_ptr() == conv_b.weight.data_ptr()
     monkeypatch.setenv(fe.ENV_VAR, str(fake_weights_file))  # a changed setting is not answered stale
     fe.load_vgg16(allow_download=False)
     assert len(calls) == 2
@@ -301,7 +303,7 @@ def test_unpickler_refuses_os_system(tmp_path):
 
 
 def test_unpickler_reads_numpy_and_refuses_object_arrays():
-    tree = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}, "b": [1, 2.5, "x"]}
+    tree: dict[str, Any] = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}, "b": [1, 2.5, "x"]}
     out = load_numpy_pickle(io.BytesIO(pickle.dumps(tree, protocol=3)))
     np.testing.assert_array_equal(out["a"]["kernel"], tree["a"]["kernel"])
     assert out["b"] == [1, 2.5, "x"]

@@ -36,7 +36,9 @@ _COMPILED: weakref.WeakKeyDictionary[SynthesisNetwork, dict[bool, Render]] = wea
 
 # Largest fitting batch per (id(G), id(vgg), device, dtype, channels_last, max_batch); the
 # weak references detect a recycled id().
-_BATCH_CACHE: dict[tuple[object, ...], tuple[weakref.ref[torch.nn.Module], weakref.ref[torch.nn.Module] | None, int]] = {}
+_BATCH_CACHE: dict[
+    tuple[object, ...], tuple[weakref.ref[torch.nn.Module], weakref.ref[torch.nn.Module] | None, int]
+] = {}
 
 
 def has_c_compiler() -> bool:
@@ -138,7 +140,7 @@ def _w_step_fits(G: StyleGAN2, vgg: torch.nn.Module | None, device: torch.device
             with torch.no_grad():
                 tf = vgg(perceptual_preprocess(target), PERCEPTUAL_LAYERS)
             pf = vgg(perceptual_preprocess(image), PERCEPTUAL_LAYERS)
-            loss = loss + sum((a - b).square().flatten(1).mean(dim=1) for a, b in zip(pf, tf))
+            loss = loss + sum((a - b).square().flatten(1).mean(dim=1) for a, b in zip(pf, tf, strict=True))
         loss.sum().backward()
         opt.step()
         torch.cuda.synchronize(device)

@@ -112,7 +112,7 @@ def download_file(url: str, dest: str | os.PathLike[str], *, sha256: str | None 
 
 def _aiohttp_available() -> bool:
     try:
-        import aiohttp  # noqa: F401
+        import aiohttp  # noqa: F401 - imported only to see whether it is installed
     except ImportError:
         return False
     return True

@@ -32,9 +32,14 @@ def build_generator(cfg: GeneratorConfig, sd: dict[str, Tensor], fmt: str, *, ha
     if noise is not None:
         shapes = [(1, *s) for s in G.noise_shapes]
         if [tuple(n.shape) for n in noise] != shapes:
-            raise CheckpointMismatchError(fmt, cfg, [], [], {
-                f"noise[{i}]": (tuple(n.shape), s) for i, (n, s) in enumerate(zip(noise, shapes))
-                if tuple(n.shape) != s}, "stored noise maps")
+            # strict=False: a wrong number of maps gets its own entry, and the maps that do pair
+            # up still show which shapes differ.
+            mismatched: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
+                f"noise[{i}]": (tuple(n.shape), s)
+                for i, (n, s) in enumerate(zip(noise, shapes, strict=False)) if tuple(n.shape) != s}
+            if len(noise) != len(shapes):
+                mismatched["number of noise maps"] = ((len(noise),), (len(shapes),))
+            raise CheckpointMismatchError(fmt, cfg, [], [], mismatched, "stored noise maps")
         noise = [n.to(torch.float32).contiguous() for n in noise]
     G.checkpoint_noise = noise
     G.checkpoint_format = fmt

@@ -42,15 +42,15 @@ def _pickle_globals(f: BinaryIO) -> Iterable[tuple[str, str]]:
             yield mod, attr
             pushed.append(None)
         elif name == "STACK_GLOBAL":
-            mod, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
-            yield str(mod), str(attr)
+            module, qualname = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)
+            yield str(module), str(qualname)
             pushed.append(None)
-        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
-            memo[int(arg)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+            memo[arg] = pushed[-1] if pushed else None
         elif name == "MEMOIZE":
             memo[len(memo)] = pushed[-1] if pushed else None
-        elif name in ("GET", "BINGET", "LONG_BINGET"):
-            pushed.append(memo.get(int(arg)))
+        elif name in ("GET", "BINGET", "LONG_BINGET") and isinstance(arg, int):
+            pushed.append(memo.get(arg))
         elif name == "STOP":
             return
         else:

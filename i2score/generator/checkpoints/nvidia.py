@@ -84,7 +84,9 @@ def _nvidia_init_kwargs(gen: PickledObject) -> dict[str, Any]:
     state = gen.state if isinstance(gen.state, Mapping) else {}
     args = tuple(state.get("_init_args") or ())
     kwargs = dict(state.get("_init_kwargs") or {})
-    kwargs.update(zip(_NV_GENERATOR_ARGS, args))  # positional arguments, if any were used
+    # Positional arguments, if any were used: usually none or a few, so the zip is meant to stop
+    # at the shorter of the two.
+    kwargs.update(zip(_NV_GENERATOR_ARGS, args, strict=False))
     return _plain(kwargs)
 
 
@@ -145,9 +147,9 @@ def nvidia_to_canonical(cfg: GeneratorConfig, t: Mapping[str, Tensor], fmt: str,
     expected = _nvidia_state_shapes(cfg, use_noise=use_noise, has_w_avg="mapping.w_avg" in t)
     check_shapes(fmt, cfg, {k: tuple(v.shape) for k, v in t.items()}, expected)
     fir = make_fir_filter()
-    for k, v in t.items():
-        if k.endswith("resample_filter") and not torch.allclose(v.float(), fir):
-            raise UnsupportedCheckpointError(f"{fmt}: {k} is not the normalised [1, 3, 3, 1] filter")
+    for key, value in t.items():
+        if key.endswith("resample_filter") and not torch.allclose(value.float(), fir):
+            raise UnsupportedCheckpointError(f"{fmt}: {key} is not the normalised [1, 3, 3, 1] filter")
 
     out: dict[str, Tensor] = {}
     for i in range(cfg.n_mapping):

@@ -79,7 +79,7 @@ def _stub_class(qualname: str) -> type:
 _STUB_CLASSES: dict[str, type] = {}
 
 
-class _EasyDict(dict):  # type: ignore[type-arg]
+class _EasyDict(dict[str, Any]):
     """Stand-in for ``dnnlib.util.EasyDict`` (a dict with attribute access); holds data only."""
 
     def __getattr__(self, name: str) -> Any:
@@ -132,7 +132,7 @@ def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: An
     if len(size) != len(stride) or offset < 0 or any(s < 0 for s in size) or any(s < 0 for s in stride):
         raise pickle.UnpicklingError(f"invalid tensor geometry size={size} stride={stride} offset={offset}")
     if all(s > 0 for s in size):
-        extent = offset + sum((n - 1) * st for n, st in zip(size, stride)) + 1
+        extent = offset + sum((n - 1) * st for n, st in zip(size, stride, strict=True)) + 1
         if extent > flat.numel():
             raise pickle.UnpicklingError(
                 f"tensor [{size}, stride {stride}, offset {offset}] exceeds its storage ({flat.numel()})")
@@ -159,7 +159,10 @@ def _load_storage_bytes(blob: Any) -> _Storage:
     if not isinstance(blob, (bytes, bytearray)):
         raise pickle.UnpicklingError("storage payload is not bytes")
     f = io.BytesIO(blob)
-    plain = lambda ctx: RestrictedUnpickler(f, {}, context=ctx)  # noqa: E731
+
+    def plain(context: str) -> RestrictedUnpickler:  # the small header pickles: no globals at all
+        return RestrictedUnpickler(f, {}, context=context)
+
     if plain("storage magic").load() != TORCH_LEGACY_MAGIC:
         raise pickle.UnpicklingError("storage payload lacks torch's legacy magic number")
     if plain("storage protocol").load() != _TORCH_LEGACY_PROTOCOL:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,10 @@ def from_rosinality(sd: Mapping[str, Tensor], latent_avg: Tensor | None) -> Styl
     check_shapes("rosinality-pt", cfg, {k: tuple(v.shape) for k, v in sd.items()},
                  rosinality_state_shapes(cfg))
     kernel = _rosinality_kernel()
-    for k, v in sd.items():
-        if k.endswith((".blur.kernel", ".upsample.kernel")) and not torch.allclose(v.float(), kernel):
+    for key, value in sd.items():
+        if key.endswith((".blur.kernel", ".upsample.kernel")) and not torch.allclose(value.float(), kernel):
             raise UnsupportedCheckpointError(f"rosinality checkpoint uses a blur kernel other than "
-                                             f"[1, 3, 3, 1] ({k}); not supported")
+                                             f"[1, 3, 3, 1] ({key}); not supported")
 
     out: dict[str, Tensor] = {}
     for i in range(cfg.n_mapping):
@@ -164,6 +164,23 @@ def from_rosinality(sd: Mapping[str, Tensor], latent_avg: Tensor | None) -> Styl
         out["w_avg"] = torch.zeros(cfg.w_dim)
     noise = [sd[f"noises.noise_{i}"] for i in range(cfg.num_convs)]
     return build_generator(cfg, out, "rosinality-pt", has_w_avg=has_w_avg, noise=noise)
+
+
+# Parameters inside one of rosinality's StyledConv / ToRGB layers -> (our name in the matching
+# synthesis.convs.{i} / synthesis.to_rgbs.{k}, how our tensor becomes theirs).
+_ROSINALITY_CONV_PARTS: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
+    "conv.weight": ("weight", lambda t: t[None]),
+    "conv.modulation.weight": ("affine.weight", lambda t: t),
+    "conv.modulation.bias": ("affine.bias", lambda t: t),
+    "noise.weight": ("noise_strength", lambda t: t.reshape(1)),
+    "activate.bias": ("bias", lambda t: t),
+}
+_ROSINALITY_RGB_PARTS: dict[str, tuple[str, Callable[[Tensor], Tensor]]] = {
+    "bias": ("bias", lambda t: t.reshape(1, 3, 1, 1)),
+    "conv.weight": ("weight", lambda t: t[None]),
+    "conv.modulation.weight": ("affine.weight", lambda t: t),
+    "conv.modulation.bias": ("affine.bias", lambda t: t),
+}
 
 
 def to_rosinality_state(G: StyleGAN2) -> dict[str, Tensor]:
@@ -200,20 +217,13 @@ def to_rosinality_state(G: StyleGAN2) -> dict[str, Tensor]:
         elif k.startswith(("conv1.", "convs.")):
             i = 0 if parts[0] == "conv1" else int(parts[1]) + 1
             tail = ".".join(parts[1:] if parts[0] == "conv1" else parts[2:])
-            dst = f"synthesis.convs.{i}"
-            v = {"conv.weight": lambda: sd[f"{dst}.weight"][None],
-                 "conv.modulation.weight": lambda: sd[f"{dst}.affine.weight"],
-                 "conv.modulation.bias": lambda: sd[f"{dst}.affine.bias"],
-                 "noise.weight": lambda: sd[f"{dst}.noise_strength"].reshape(1),
-                 "activate.bias": lambda: sd[f"{dst}.bias"]}[tail]()
+            ours, convert = _ROSINALITY_CONV_PARTS[tail]
+            v = convert(sd[f"synthesis.convs.{i}.{ours}"])
         else:  # to_rgb1 / to_rgbs.k
             kk = 0 if parts[0] == "to_rgb1" else int(parts[1]) + 1
             tail = ".".join(parts[1:] if parts[0] == "to_rgb1" else parts[2:])
-            dst = f"synthesis.to_rgbs.{kk}"
-            v = {"bias": lambda: sd[f"{dst}.bias"].reshape(1, 3, 1, 1),
-                 "conv.weight": lambda: sd[f"{dst}.weight"][None],
-                 "conv.modulation.weight": lambda: sd[f"{dst}.affine.weight"],
-                 "conv.modulation.bias": lambda: sd[f"{dst}.affine.bias"]}[tail]()
+            ours, convert = _ROSINALITY_RGB_PARTS[tail]
+            v = convert(sd[f"synthesis.to_rgbs.{kk}.{ours}"])
         assert tuple(v.shape) == shape, (k, tuple(v.shape), shape)
         out[k] = v.clone().contiguous()
     return out

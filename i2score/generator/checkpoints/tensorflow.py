@@ -58,10 +58,8 @@ _TF_KNOWN_KWARGS = {
 
 
 def tf_from_pickle(data: Any) -> StyleGAN2:
-    if isinstance(data, tuple) and len(data) == 3:
-        net = data[2]  # (G, D, Gs): Gs is the moving average, the one to use
-    else:
-        net = data
+    # (G, D, Gs): Gs is the moving average, the one to use.
+    net = data[2] if isinstance(data, tuple) and len(data) == 3 else data
     state = _tf_state(net, "Gs")
     if int(state.get("version", 0)) < 4:
         raise UnsupportedCheckpointError(f"TensorFlow pickle version {state.get('version')} < 4 is too old")
