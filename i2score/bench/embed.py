@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from i2score import kernels
-from i2score.features.vgg16 import VGG16Features, perceptual_preprocess
+from i2score.features import VGG16Features, perceptual_preprocess
 from i2score.generator.network import StyleGAN2
 from i2score.method.blocks import optimize_noise, optimize_w
 from i2score.method.losses import PERCEPTUAL_LAYERS, masked_feature_mse, masked_mse

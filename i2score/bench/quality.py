@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from i2score.features.vgg16 import load_lpips, load_vgg16
+from i2score.features import load_lpips, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.method.applications import inpaint, reconstruct
 from i2score.method.metrics import psnr, ssim

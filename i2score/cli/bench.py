@@ -66,7 +66,7 @@ def bench_embed_cmd(
     import torch
 
     from i2score.bench.embed import bench_embed, bench_reference, rows_to_markdown, write_report
-    from i2score.features.vgg16 import load_vgg16
+    from i2score.features import load_vgg16
 
     dtypes = _names(dtype, ("fp32", "bf16"), "dtype")
     kernel_names = _names(kernels, ("invariant", "fast"), "kernel")
@@ -81,7 +81,7 @@ def bench_embed_cmd(
             console.print("note: this CPU has no native bf16 (avx512_bf16/amx); bf16 rows measure emulation")
     G = None
     if model is not None:
-        from i2score.generator.checkpoints.load import load_generator
+        from i2score.generator.checkpoints import load_generator
 
         G = load_generator(model, device=device)
         resolution = G.resolution
@@ -129,7 +129,7 @@ def bench_ladder_cmd(
         parts = [int(p) for p in model.split(":")[1:]]
         G = StyleGAN2(parts[0], channel_max=parts[1] if len(parts) > 1 else 512, seed=seed).to(device)
     else:
-        from i2score.generator.checkpoints.load import load_generator
+        from i2score.generator.checkpoints import load_generator
 
         G = load_generator(model, device=device)
     names, images = sample_photos(G.resolution)
@@ -164,7 +164,7 @@ def bench_quality_cmd(
 
     from i2score import kernels
     from i2score.bench.quality import markdown_table, quality_report
-    from i2score.generator.checkpoints.load import load_generator
+    from i2score.generator.checkpoints import load_generator
 
     G = load_generator(model, device=device)
     with kernels.fast_kernels() if fast_kernels else contextlib.nullcontext():
@@ -199,7 +199,7 @@ def bench_edits_cmd(
     import json
 
     from i2score.bench.edits import edits_report
-    from i2score.generator.checkpoints.load import load_generator
+    from i2score.generator.checkpoints import load_generator
 
     G = load_generator(model, device=device)
     report = edits_report(G, data, out, embed_steps_w=embed_steps_w, embed_steps_n=embed_steps_n,

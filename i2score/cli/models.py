@@ -96,7 +96,7 @@ def models_samples(
     from PIL import Image
 
     from i2score.demo.training import sample_grid
-    from i2score.generator.checkpoints.load import load_generator
+    from i2score.generator.checkpoints import load_generator
 
     if n < 1 or math.isqrt(n) ** 2 != n:
         raise typer.BadParameter(f"n must be a square number, got {n}", param_hint="--n")

@@ -36,7 +36,7 @@ def train_cmd(
     import torch
 
     from i2score.demo.training import TrainConfig, train
-    from i2score.generator.checkpoints.load import load_generator_file, save_generator
+    from i2score.generator.checkpoints import load_generator_file, save_generator
     from i2score.generator.registry import sha256_file
 
     cfg = TrainConfig(resolution=resolution, channel_multiplier=channel_multiplier, channel_max=channel_max,

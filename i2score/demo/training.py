@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from i2score.generator.checkpoints.load import _atomic_torch_save, save_generator
+from i2score.generator.checkpoints.native import atomic_torch_save, save_generator
 from i2score.generator.network import GeneratorConfig, StyleGAN2, channels_at
 from i2score.generator.ops import LRELU_GAIN, LRELU_SLOPE, EqualLinear
 from i2score.kernels import fast_kernels
@@ -382,7 +382,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
                     log(f"step {trainer.step}/{cfg.total_steps} kimg {kimg:.1f} "
                         f"{sec_per_step:.2f} s/step G {stats['loss_g']:.3f} D {stats['loss_d']:.3f}")
                 if trainer.step % cfg.snapshot_every == 0 or trainer.step == end:
-                    _atomic_torch_save(trainer.state(), ckpt)
+                    atomic_torch_save(trainer.state(), ckpt)
                     G = trainer.export_generator()
                     save_generator(G, out / "generator.pt")
                     Image.fromarray(sample_grid(G, 64, seed=cfg.seed)).save(out / "samples.png")

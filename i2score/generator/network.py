@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -116,6 +117,8 @@ class MappingNetwork(nn.Module):
 class StyledConv(nn.Module):
     """Modulated 3x3 conv (optionally 2x up-sampling) + noise + bias + leaky ReLU."""
 
+    fir: Tensor
+
     def __init__(self, in_ch: int, out_ch: int, w_dim: int, *, up: bool, conv_clamp: float | None) -> None:
         super().__init__()
         self.affine = EqualLinear(w_dim, in_ch, bias_init=1.0)
@@ -159,6 +162,8 @@ class ToRGB(nn.Module):
 
 class SynthesisNetwork(nn.Module):
     """Learned 4x4 constant, ``L-1`` styled convs and ``log2(R)-1`` ToRGB layers."""
+
+    fir: Tensor
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -212,6 +217,8 @@ class StyleGAN2(nn.Module):
     loaders build it from a :class:`GeneratorConfig` and load weights into it.
     """
 
+    w_avg: Tensor
+
     def __init__(self, resolution: int | GeneratorConfig, *, channel_multiplier: float = 2,
                  channel_max: int = 512, n_mapping: int = 8, w_dim: int = 512, seed: int = 0,
                  conv_clamp: float | None = None) -> None:
@@ -231,7 +238,7 @@ class StyleGAN2(nn.Module):
             # Random init: give the noise inputs a visible but small effect.
             with torch.no_grad():
                 for conv in self.synthesis.convs:
-                    conv.noise_strength.fill_(0.1)
+                    cast(StyledConv, conv).noise_strength.fill_(0.1)
         # The checkpoint's tracked average w, when the source has one (else None).
         self.register_buffer("w_avg", torch.zeros(cfg.w_dim), persistent=True)
         self.has_w_avg = False
@@ -247,7 +254,7 @@ class StyleGAN2(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def _load_from_state_dict(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
         # New weights invalidate the cached mean-latent estimates.
         self._mean_w_cache.clear()
         super()._load_from_state_dict(*args, **kwargs)
@@ -334,7 +341,7 @@ class StyleGAN2(nn.Module):
             raise ValueError(f"w must be [B, {self.num_ws}, {self.w_dim}], got {list(w.shape)}")
         if len(noise) != self.cfg.num_convs:
             raise ValueError(f"expected {self.cfg.num_convs} noise maps, got {len(noise)}")
-        for i, (n, s) in enumerate(zip(noise, self.noise_shapes)):
+        for i, (n, s) in enumerate(zip(noise, self.noise_shapes, strict=True)):
             if n.ndim != 4 or tuple(n.shape[1:]) != s or n.shape[0] not in (1, w.shape[0]):
                 raise ValueError(f"noise[{i}] must be [B, {s[0]}, {s[1]}, {s[2]}], got {list(n.shape)}")
 

@@ -7,9 +7,9 @@ A *model source* is one of
 * any fsspec URL (``https://...``, ``s3://bucket/key.pkl``, ``memory://...``).
 
 :func:`resolve_model_file` turns a source into a local file the loaders can open. Remote files
-are copied once into a cache directory and reused afterwards. Downloads are bounded by
-connect/read timeouts, so an offline machine gets a clear :class:`ModelUnavailableError` within
-seconds instead of hanging.
+are copied once into a cache directory (by :func:`i2score.weights.download.download_file`) and
+reused afterwards. Downloads are bounded by connect/read timeouts, so an offline machine gets a
+clear :class:`ModelUnavailableError` within seconds instead of hanging.
 
 Offline use
 -----------
@@ -36,17 +36,14 @@ import hashlib
 import math
 import os
 import re
-import shutil
-import socket
-import threading
-import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from i2score.weights.download import ChecksumMismatchError, download_file, sha256_file
 
 __all__ = [
     "DOMAINS",
@@ -89,7 +86,6 @@ BUNDLED_SCHEME = "bundled://"
 """URL scheme of checkpoints shipped inside the package: ``bundled://i2score/models/x.pt``
 is the file ``models/x.pt`` of the installed ``i2score`` package (no download, no cache)."""
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,17 +116,6 @@ class ModelUnavailableError(RuntimeError):
         super().__init__(message)
         self.url = url
         self.cache_path = cache_path
-
-
-class ChecksumMismatchError(RuntimeError):
-    """A checkpoint's sha256 differs from the expected one."""
-
-    def __init__(self, path: Path | str, expected: str, actual: str, note: str = "") -> None:
-        msg = f"sha256 mismatch for {path}: expected {expected}, got {actual}"
-        super().__init__(f"{msg}; {note}" if note else msg)
-        self.path = Path(path)
-        self.expected = expected
-        self.actual = actual
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,15 +332,6 @@ def model_cache_path(source: str, cache_dir: str | os.PathLike[str] | None = Non
 # Hashing
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks so checkpoints never sit in memory twice."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _normalise_sha256(sha256: str | None) -> str | None:
     if sha256 is None:
         return None
@@ -451,26 +427,14 @@ def resolve_model_file(
                                               "download a fresh one")
         return dest
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Hidden, unique temp name in the same directory: os.replace is then atomic, concurrent
-    # resolvers do not clobber each other, and a crash leaves nothing that looks finished.
-    tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex}.part")
     try:
-        try:
-            _download(url, tmp, timeout=timeout, storage_options=storage_options)
-        except Exception as exc:  # any transport failure means "unavailable"; cause is chained
-            raise ModelUnavailableError(
-                _unavailable_message(source, url, dest, exc, expected),
-                url=url, cache_path=dest) from exc
-        if expected is not None:
-            actual = sha256_file(tmp)
-            if actual != expected:
-                raise ChecksumMismatchError(
-                    url, expected, actual, "the downloaded file was discarded")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
+        return download_file(url, dest, sha256=expected, timeout=timeout, storage_options=storage_options)
+    except ChecksumMismatchError:
+        raise
+    except Exception as exc:  # any transport failure means "unavailable"; cause is chained
+        raise ModelUnavailableError(
+            _unavailable_message(source, url, dest, exc, expected),
+            url=url, cache_path=dest) from exc
 
 
 def _resolve_local(source: str, expected: str | None) -> Path:
@@ -510,98 +474,3 @@ def _unavailable_message(source: str, url: str, dest: Path, exc: BaseException,
     if expected is not None:
         lines.append(f"Its sha256 must be {expected}.")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Transfer
-
-
-def _aiohttp_available() -> bool:
-    try:
-        import aiohttp  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _download(url: str, dest: Path, *, timeout: float,
-              storage_options: Mapping[str, Any] | None) -> None:
-    protocol = _protocol(url)
-    # fsspec's HTTP filesystem is built on aiohttp, which is not a dependency of i2score; the
-    # standard library covers plain http(s) with the same timeout guarantees.
-    if protocol in ("http", "https") and not storage_options and not _aiohttp_available():
-        _download_urllib(url, dest, timeout=timeout)
-    else:
-        _download_fsspec(url, dest, timeout=timeout, storage_options=storage_options)
-
-
-def _download_fsspec(url: str, dest: Path, *, timeout: float,
-                     storage_options: Mapping[str, Any] | None) -> None:
-    import fsspec
-
-    options: dict[str, Any] = dict(storage_options or {})
-    protocol = _protocol(url)
-    if protocol in ("http", "https"):
-        import aiohttp
-
-        client_kwargs = dict(options.get("client_kwargs") or {})
-        # aiohttp's default has no socket-level limits, only a 5-minute total; `connect`
-        # also covers DNS, `sock_read` each read, and no total so large files can finish.
-        client_kwargs.setdefault("timeout", aiohttp.ClientTimeout(
-            total=None, connect=timeout, sock_connect=timeout, sock_read=timeout))
-        options["client_kwargs"] = client_kwargs
-    elif protocol in ("s3", "s3a"):
-        config_kwargs = dict(options.get("config_kwargs") or {})
-        config_kwargs.setdefault("connect_timeout", timeout)
-        config_kwargs.setdefault("read_timeout", timeout)
-        options["config_kwargs"] = config_kwargs
-    fs, path = fsspec.core.url_to_fs(url, **options)
-    fs.get_file(path, str(dest))
-    if not dest.is_file():  # some filesystems silently "get" a directory
-        raise FileNotFoundError(f"{url} is not a file")
-
-
-def _download_urllib(url: str, dest: Path, *, timeout: float) -> None:
-    parts = urllib.parse.urlsplit(url)
-    if parts.hostname and not _uses_proxy(parts.scheme, parts.hostname):
-        _resolve_host(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                      timeout)
-    request = urllib.request.Request(url, headers={"User-Agent": "i2score"})
-    # urlopen's timeout applies to the connect and to every socket read.
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out:
-        shutil.copyfileobj(response, out, _CHUNK)
-        expected_len = response.headers.get("Content-Length")
-    # http.client returns a short body silently when the peer closes early.
-    if expected_len is not None and expected_len.isdigit():
-        got = dest.stat().st_size
-        if got != int(expected_len):
-            raise OSError(f"truncated download: got {got} of {expected_len} bytes")
-
-
-def _uses_proxy(scheme: str, host: str) -> bool:
-    # Behind a proxy the proxy resolves the name; a local lookup may legitimately fail.
-    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
-
-
-def _resolve_host(host: str, port: int, timeout: float) -> None:
-    """Resolve ``host`` within ``timeout`` seconds.
-
-    urlopen's timeout does not cover getaddrinfo, which can block for a long time when the
-    resolver is unreachable. The lookup runs in a daemon thread so that a stuck resolver can
-    be abandoned without keeping the interpreter alive.
-    """
-    outcome: dict[str, BaseException] = {}
-
-    def lookup() -> None:
-        try:
-            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except BaseException as exc:  # handed back to the caller's thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=lookup, name="i2score-dns", daemon=True)
-    worker.start()
-    worker.join(timeout)
-    if worker.is_alive():
-        raise TimeoutError(f"DNS lookup of {host!r} did not finish within {timeout:g} s")
-    if "error" in outcome:
-        raise outcome["error"]

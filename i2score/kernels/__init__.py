@@ -69,14 +69,14 @@ def batch_invariant(device: torch.device | str, enabled: bool = True) -> Iterato
         return
     kind = torch.device(device).type
     if kind == "cpu":
-        # Set the flag directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
-        previous = torch.backends.mkldnn.enabled, torch._C._get_nnpack_enabled()
-        torch.backends.mkldnn.enabled = False
+        # Set the flags directly: ``mkldnn.flags()`` also resets TF32 settings and warns each time.
+        previous = torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled()
+        torch._C._set_mkldnn_enabled(False)
         torch._C._set_nnpack_enabled(False)
         try:
             yield
         finally:
-            torch.backends.mkldnn.enabled = previous[0]
+            torch._C._set_mkldnn_enabled(previous[0])
             torch._C._set_nnpack_enabled(previous[1])
     elif kind == "cuda":
         cudnn = torch.backends.cudnn

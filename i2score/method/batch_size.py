@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from i2score.features.vgg16 import VGG16Features
+from i2score.features import VGG16Features
 from i2score.generator.network import StyleGAN2
 from i2score.method.objective import ImageTarget, Objective, embedding_target
 

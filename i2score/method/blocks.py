@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from i2score.features.vgg16 import VGG16Features
+from i2score.features import VGG16Features
 from i2score.generator.fastpath import Render, renderer
 from i2score.generator.network import StyleGAN2, SynthesisState
 from i2score.kernels import batch_invariant

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from i2score.features.vgg16 import VGG16Features, perceptual_preprocess
+from i2score.features import VGG16Features, perceptual_preprocess
 from i2score.method.losses import (
     PERCEPTUAL_LAYERS,
     STYLE_LAYER,

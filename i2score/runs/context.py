@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from i2score.features.vgg16 import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
-from i2score.generator.checkpoints.load import load_generator
+from i2score.features import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
+from i2score.generator.checkpoints import load_generator
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import DEFAULT_MODEL
 from i2score.runs.config import resolve_device

@@ -26,7 +26,7 @@ from torch import Tensor
 from i2score.data.cache import LatentCache, make_source
 from i2score.data.latents import Latents
 from i2score.data.manifest import LoadedRow, ManifestKind, OpCatalog, Param, Use
-from i2score.features.vgg16 import VGG16Features
+from i2score.features import VGG16Features
 from i2score.generator.network import StyleGAN2
 from i2score.method.applications import (
     ALGORITHM_VERSION,

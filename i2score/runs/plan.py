@@ -23,7 +23,7 @@ from typing import Any
 from i2score.data import storage
 from i2score.data.cache import LatentCache, source_key
 from i2score.data.manifest import ManifestRow, Rejection, RowError, load_row, validate_manifest
-from i2score.generator.checkpoints.load import load_generator
+from i2score.generator.checkpoints import load_generator
 from i2score.generator.registry import DEFAULT_MODEL
 from i2score.method.applications import ALGORITHM_VERSION
 from i2score.runs.augment import plan_augmentations

@@ -1,1 +1,11 @@
-"""Weight files: one safe unpickler for the whole package."""
+"""Weight files: one safe unpickler and one downloader for the whole package.
+
+* :mod:`~i2score.weights.unpickle`: :class:`~i2score.weights.unpickle.RestrictedUnpickler`, the
+  only way i2score unpickles a file it did not write: globals come from an allow-list, so no code
+  from the file runs; plus the allow-list for numpy arrays and a numpy-only loader.
+* :mod:`~i2score.weights.download`: :func:`~i2score.weights.download.download_file` (atomic,
+  sha256-verified, bounded by timeouts) and :func:`~i2score.weights.download.sha256_file`.
+
+A leaf package: it imports nothing else of i2score, so the generator and the feature networks
+can both use it.
+"""

@@ -19,8 +19,8 @@ import torch
 from i2score.bench.edits import seam_gradient_energy
 from i2score.bench.quality import _load_mask, _load_rgb, telea_inpaint
 from i2score.data.latents import Latents
-from i2score.features.vgg16 import load_lpips
-from i2score.generator.checkpoints.load import load_generator
+from i2score.features import load_lpips
+from i2score.generator.checkpoints import load_generator
 from i2score.kernels import fast_kernels
 from i2score.method.applications import crossover, inpaint, local_style_transfer, reconstruct, scribble_edit
 from i2score.method.masks import enlarged_soft_mask

@@ -13,7 +13,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from i2score.cli.app import app
-from i2score.generator.checkpoints.load import load_generator
+from i2score.generator.checkpoints import load_generator
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import (
     DEFAULT_MODEL,

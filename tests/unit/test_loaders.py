@@ -141,6 +141,8 @@ class _PersistentModule(torch.nn.Module):
     """Pickles like a module decorated with NVIDIA's ``@persistence.persistent_class``:
     ``(_reconstruct_persistent_obj, (meta,))`` with meta = type/version/module_src/class_name/state."""
 
+    weight_gain: np.float64  # set on FullyConnectedLayer stand-ins only, like NVIDIA's
+
     def __init__(self, class_name: str, module_src: str) -> None:
         super().__init__()
         self._pclass = class_name
@@ -218,7 +220,8 @@ def test_native_round_trip(tmp_path: Path) -> None:
     assert H.cfg == G.cfg and H.has_w_avg and H.checkpoint_format == "i2score-pt"
     a, b = G.state_dict(), H.state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
-    assert all(torch.equal(x, y) for x, y in zip(G.checkpoint_noise, H.checkpoint_noise))
+    assert G.checkpoint_noise is not None and H.checkpoint_noise is not None
+    assert all(torch.equal(x, y) for x, y in zip(G.checkpoint_noise, H.checkpoint_noise, strict=True))
     assert torch.equal(_render(G), _render(H))
     assert H.weights_sha256 == sha256_file(path) and H.source == str(path)
     # The file is plain data: torch's own weights_only loader reads it.
@@ -251,6 +254,7 @@ def test_rosinality_round_trip(tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(_render(G), _render(H))
     # Their noise buffers come back as the checkpoint noise, and re-export is bitwise identical.
+    assert H.checkpoint_noise is not None
     assert all(torch.equal(n, raw["g_ema"][f"noises.noise_{i}"]) for i, n in enumerate(H.checkpoint_noise))
     save_rosinality(H, tmp_path / "again.pt")
     again = torch.load(tmp_path / "again.pt", weights_only=True)["g_ema"]
@@ -424,7 +428,8 @@ def _tf_network_pickle(path: Path, nv: dict[str, Any], protocol: int = 3) -> Non
     Network.__module__, Network.__qualname__ = "dnnlib.tflib.network", "Network"
     tflib_net.Network = Network  # type: ignore[attr-defined]
 
-    def net(name: str, variables: dict[str, np.ndarray], components: dict[str, Any], static_kwargs: dict[str, Any]) -> Any:
+    def net(name: str, variables: dict[str, Any], components: dict[str, Any],
+            static_kwargs: dict[str, Any]) -> Any:
         return Network(dict(version=4, name=name, static_kwargs=static_kwargs, components=components,
                             build_module_src="raise SystemExit('this must never run')",
                             build_func_name="G_main", variables=list(variables.items())))
@@ -443,6 +448,7 @@ def test_tf_pickle_matches_recorded_output(tmp_path: Path, nv: dict[str, Any], p
     assert detect_format(path) == "nvidia-tf-pkl"
     G = load_generator_file(path)
     assert G.checkpoint_format == "nvidia-tf-pkl" and G.has_w_avg
+    assert G.checkpoint_noise is not None
     with torch.no_grad():
         assert (G.synthesize(nv["w"], G.checkpoint_noise) - nv["img_w_const"]).abs().max() < TOL
         assert (G.synthesize(G.map(nv["z"]), G.checkpoint_noise) - nv["img_z_const"]).abs().max() < TOL

@@ -17,7 +17,6 @@ import pytest
 from typer.testing import CliRunner
 
 from i2score.cli.app import app
-from i2score.generator import registry
 from i2score.generator.registry import (
     DOMAINS,
     FORMATS,
@@ -33,6 +32,7 @@ from i2score.generator.registry import (
     resolve_model_file,
     sha256_file,
 )
+from i2score.weights import download
 
 PAYLOAD = b"not really a network pickle\n" * 1000
 PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -64,9 +64,9 @@ def http_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     """Run HTTP tests through both transports; the aiohttp one only where aiohttp exists."""
     if request.param == "fsspec-aiohttp":
         pytest.importorskip("aiohttp")
-        monkeypatch.setattr(registry, "_aiohttp_available", lambda: True)
+        monkeypatch.setattr(download, "_aiohttp_available", lambda: True)
     else:
-        monkeypatch.setattr(registry, "_aiohttp_available", lambda: False)
+        monkeypatch.setattr(download, "_aiohttp_available", lambda: False)
     return request.param
 
 
@@ -281,9 +281,9 @@ def test_silent_server_hits_read_timeout(http_backend: str, cache: Path) -> None
 
 def test_hanging_dns_lookup_is_abandoned(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     """urlopen's timeout does not cover getaddrinfo; the resolver step must bound it."""
-    monkeypatch.setattr(registry, "_aiohttp_available", lambda: False)
-    monkeypatch.setattr(registry.urllib.request, "getproxies", lambda: {})
-    monkeypatch.setattr(registry.socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
+    monkeypatch.setattr(download, "_aiohttp_available", lambda: False)
+    monkeypatch.setattr(download.urllib.request, "getproxies", lambda: {})
+    monkeypatch.setattr(download.socket, "getaddrinfo", lambda *a, **k: time.sleep(3))
     start = time.monotonic()
     with pytest.raises(ModelUnavailableError, match="DNS lookup"):
         resolve_model_file("https://models.invalid/x.pkl", cache_dir=cache, timeout=0.2)

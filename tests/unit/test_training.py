@@ -9,7 +9,7 @@ import torch
 
 from i2score import kernels
 from i2score.demo.training import Discriminator, TrainConfig, Trainer, load_portrait_dataset, sample_grid, train
-from i2score.generator.checkpoints.load import load_generator, load_generator_file, save_generator
+from i2score.generator.checkpoints import load_generator, load_generator_file, save_generator
 
 TINY = TrainConfig(resolution=16, channel_multiplier=0.125, channel_max=16, n_mapping=2, w_dim=32, batch=4,
                    kimg=0.024, dataset_size=32, r1_every=2, snapshot_every=3, log_every=2, seed=3)

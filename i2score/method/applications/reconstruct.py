@@ -21,7 +21,7 @@ from PIL import Image
 from torch import Tensor
 
 from i2score.data.latents import Latents
-from i2score.features.vgg16 import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
+from i2score.features import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.kernels import batch_invariant
 from i2score.method.applications.common import (
@@ -88,7 +88,7 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
             initial values, so results do not depend on batch composition.
         init: ``"mean"`` or ``"uniform"``; default by ``G.domain`` (``face`` -> mean).
         lr_w, lr_n: Adam learning rates of the stages (paper: 0.01 and 5).
-        vgg: VGG16 features (default: :func:`i2score.features.vgg16.load_vgg16`, an error when no
+        vgg: VGG16 features (default: :func:`i2score.features.load_vgg16`, an error when no
             weights can be found — never random weights).
         lpips: an LPIPS module, True to load one (None in the metrics when weights are
             missing), or False/None to skip the metric.

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from i2score.data.latents import Latents
-from i2score.features.vgg16 import VGG16Features, load_vgg16
+from i2score.features import VGG16Features, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.method.applications.common import (
     EditResult,
