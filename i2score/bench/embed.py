@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from i2score import kernels
+from i2score.kernels import batch_invariant, fast_kernels
 from i2score.features import VGG16Features, perceptual_preprocess
 from i2score.generator.network import StyleGAN2
 from i2score.method.blocks import optimize_noise, optimize_w
@@ -37,8 +37,8 @@ PAPER_STEPS_W = 5000
 PAPER_STEPS_N = 3000
 
 KERNELS = ("invariant", "fast")
-"""``invariant``: the product's default batch-invariant kernels (:func:`kernels.batch_invariant`);
-``fast``: PyTorch's ordinary kernels (oneDNN on CPU, cuDNN autotuning), via ``kernels.fast_kernels``."""
+"""``invariant``: the product's default batch-invariant kernels (:func:`~i2score.kernels.batch_invariant`);
+``fast``: PyTorch's ordinary kernels (oneDNN on CPU, cuDNN autotuning), via :func:`~i2score.kernels.fast_kernels`."""
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -139,7 +139,7 @@ def kernel_mode(kernels: str) -> Iterator[None]:
     """``"invariant"``: leave the product's batch-invariant kernels on; ``"fast"``: ordinary ones."""
     if kernels not in KERNELS:
         raise ValueError(f"kernels must be one of {KERNELS}, got {kernels!r}")
-    with kernels.fast_kernels() if kernels == "fast" else contextlib.nullcontext():
+    with fast_kernels() if kernels == "fast" else contextlib.nullcontext():
         yield
 
 
@@ -148,7 +148,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
     """The per-image baseline: one stage of Alg. 2 for ONE image, as published
     reimplementations run it (the baseline the engine is compared with, not the product).
 
-    Batch 1, float32, PyTorch's ordinary kernels (inside :func:`kernels.fast_kernels`, so oneDNN /
+    Batch 1, float32, PyTorch's ordinary kernels (inside :func:`~i2score.kernels.fast_kernels`, so oneDNN /
     cuDNN stay as PyTorch sets them and no batch-invariant row splitting happens), a single
     parameter tensor with Adam, the target's VGG16 features computed once (as careful
     projectors do), the same objective as the engine (a ``W_l`` target: MSE + perceptual;
@@ -168,7 +168,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
     if x.shape[0] != 1:
         raise ValueError(f"the reference loop embeds one image at a time, got a batch of {x.shape[0]}")
     last = float("nan")
-    with kernels.fast_kernels():
+    with fast_kernels():
         if stage == "w":
             w = w_init.detach().clone().requires_grad_(True)
             fixed_noise = [n.detach() for n in noise]
@@ -201,7 +201,7 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
 def _inputs(G: StyleGAN2, batch: int) -> tuple[Tensor, Tensor, list[Tensor]]:
     """Targets ``[B, 3, R, R]`` (the generator's own samples), mean-latent start ``[B, L, w_dim]``
     and initial noise, the same for every configuration."""
-    with torch.no_grad(), kernels.batch_invariant(G.device):
+    with torch.no_grad(), batch_invariant(G.device):
         x = G.sample(batch, seed=1)[0].clamp(-1, 1)
     w0 = G.mean_w(1000, 0)[None, None].expand(batch, G.num_ws, -1).clone()
     return x, w0, G.random_noise(batch, [0] * batch)
