@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import (
@@ -106,6 +107,7 @@ def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, l
                 info = {"batch_id": futures[fut], "failed": True}
                 failed += 1
             done += 1
+            assert isinstance(progress, UUID)  # called from a sync flow: the id, not a coroutine
             update_progress_artifact(progress, 100.0 * done / max(total, 1))
             _notify(done, total, info)
     return failed
@@ -123,7 +125,8 @@ def _artifacts(summary: dict[str, Any], kind: str) -> None:
     for reason, n in summary["errors_by_reason"].items():
         table.append({"quantity": f"failed: {reason}", "value": n})
     create_table_artifact(table, key=_slug(f"{kind}-summary"), description=f"run {summary['run_id']}")
-    create_markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(), key=_slug(f"{kind}-report"), description=f"run {summary['run_id']}")
+    create_markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(), key=_slug(f"{kind}-report"),
+                             description=f"run {summary['run_id']}")
 
 
 def _result(summary: dict[str, Any], noop: bool = False) -> dict[str, Any]:

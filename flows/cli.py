@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
 
 from i2score.cli.app import app
+
+if TYPE_CHECKING:  # Prefect is imported after its settings are in the environment (_prefect_env)
+    from prefect import Flow, State
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "manifests" / "demo"
 
@@ -52,8 +55,9 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     from flows import augment, edit, inpaint, reconstruct
     from flows._common import add_progress_listener
 
-    flow = {"reconstruct": reconstruct.reconstruct, "inpaint": inpaint.inpaint, "edit": edit.edit,
-            "augment": augment.augment}[flow_name]
+    flows: dict[str, Flow[..., dict[str, Any]]] = {"reconstruct": reconstruct.reconstruct, "inpaint": inpaint.inpaint,
+                                        "edit": edit.edit, "augment": augment.augment}
+    flow = flows[flow_name]
     console = Console(stderr=True)
     with Progress(TextColumn(f"[bold]{flow_name}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -64,7 +68,9 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
 
         remove = add_progress_listener(on_batch)
         try:
-            state = flow(**params, return_state=True)
+            # Flow.__call__'s overloads match return_state=True into **kwargs of a Flow[..., T]
+            # (typed T, not State[T]); at run time it is the state.
+            state = cast("State[dict[str, Any]]", flow(**params, return_state=True))
         finally:
             remove()
     if not state.is_completed():

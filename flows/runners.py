@@ -20,9 +20,10 @@ images and cache entries).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, cast
 
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.futures import PrefectFuture
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from tasks.workers import TORCH_THREADS_ENV
 
@@ -65,9 +66,16 @@ def check_runner(runner: str) -> None:
     raise RunnerError(f"runner {runner!r}: supported runners are {RUNNER_HELP}")
 
 
-def local_task_runner() -> ThreadPoolTaskRunner:
+def thread_pool(max_workers: int) -> TaskRunner[PrefectFuture[Any]]:
+    """A ``ThreadPoolTaskRunner`` typed as the flow decorator's parameter: ``TaskRunner`` is
+    invariant in its future type, so its thread-pool subclass is not one to a type checker,
+    although every flow accepts it."""
+    return cast("TaskRunner[PrefectFuture[Any]]", ThreadPoolTaskRunner(max_workers=max_workers))
+
+
+def local_task_runner() -> TaskRunner[PrefectFuture[Any]]:
     """One batch at a time: a batch already fills the device, and CPU batches are parallel inside."""
-    return ThreadPoolTaskRunner(max_workers=1)
+    return thread_pool(1)
 
 
 def task_runner_for(runner: str) -> Any:

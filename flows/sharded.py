@@ -9,9 +9,9 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
-from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows._common import DEFAULT_ROOT, _absolute, local_task_runner
+from flows.runners import thread_pool
 from i2score.data import storage
 from tasks import shards
 
@@ -35,10 +35,10 @@ def launch_shards(deployment: str, parameters: dict[str, Any], shard_urls: list[
                   timeout_s: float | None) -> list[dict[str, Any]]:
     """One ``run-shard`` task per shard; the task runner's pool size bounds how many run at once."""
     futures = [shards.run_shard.submit(deployment, {**parameters, "manifest": url}, rid, timeout_s)
-               for url, rid in zip(shard_urls, run_ids)]
+               for url, rid in zip(shard_urls, run_ids, strict=True)]
     wait(futures)
     out = []
-    for fut, rid in zip(futures, run_ids):
+    for fut, rid in zip(futures, run_ids, strict=True):
         try:
             out.append(fut.result())
         except Exception as e:  # noqa: BLE001 - a shard that could not be started is reported, the others go on
@@ -73,7 +73,7 @@ def sharded(manifest: str, deployment: str, root: str = DEFAULT_ROOT, rows_per_s
     logger.info("%d shards (%s rows), %d rows rejected: %s", len(plan["shards"]), plan["rows"], plan["rejected"],
                 plan["errors_url"])
     before = {rid: _attempt(root, rid) for rid in plan["run_ids"]}
-    runs = launch_shards.with_options(task_runner=ThreadPoolTaskRunner(max_workers=max_concurrent))(
+    runs = launch_shards.with_options(task_runner=thread_pool(max_concurrent))(
         deployment, params, plan["shards"], plan["run_ids"], timeout_s)
     totals = {"outputs": 0, "failed_rows": 0, "embedding_steps": 0, "cache_hits": 0, "noop_shards": 0}
     for run in runs:

@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from i2score.runs import shards
@@ -25,6 +26,7 @@ def run_shard(deployment: str, parameters: dict[str, Any], run_id: str, timeout_
     results are in its own run folder (``runs/<run_id>``)."""
     flow_run = run_deployment(name=deployment, parameters={**parameters, "run_id": run_id}, timeout=timeout_s,
                               as_subflow=True)
+    assert isinstance(flow_run, FlowRun)  # called from a sync task: the flow run, not a coroutine
     state = flow_run.state
     return {"run_id": run_id, "flow_run_id": str(flow_run.id),
             "state": state.type.value if state is not None else "UNKNOWN",

@@ -9,9 +9,10 @@ What it measures, honestly:
 * The lookup is :meth:`LatentCache.lookup` with every key: list the parts, read each once with
   ``w`` projected out, filter in Arrow, collapse duplicates, build the entries. It is timed twice:
   without the NPZ existence check (``index_only``) and with it (``with_npz_check``: the 256
-  shard prefixes of ``cache/latents/`` listed concurrently; one sequential listing is timed too). For the latter the NPZs are empty placeholder objects: a listing's cost
-  depends on the number of objects, not their size, and the lookup never opens an NPZ (``get``
-  verifies content). Writing 100k real NPZs would only measure the setup.
+  shard prefixes of ``cache/latents/`` listed concurrently; one sequential listing is timed
+  too). For the latter the NPZs are empty placeholder objects: a listing's cost depends on the
+  number of objects, not their size, and the lookup never opens an NPZ (``get`` verifies
+  content). Writing 100k real NPZs would only measure the setup.
 * Setup (writing parts and placeholders) is reported separately and is not part of rows/s.
 """
 

@@ -171,8 +171,8 @@ def edits_report(G: StyleGAN2, data: str | Path, out: str | Path, *, embed_steps
         ks = [0, 2, 4, 6, 8, G.num_ws]
         s = [style_mix(lat[12], lat[13], k, G).images[0] for k in ks]
         e = expression_transfer(lat[[0, 1, 2, 3]], lat[16], lat[17], 1.0, G).images
-        rows = [[Cell(img, f"t={t}") for img, t in zip(m, ts)],
-                [Cell(img, f"k={k}") for img, k in zip(s, ks)],
+        rows = [[Cell(img, f"t={t}") for img, t in zip(m, ts, strict=True)],
+                [Cell(img, f"k={k}") for img, k in zip(s, ks, strict=True)],
                 [Cell(renders[16], "a (neutral)"), Cell(renders[17], "b (smile)")]
                 + [Cell(renders[i], f"{i}") for i in range(2)]
                 + [Cell(e[i], f"{i} + (b - a)") for i in range(4)]]

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from i2score.kernels import batch_invariant, fast_kernels
 from i2score.features import VGG16Features, perceptual_preprocess
 from i2score.generator.network import StyleGAN2
+from i2score.kernels import batch_invariant, fast_kernels
 from i2score.method.blocks import optimize_noise, optimize_w
 from i2score.method.losses import PERCEPTUAL_LAYERS, masked_feature_mse, masked_mse
 from i2score.method.objective import PERCEPT_WEIGHT, embedding_target
@@ -413,7 +413,8 @@ class LadderRow:
     seconds: float
 
 
-def sample_photos(resolution: int, names: Sequence[str] = ("astronaut", "coffee", "chelsea")) -> tuple[list[str], torch.Tensor]:
+def sample_photos(resolution: int, names: Sequence[str] = ("astronaut", "coffee", "chelsea")
+                  ) -> tuple[list[str], torch.Tensor]:
     """scikit-image's bundled photos, centre-cropped square and resized: ``[B, 3, R, R]`` in [-1, 1]."""
     import numpy as np
     import skimage.data
@@ -424,7 +425,7 @@ def sample_photos(resolution: int, names: Sequence[str] = ("astronaut", "coffee"
         im = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
         side = min(im.size)
         left, top = (im.width - side) // 2, (im.height - side) // 2
-        im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.LANCZOS)
+        im = im.crop((left, top, left + side, top + side)).resize((resolution, resolution), Image.Resampling.LANCZOS)
         arrays.append(np.asarray(im, dtype=np.float32) / 127.5 - 1)
     return list(names), torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
@@ -437,11 +438,12 @@ def bench_ladder(G: StyleGAN2, images: torch.Tensor, names: Sequence[str], *, st
     res = reconstruct(images.to(G.device), G, steps_w=steps_w, steps_n=steps_n, seed=seed, early_stop=early_stop)
     return [LadderRow(image=n, early_stop=early_stop is not None, psnr_w=m["psnr_w"], psnr_wn=m["psnr_wn"],
                       ssim=m["ssim"], lpips=m["lpips"], steps=m["steps"], seconds=m["seconds"])
-            for n, m in zip(names, res.metrics)]
+            for n, m in zip(names, res.metrics, strict=True)]
 
 
 def ladder_to_markdown(rows: Sequence[LadderRow]) -> str:
-    lines = ["| image | early stop | PSNR W+ (dB) | PSNR W+ then noise (dB) | gain (dB) | SSIM | LPIPS | steps | s/image |",
+    lines = ["| image | early stop | PSNR W+ (dB) | PSNR W+ then noise (dB) | gain (dB) | SSIM | LPIPS | steps "
+             "| s/image |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lp = "-" if r.lpips is None else f"{r.lpips:.3f}"

@@ -44,7 +44,7 @@ def telea_inpaint(images: Tensor, holes: Tensor, radius: int = 3) -> Tensor:
     except ImportError as e:
         raise RuntimeError("the Telea baseline needs OpenCV: pip install opencv-python-headless") from e
     out = []
-    for img, hole in zip(images, holes):
+    for img, hole in zip(images, holes, strict=True):
         u8 = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
         m = (hole[0] > 0.5).byte().cpu().numpy() * 255
         filled = cv2.inpaint(np.ascontiguousarray(u8), m, radius, cv2.INPAINT_TELEA)
@@ -80,7 +80,7 @@ def quality_report(G: StyleGAN2, data: str | Path, *, n_images: int = 16, steps_
         t0 = time.perf_counter()
         r = reconstruct(x, G, steps_w=steps_w, steps_n=steps_n, seed=seed, vgg=vgg, lpips=False)
         with torch.no_grad():
-            rows = []
+            rows: list[dict[str, Any]] = []
             lp_w, lp_n = lp(r.images_w.clamp(-1, 1), x), lp(r.images.clamp(-1, 1), x)
             ss_w, ss_n = ssim(r.images_w, x), ssim(r.images, x)
             for b, name in enumerate(names):
@@ -88,7 +88,7 @@ def quality_report(G: StyleGAN2, data: str | Path, *, n_images: int = 16, steps_
                              "ssim_w": float(ss_w[b]), "ssim_wn": float(ss_n[b]),
                              "lpips_w": float(lp_w[b]), "lpips_wn": float(lp_n[b])})
         keys = ["psnr_w", "psnr_wn", "ssim_w", "ssim_wn", "lpips_w", "lpips_wn"]
-        out = {"rows": rows, "seconds": time.perf_counter() - t0,
+        out: dict[str, Any] = {"rows": rows, "seconds": time.perf_counter() - t0,
                **{k: _summary([row[k] for row in rows]) for k in keys},
                "noise_gain_db": _summary([row["psnr_wn"] - row["psnr_w"] for row in rows])}
         log(f"reconstruct {len(names)} images: W+ {out['psnr_w']['median']:.2f} dB -> "
@@ -130,7 +130,8 @@ def quality_report(G: StyleGAN2, data: str | Path, *, n_images: int = 16, steps_
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as the README's markdown tables (medians, with min for PSNR)."""
-    lines = ["| images | PSNR W+ | PSNR W+ & noise | noise gain | SSIM W+ | SSIM W+ & noise | LPIPS W+ | LPIPS W+ & noise |",
+    lines = ["| images | PSNR W+ | PSNR W+ & noise | noise gain | SSIM W+ | SSIM W+ & noise | LPIPS W+ "
+             "| LPIPS W+ & noise |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in report["reconstruct"].items():
         lines.append(f"| {name} ({len(r['rows'])}) | {r['psnr_w']['median']:.2f} (min {r['psnr_w']['min']:.2f}) | "
@@ -140,7 +141,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                      f"{r['lpips_w']['median']:.4f} | {r['lpips_wn']['median']:.4f} |")
     if not report["inpaint"]:
         return "\n".join(lines)
-    lines += ["", "| holes | hole PSNR ours | hole PSNR Telea | LPIPS ours | LPIPS Telea | ours better (LPIPS) | PSNR outside enlarged hole |",
+    lines += ["", "| holes | hole PSNR ours | hole PSNR Telea | LPIPS ours | LPIPS Telea | ours better (LPIPS) "
+                  "| PSNR outside enlarged hole |",
               "|---|---|---|---|---|---|---|"]
     for kind, r in report["inpaint"].items():
         lines.append(f"| {kind} ({len(r['rows'])}, {100 * r['hole_fraction']['median']:.0f} % of the image) | "

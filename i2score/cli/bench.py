@@ -39,14 +39,16 @@ def _names(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
 @bench_app.command("embed")
 def bench_embed_cmd(
     resolution: Annotated[int, typer.Option(help="Generator resolution (power of two).")] = 64,
-    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes; 'auto' = the largest batch "
-                                                  "whose W+ step fits in GPU memory (on CPU: --max-batch).")] = "1,2,4,8",
+    batch_sizes: Annotated[str, typer.Option(
+        help="Comma-separated batch sizes; 'auto' = the largest batch whose W+ step fits in GPU memory "
+             "(on CPU: --max-batch).")] = "1,2,4,8",
     dtype: Annotated[str, typer.Option(help="Comma-separated: fp32, bf16 (autocast).")] = "fp32",
     device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
     channel_max: Annotated[int, typer.Option(help="Channel cap (512 = config-f).")] = 512,
     channel_multiplier: Annotated[float, typer.Option(help="Channel multiplier (2 = config-f).")] = 2.0,
-    model: Annotated[str | None, typer.Option(help="Time this model (registry name or path, e.g. demo-faces-64) "
-                                                   "instead of a random generator; overrides the shape options.")] = None,
+    model: Annotated[str | None, typer.Option(
+        help="Time this model (registry name or path, e.g. demo-faces-64) instead of a random generator; "
+             "overrides the shape options.")] = None,
     kernels: Annotated[str, typer.Option(help="Comma-separated: invariant (the engine's default, reproducible), "
                                               "fast (PyTorch's ordinary kernels).")] = "invariant",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Also measure channels_last rows.")] = False,
@@ -112,7 +114,8 @@ def bench_embed_cmd(
 
 @bench_app.command("ladder")
 def bench_ladder_cmd(
-    model: Annotated[str, typer.Option(help="Registry name, path or URL; or random:RES[:CHANNEL_MAX].")] = "random:64:64",
+    model: Annotated[str, typer.Option(
+        help="Registry name, path or URL; or random:RES[:CHANNEL_MAX].")] = "random:64:64",
     steps_w: Annotated[int, typer.Option(help="W+ stage steps (paper: 5000).")] = 500,
     steps_n: Annotated[int, typer.Option(help="Noise stage steps (paper: 3000).")] = 500,
     early_stop: Annotated[bool, typer.Option(help="Also run with per-image early stopping.")] = True,
@@ -143,7 +146,8 @@ def bench_ladder_cmd(
 @bench_app.command("quality")
 def bench_quality_cmd(
     model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = "demo-faces-64",
-    data: Annotated[Path, typer.Option(help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
+    data: Annotated[Path, typer.Option(
+        help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
     n_images: Annotated[int, typer.Option(help="Held-out images to use.")] = 16,
     steps_w: Annotated[int, typer.Option(help="Reconstruction W+ steps (paper: 5000).")] = 5000,
     steps_n: Annotated[int, typer.Option(help="Reconstruction noise steps (paper: 3000).")] = 3000,
@@ -185,7 +189,8 @@ def bench_quality_cmd(
 def bench_edits_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the contact sheets and edits.json.")] = Path("bench-out/edits"),
     model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = "demo-faces-64",
-    data: Annotated[Path, typer.Option(help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
+    data: Annotated[Path, typer.Option(
+        help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
     embed_steps_w: Annotated[int, typer.Option(help="W+ steps of the initial embedding.")] = 1000,
     embed_steps_n: Annotated[int, typer.Option(help="Noise steps of the initial embedding.")] = 1000,
     steps_w: Annotated[int, typer.Option(help="W+ steps of each optimising edit (paper: 1000).")] = 1000,

@@ -121,7 +121,8 @@ def sample_params(seed: int) -> PortraitParams:
 
 
 def _ellipse(draw: ImageDraw.ImageDraw, cx: float, cy: float, rx: float, ry: float, s: float,
-             fill=None, outline=None, width: float = 0) -> None:  # type: ignore[no-untyped-def]
+             fill: tuple[int, ...] | int | None = None, outline: tuple[int, ...] | int | None = None,
+             width: float = 0) -> None:
     draw.ellipse([(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s], fill=fill,
                  outline=outline, width=max(1, int(round(width * s))) if outline else 0)
 
@@ -239,7 +240,7 @@ def render_portrait(seed: int, resolution: int = 64, **overrides: Any) -> np.nda
         raise ValueError(f"mouth must be one of {MOUTHS}, got {overrides['mouth']!r}")
     p = replace(sample_params(seed), **overrides)
     big = resolution * SUPERSAMPLE
-    face = _draw_face(p, big).rotate(p.rotation, resample=Image.BICUBIC, center=(big / 2, big * 0.55))
+    face = _draw_face(p, big).rotate(p.rotation, resample=Image.Resampling.BICUBIC, center=(big / 2, big * 0.55))
     # A soft shadow under the figure separates it from the background.
     alpha = np.asarray(face, dtype=np.float64)[..., 3:] / 255.0
     rgb = np.asarray(face, dtype=np.float64)[..., :3]
@@ -247,7 +248,8 @@ def render_portrait(seed: int, resolution: int = 64, **overrides: Any) -> np.nda
     light = 1.0 + p.light_strength * (xx * p.light[0] + yy * p.light[1]) * 2
     composed = _background(p, big) * (1 - alpha) + rgb * alpha * light[..., None]
     img = Image.fromarray(np.clip(composed, 0, 255).astype(np.uint8))
-    img = img.filter(ImageFilter.GaussianBlur(SUPERSAMPLE * 0.35)).resize((resolution, resolution), Image.BOX)
+    img = img.filter(ImageFilter.GaussianBlur(SUPERSAMPLE * 0.35))
+    img = img.resize((resolution, resolution), Image.Resampling.BOX)
     out = np.asarray(img, dtype=np.float64)
     noise = np.random.default_rng([seed, 0x7E47]).normal(0, p.noise_sigma, out.shape)
     return np.clip(np.round(out + noise), 0, 255).astype(np.uint8)
@@ -289,8 +291,8 @@ def region_mask(seed: int, region: str, resolution: int = 64) -> np.ndarray:
         else:
             my, mw = _mouth_y(p), p.mouth_w * hw
             d.rectangle([(cx - mw - 0.04) * s, (my - 0.06) * s, (cx + mw + 0.04) * s, (my + 0.08) * s], fill=255)
-    layer = layer.rotate(p.rotation, resample=Image.BICUBIC, center=(big / 2, big * 0.55), fillcolor=0)
-    small = np.asarray(layer.resize((resolution, resolution), Image.BOX), dtype=np.float64) >= 127.5
+    layer = layer.rotate(p.rotation, resample=Image.Resampling.BICUBIC, center=(big / 2, big * 0.55), fillcolor=0)
+    small = np.asarray(layer.resize((resolution, resolution), Image.Resampling.BOX), dtype=np.float64) >= 127.5
     return ~small if region == "background" else small
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ def photo(name: str, resolution: int) -> np.ndarray:
     except ImportError as e:  # dev extra only
         raise RuntimeError("the real photos come from scikit-image: pip install scikit-image") from e
     arr = getattr(skdata, name)()
-    img = ImageOps.fit(Image.fromarray(arr).convert("RGB"), (resolution, resolution), Image.LANCZOS)
+    img = ImageOps.fit(Image.fromarray(arr).convert("RGB"), (resolution, resolution), Image.Resampling.LANCZOS)
     return np.asarray(img)
 
 
@@ -76,7 +77,7 @@ def write_sample_data(out: str | Path, resolution: int = 64, n_heldout: int = 16
         (root / sub).mkdir(parents=True, exist_ok=True)
     seeds = heldout_seeds(n_heldout)
     ids = [f"heldout-{i:02d}" for i in range(n_heldout)]
-    for i, (seed, name) in enumerate(zip(seeds, ids)):
+    for i, (seed, name) in enumerate(zip(seeds, ids, strict=True)):
         Image.fromarray(render_portrait(seed, resolution)).save(root / "images" / f"{name}.png", optimize=True)
         _save_mask(rect_hole(seed, resolution), root / "masks" / f"hole-rect-{i:02d}.png")
         _save_mask(free_hole(seed, resolution), root / "masks" / f"hole-free-{i:02d}.png")
@@ -142,15 +143,16 @@ def _edit_rows(ids: list[str]) -> list[dict[str, object]]:
     return rows
 
 
-def _demo_rows(ids: list[str]) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+def _demo_rows(ids: list[str]) -> tuple[list[dict[str, str]], list[dict[str, object]]]:
     """The manifests of ``i2s demo``: 8 portraits to reconstruct, then edits that only use
     their cached latents (so the edit run embeds nothing)."""
     img = lambda i: f"images/{ids[i]}.png"  # noqa: E731
     expression = [{"id": "neutral", "image": "images/expression-neutral.png"},
                   {"id": "smiling", "image": "images/expression-smile.png"}]
     recon = [{"id": ids[i], "image": img(i)} for i in range(6)] + expression
-    edit: list[dict[str, object]] = [{"id": r["id"], "op": "reconstruct", "image": r["image"]}
-                                     for r in expression] + [
+    reconstruct_rows: list[dict[str, object]] = [{"id": r["id"], "op": "reconstruct", "image": r["image"]}
+                                                 for r in expression]
+    edit: list[dict[str, object]] = reconstruct_rows + [
         {"id": "crossover-face", "op": "crossover", "image": img(2), "ref": img(3),
          "mask": "masks/region-face-03.png", "params": {}},
         {"id": "inpaint-00", "op": "inpaint", "image": img(0), "mask": "masks/hole-free-00.png",
@@ -165,7 +167,7 @@ def _demo_rows(ids: list[str]) -> tuple[list[dict[str, object]], list[dict[str, 
     return recon, edit
 
 
-def _write_manifest(stem: Path, rows: list[dict[str, object]]) -> None:
+def _write_manifest(stem: Path, rows: Sequence[Mapping[str, object]]) -> None:
     columns: list[str] = []
     for r in rows:
         columns += [c for c in r if c not in columns]

@@ -289,9 +289,9 @@ class Trainer:
             ema_nimg = min(ema_nimg, self.step * cfg.batch * cfg.ema_rampup)
         beta = 0.5 ** (cfg.batch / max(ema_nimg, 1e-8))
         with torch.no_grad():
-            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters(), strict=True):
                 p_ema.copy_(p.detach().lerp(p_ema, beta))
-            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
                 b_ema.copy_(b)
 
     # -- checkpoints ----------------------------------------------------------------------
@@ -308,8 +308,10 @@ class Trainer:
         saved = TrainConfig(**state["config"])
         # The run length and the logging cadence may change on resume (train longer, or stop
         # at an earlier snapshot); everything that shapes the weights must not.
-        cadence = {"kimg": 0, "snapshot_every": 0, "log_every": 0}
-        if dataclasses.replace(saved, **cadence) != dataclasses.replace(self.cfg, **cadence):
+        def shape(c: TrainConfig) -> TrainConfig:
+            return dataclasses.replace(c, kimg=0, snapshot_every=0, log_every=0)
+
+        if shape(saved) != shape(self.cfg):
             raise ValueError(f"checkpoint was trained with {saved}, not {self.cfg}")
         if self.cfg.total_steps < int(state["step"]):
             raise ValueError(f"checkpoint is at step {state['step']}, past this run's end "

@@ -30,8 +30,8 @@ _batch_invariance_enabled = True
 @contextlib.contextmanager
 def fast_kernels() -> Iterator[None]:
     """Inside this block, :func:`batch_invariant` and the batch-invariant paths of
-    :mod:`i2score.generator.ops` use the ordinary (fastest, batch-size dependent) CPU kernels. For training, where throughput matters and
-    bitwise batch independence does not."""
+    :mod:`i2score.generator.ops` use the ordinary (fastest, batch-size dependent) CPU kernels.
+    For training, where throughput matters and bitwise batch independence does not."""
     global _batch_invariance_enabled
     previous = _batch_invariance_enabled
     _batch_invariance_enabled = False

@@ -15,7 +15,9 @@ from i2score.method.objective import ImageTarget, Objective, embedding_target
 
 # Largest fitting batch per (id(G), id(vgg), device, dtype, channels_last, max_batch); the
 # weak references detect a recycled id().
-_BATCH_CACHE: dict[tuple[object, ...], tuple[weakref.ref[torch.nn.Module], weakref.ref[torch.nn.Module] | None, int]] = {}
+_BATCH_CACHE: dict[
+    tuple[object, ...], tuple[weakref.ref[torch.nn.Module], weakref.ref[torch.nn.Module] | None, int]
+] = {}
 
 
 def _search_largest(fits: Callable[[int], bool], max_batch: int) -> int:

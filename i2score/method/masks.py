@@ -112,4 +112,4 @@ def free_hole(seed: int, resolution: int) -> np.ndarray:
             d.line([(x, y), (nx, ny)], fill=255, width=width, joint="curve")
             d.ellipse([nx - width / 2, ny - width / 2, nx + width / 2, ny + width / 2], fill=255)
             x, y = nx, ny
-    return np.asarray(layer.resize((resolution, resolution), Image.BOX)) >= 128
+    return np.asarray(layer.resize((resolution, resolution), Image.Resampling.BOX)) >= 128

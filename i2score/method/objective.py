@@ -78,9 +78,13 @@ class StyleTarget:
 Target = ImageTarget | StyleTarget
 
 
-def _pick(t: Tensor | None, index: Tensor) -> Tensor | None:
+def _pick(t: Tensor, index: Tensor) -> Tensor:
     """Rows ``index`` of a per-image tensor; batch-1 tensors are shared by every image."""
-    return t if t is None or t.shape[0] == 1 else t[index]
+    return t if t.shape[0] == 1 else t[index]
+
+
+def _pick_optional(t: Tensor | None, index: Tensor) -> Tensor | None:
+    return None if t is None else _pick(t, index)
 
 
 class Objective:
@@ -104,7 +108,8 @@ class Objective:
         if (any(t.percept for t in self.images) or self.style is not None) and vgg is None:
             raise ValueError("the perceptual/style terms need VGG16 features (pass vgg=load_vgg16())")
         self.vgg = vgg
-        self.w_star, self.w_reg_weight = (None, 0.0) if w_reg is None else (w_reg[0], float(w_reg[1]))
+        self.w_star: Tensor | None = None if w_reg is None else w_reg[0]
+        self.w_reg_weight = 0.0 if w_reg is None else float(w_reg[1])
         self.target_feats: list[list[Tensor]] = []
         self.style_gram: Tensor | None = None
         with torch.no_grad():
@@ -131,13 +136,13 @@ class Objective:
         """The same objective restricted to images ``index`` (targets sliced, not recomputed)."""
         sub = Objective.__new__(Objective)
         sub.__dict__.update(self.__dict__)
-        sub.images = [replace(t, x=_pick(t.x, index), Mp=_pick(t.Mp, index), Mm=_pick(t.Mm, index))
+        sub.images = [replace(t, x=_pick(t.x, index), Mp=_pick_optional(t.Mp, index), Mm=_pick_optional(t.Mm, index))
                       for t in self.images]
         sub.target_feats = [[f if f.shape[0] == 1 else f[index] for f in feats] for feats in self.target_feats]
-        sub.w_star = _pick(self.w_star, index)
-        sub.style_gram = _pick(self.style_gram, index)
+        sub.w_star = _pick_optional(self.w_star, index)
+        sub.style_gram = _pick_optional(self.style_gram, index)
         if self.style is not None:
-            sub.style = replace(self.style, Ms=_pick(self.style.Ms, index))
+            sub.style = replace(self.style, Ms=_pick_optional(self.style.Ms, index))
         return sub
 
     def regularize(self, w: Tensor) -> Tensor | None:

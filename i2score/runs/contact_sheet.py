@@ -74,7 +74,7 @@ def contact_sheet(rows: Sequence[Sequence[Cell | None]], *, scale: int = 2, titl
             if tile is None:
                 continue
             arr, caption = tile
-            img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+            img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
             x = pad + j * (tw + pad)
             sheet.paste(img, (x, y))
             for k, line in enumerate(caption.split("\n")[:2]):

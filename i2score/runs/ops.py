@@ -94,12 +94,19 @@ class OpBatch:
         return torch.stack([r.image for r in self.rows]).to(self.G.device)
 
     def ref(self) -> Tensor:
-        """The rows' second images, ``[B, 3, R, R]`` in [-1, 1]."""
-        return torch.stack([r.ref for r in self.rows]).to(self.G.device)
+        """The rows' second images, ``[B, 3, R, R]`` in [-1, 1] (ops whose ``ref`` is required)."""
+        return torch.stack([_given(r.ref, r, "ref") for r in self.rows]).to(self.G.device)
 
     def mask(self) -> Tensor:
-        """The rows' masks, ``[B, 1, R, R]`` in {0, 1} (white = the region the user names)."""
-        return torch.stack([r.mask for r in self.rows]).to(self.G.device)
+        """The rows' masks, ``[B, 1, R, R]`` in {0, 1} (white = the region the user names; ops
+        whose ``mask`` is required)."""
+        return torch.stack([_given(r.mask, r, "mask") for r in self.rows]).to(self.G.device)
+
+
+def _given(t: Tensor | None, row: LoadedRow, name: str) -> Tensor:
+    if t is None:  # validation rejects such rows; reaching here is a registry mistake
+        raise ValueError(f"row {row.row.id!r} has no {name}, which op {row.row.op!r} needs")
+    return t
 
 
 @dataclass

@@ -32,6 +32,7 @@ from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
     SOURCE_FAILED,
+    GeneratorRecord,
     RunPaths,
     digest,
     finished_rows,
@@ -88,7 +89,9 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     model = config.model or DEFAULT_MODEL
     # The weights hash enters every cache key; the plan only needs the header, so load on CPU.
     G = load_generator(model, device="cpu")
-    gen = {"id": model, "sha256": G.weights_sha256, "resolution": G.resolution, "num_ws": G.num_ws}
+    assert G.weights_sha256 is not None, "load_generator sets the weights hash"
+    gen: GeneratorRecord = {"id": model, "sha256": G.weights_sha256, "resolution": G.resolution,
+                            "num_ws": G.num_ws}
     manifest_bytes = storage.read_bytes(config.manifest)
     job = {k: v for k, v in config.to_json().items() if k not in ("run_id", "device", "batch_size", "root")}
     job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job, asdict(schedule)])
@@ -146,7 +149,9 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         keys: dict[str, str] = {}
         for role in roles:
             if role in ("image", "ref"):
-                url, sid = (r.image, r.id) if role == "image" else (r.ref, f"{r.id}.ref")
+                url = r.image if role == "image" else r.ref
+                sid = r.id if role == "image" else f"{r.id}.ref"
+                assert url is not None, "validation requires a ref of every op whose roles name it"
             elif r.params[role] in by_id:
                 other = by_id[r.params[role]]
                 url, sid = other.image, other.id
@@ -176,7 +181,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
             "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params}
 
     def add_phase(kind_: str, groups: list[list[dict[str, Any]]], extra: dict[str, Any] | None = None) -> None:
-        ids = []
+        ids: list[str] = []
         for items in groups:
             bid = _batch_id(kind_, len(specs), [json.dumps(i, sort_keys=True) for i in items])
             if ids:

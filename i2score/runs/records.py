@@ -19,7 +19,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from i2score.data import storage
 from i2score.data.manifest import ManifestRow
@@ -28,6 +28,15 @@ from i2score.data.manifest import ManifestRow
 FAILED = "processing_failed"
 #: Reason code of an edit/augment row whose source image could not be embedded.
 SOURCE_FAILED = "source_failed"
+
+
+class GeneratorRecord(TypedDict):
+    """The generator a run was planned with, as ``plan.json`` and every batch spec hold it."""
+
+    id: str
+    sha256: str
+    resolution: int
+    num_ws: int
 
 
 @dataclass(frozen=True)

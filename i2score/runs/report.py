@@ -18,7 +18,7 @@ from i2score.runs.prefetch import read_all
 from i2score.runs.records import RunPaths, batch_records, read_json
 
 
-def _quantiles(values: Sequence[float]) -> dict[str, float] | None:
+def _quantiles(values: Sequence[float | None]) -> dict[str, float] | None:
     vals = sorted(v for v in values if v is not None and math.isfinite(v))
     if not vals:
         return None
@@ -140,7 +140,7 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
     # Input columns that some shown output has, in a fixed order (older records: source_urls).
     inputs = [o.get("inputs") or {"image": o["source_urls"][0]} for o in shown]
     roles = [r for r in ("image", "ref", "mask") if any(i.get(r) for i in inputs)]
-    urls = [u for o, i in zip(shown, inputs) for u in [i.get(r) for r in roles] + [o["output_url"]] if u]
+    urls = [u for o, i in zip(shown, inputs, strict=True) for u in [i.get(r) for r in roles] + [o["output_url"]] if u]
     got = read_all(urls)
 
     def tile(url: str | None) -> Any:
@@ -153,7 +153,7 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
             return None
 
     rows = []
-    for o, i in zip(shown, inputs):
+    for o, i in zip(shown, inputs, strict=True):
         cells: list[Cell | None] = []
         for role in roles:
             t = tile(i.get(role))
@@ -232,7 +232,8 @@ def _html(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]], errors:
 
     s = summary
     rows = "".join(f"<tr><td>{escape(str(e.get('row')))}</td><td>{escape(str(e.get('id')))}</td>"
-                   f"<td>{escape(e['reason_code'])}</td><td>{escape(str(e['message']))}</td></tr>" for e in errors[:100])
+                   f"<td>{escape(e['reason_code'])}</td><td>{escape(str(e['message']))}</td></tr>"
+                   for e in errors[:100])
     links = "".join(f"<li><a href=\"outputs/{escape(storage.basename(o['output_url']))}\">{escape(o['id'])}</a> "
                     f"({escape(o['op'])})</li>" for o in list(outs)[:200])
     stats = "".join(f"<tr><td>{k}</td>" + "".join(f"<td>{q[c]}</td>" for c in ("n", "min", "median", "max")) + "</tr>"

@@ -227,7 +227,8 @@ def s3_server():
         _stop_process(proc)
         shutil.rmtree(data_dir, ignore_errors=True)
         # weed puts gRPC unix sockets in /tmp, named by port: remove this server's only.
-        cmd_ports = [a.split("=", 1)[1] for a in proc.args if ".port" in a and "=" in a]
+        args = [str(a) for a in proc.args] if isinstance(proc.args, list) else []
+        cmd_ports = [a.split("=", 1)[1] for a in args if ".port" in a and "=" in a]
         for port in cmd_ports:
             for sock in glob.glob(f"/tmp/seaweedfs-*-{port}.sock"):
                 with contextlib.suppress(OSError):

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -49,7 +50,7 @@ def test_two_worker_dask_cluster_equals_single_process(tmp_path):
     from flows.reconstruct import reconstruct
 
     manifest = _manifest(tmp_path, 4)
-    kw = {"schedule": "6+6", "batch_size": 2, "device": "cpu", "seed": 3}
+    kw: dict[str, Any] = {"schedule": "6+6", "batch_size": 2, "device": "cpu", "seed": 3}
     local = reconstruct(manifest, root=str(tmp_path / "local"), runner="local", **kw)
     # A progress listener holding a lock, as the CLI's progress bar does: it must not be pickled
     # into what the workers receive.
@@ -74,7 +75,7 @@ def test_two_worker_dask_cluster_equals_single_process(tmp_path):
     assert sorted(a) == sorted(b) == ["p0", "p1", "p2", "p3"]
     for k in a:
         assert torch.equal(a[k][0], b[k][0]), k
-        assert all(torch.equal(x, y) for x, y in zip(a[k][1], b[k][1])), k
+        assert all(torch.equal(x, y) for x, y in zip(a[k][1], b[k][1], strict=True)), k
 
 
 def test_worker_killed_mid_run_costs_only_its_batch(tmp_path):

@@ -76,6 +76,6 @@ def test_heldout_portraits_embed_far_better_than_with_random_weights(demo_G: Sty
     trained = reconstruct(x, demo_G, steps_w=150, steps_n=150, vgg=vgg, lpips=False)
     random_G = StyleGAN2(demo_G.cfg, seed=0)
     untrained = reconstruct(x, random_G, steps_w=150, steps_n=0, vgg=vgg, lpips=False)
-    for t, u in zip(trained.metrics, untrained.metrics):
+    for t, u in zip(trained.metrics, untrained.metrics, strict=True):
         assert t["psnr_w"] > PSNR_W_150 and t["psnr_w"] > u["psnr_w"] + 3.0, (t, u)
         assert t["psnr_wn"] > t["psnr_w"] + 5.0, t

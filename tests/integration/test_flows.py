@@ -181,7 +181,7 @@ def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefe
 
     deadline = time.monotonic() + 300
     while len(finished()) < kill_after:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:] if proc.stdout else "(no output)"
         assert time.monotonic() < deadline, "no batch finished in 300 s"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)

@@ -80,7 +80,9 @@ def test_dockerfile_matches_the_repository_and_the_pull_step():
     for src in re.findall(r"^COPY\s+(.+?)\s+\S+$", text, flags=re.M):
         for item in src.split():
             assert (REPO / item).exists(), f"COPY {item}: not in the repository"
-    workdir = re.search(r"^WORKDIR\s+(\S+)", text, flags=re.M).group(1)
+    found = re.search(r"^WORKDIR\s+(\S+)", text, flags=re.M)
+    assert found is not None, "the Dockerfile has no WORKDIR"
+    workdir = found.group(1)
     pull = yaml.safe_load((INFRA / "prefect.yaml").read_text())["pull"][0]
     assert pull["prefect.deployments.steps.set_working_directory"]["directory"] == workdir
     assert "--pool" in text and "gpu" in text

@@ -82,7 +82,11 @@ def test_sharded_flow_runs_one_bounded_deployment_run_per_shard(tmp_path, served
     assert result["outputs"] == 5 and result["failed_rows"] == 0 and result["embedding_steps"] == 5 * 8
     with get_client(sync_client=True) as client:
         runs = [client.read_flow_run(r["flow_run_id"]) for r in result["runs"]]
-    spans = sorted((r.start_time, r.end_time) for r in runs)
+    spans = []
+    for r in runs:
+        assert r.start_time is not None and r.end_time is not None, r
+        spans.append((r.start_time, r.end_time))
+    spans.sort()
     overlap = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert overlap <= 2
 

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import random
 from collections import Counter
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from i2score.runs.augment import Augmentation, plan_augmentations, run_augmentat
 from i2score.runs.ops import AUGMENT_OPS
 
 IDS = ["img-a", "img-b", "img-c", "img-d"]
-STEPS = {"steps_w": 3, "steps_n": 3}
+STEPS: dict[str, Any] = {"steps_w": 3, "steps_n": 3}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,8 @@ def test_plan_is_deterministic_and_appending_ids_keeps_earlier_plans() -> None:
     longer = plan_augmentations(ids + new, 4, seed=7, num_ws=14)
     assert len(longer) == len(a) + 3 * 4
     changed = 0
-    for old, cur in zip(a, longer):
+    # The longer plan extends the shorter one: its first len(a) augmentations are compared.
+    for old, cur in zip(a, longer, strict=False):
         assert (old.id, old.source_id, old.op, old.params) == (cur.id, cur.source_id, cur.op, cur.params)
         if old.partner_id != cur.partner_id:
             changed += 1
@@ -135,7 +137,7 @@ def test_run_shapes_and_metrics(small_G, plan, result) -> None:
     assert [tuple(x.shape) for x in result.latents.noise] == [(n, *s) for s in small_G.noise_shapes]
     assert len(result.metrics) == n
     json.dumps(result.metrics)  # JSON-able
-    for a, m in zip(plan, result.metrics):
+    for a, m in zip(plan, result.metrics, strict=True):
         assert "w_rms_change" in m
         if a.op == "crossover":
             assert {"psnr_image_region", "psnr_base_region"} <= set(m) and m["steps_w"] == 3
@@ -151,7 +153,7 @@ def test_noise_keeps_w_and_redraws_noise(small_G, data, plan, result) -> None:
         src = latents[a.source_id]
         assert torch.equal(result.latents.w[n], src.w[0])
         expected = small_G.random_noise(1, [a.params["noise_seed"]])
-        for got, old, new in zip(result.latents.noise, src.noise, expected):
+        for got, old, new in zip(result.latents.noise, src.noise, expected, strict=True):
             assert torch.equal(got[n:n + 1], new) and not torch.equal(got[n:n + 1], old)
         assert (result.images[n] - small_G.synthesize(src.w, src.noise)[0]).abs().max() > 1e-4
 
@@ -165,7 +167,7 @@ def test_jitter_moves_w_by_sigma_and_keeps_noise(data, plan, result) -> None:
         delta = result.latents.w[n] - src.w[0]
         assert abs(delta.std().item() - a.params["sigma"]) < 0.2 * a.params["sigma"]
         assert abs(delta.mean().item()) < 0.2 * a.params["sigma"]
-        assert all(torch.equal(got[n:n + 1], old) for got, old in zip(result.latents.noise, src.noise))
+        assert all(torch.equal(got[n:n + 1], old) for got, old in zip(result.latents.noise, src.noise, strict=True))
     # Different seeds, different steps.
     assert not torch.equal(result.latents.w[rows[0][0]] - latents[rows[0][1].source_id].w[0],
                            result.latents.w[rows[1][0]] - latents[rows[1][1].source_id].w[0])
@@ -213,7 +215,8 @@ def test_all_at_once_equals_one_by_one_and_keeps_the_input_order(small_G, vgg, d
             else:
                 assert torch.equal(got.images[row], alone.images[0]), a
                 assert torch.equal(got.latents.w[row], alone.latents.w[0]), a
-                assert all(torch.equal(x[row], y[0]) for x, y in zip(got.latents.noise, alone.latents.noise)), a
+                assert all(torch.equal(x[row], y[0])
+                           for x, y in zip(got.latents.noise, alone.latents.noise, strict=True)), a
             assert got.metrics[row]["w_rms_change"] == pytest.approx(alone.metrics[0]["w_rms_change"], abs=1e-6)
     # Chunked batches give the same rows too.
     forward = [a for a in shuffled if a.op != "crossover"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -39,7 +40,7 @@ def test_bench_ladder_on_a_random_generator():
 def test_images_per_hour_and_ratios_come_from_the_measured_times():
     from i2score.bench.embed import add_reference_ratios, images_per_hour, make_row, rows_to_markdown
 
-    common = {"resolution": 64, "channel_max": 128, "dtype": "fp32", "device": "cpu", "repeats": 3}
+    common: dict[str, Any] = {"resolution": 64, "channel_max": 128, "dtype": "fp32", "device": "cpu", "repeats": 3}
     ref = make_row(batch=1, w_step_s=0.1, n_step_s=0.05, loop="reference", kernels="fast", **common)
     # 3600 / (5000·0.1 + 3000·0.05) = 3600 / 650
     assert ref.images_per_hour_paper == pytest.approx(3600 / 650)
@@ -87,7 +88,7 @@ def test_reference_and_batched_loops_give_the_same_kind_of_rows(vgg):
     from i2score.generator.network import StyleGAN2
 
     G = StyleGAN2(8, channel_max=8, n_mapping=1, seed=0)
-    timing = {"repeats": 1, "warmup": 0, "steps_per_timing": 1}
+    timing: dict[str, Any] = {"repeats": 1, "warmup": 0, "steps_per_timing": 1}
     ref = bench_reference(G, vgg, model="tiny", **timing)
     rows = bench_embed(batch_sizes=[2, "auto"], vgg=vgg, G=G, model="tiny", kernels=("invariant", "fast"),
                        channels_last=(False, True), max_batch=3, **timing)

@@ -67,9 +67,13 @@ def test_optimisation_lowers_the_loss_with_adam_and_gd(small_G, vgg, target_imag
     w0, n0 = _start(small_G, 2)
     x = target_images[:2]
     for kind, lr in (("adam", 0.01), ("gd", 0.8)):
-        losses = []
+        losses: list[torch.Tensor] = []
+
+        def record(step: int, loss: torch.Tensor, seen: list[torch.Tensor] = losses) -> None:
+            seen.append(loss.clone())
+
         optimize_w(small_G, [embedding_target(x)], w_ini=w0, n_ini=n0, vgg=vgg, steps=30, optimizer=kind, lr=lr,
-                   callback=lambda step, loss: losses.append(loss.clone()))
+                   callback=record)
         assert bool((losses[-1] < losses[0]).all()), kind
 
 

@@ -4,6 +4,7 @@ and a loop that reads nothing back from the device per step."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 import torch
@@ -171,8 +172,10 @@ def test_separable_fir_path_equals_the_depthwise_convolution():
     from i2score.generator import ops
 
     x = torch.randn(2, 5, 11, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for fir in (ops.make_fir_filter().double(), torch.outer(torch.tensor([1.0, 2.0, 0.5]), torch.tensor([3.0, 1.0])).double()):
-        for kwargs in ({"pad": (2, 2), "gain": 4.0}, {"up": 2, "pad": (2, 1), "gain": 4.0}):
+    asymmetric = torch.outer(torch.tensor([1.0, 2.0, 0.5]), torch.tensor([3.0, 1.0]))
+    for fir in (ops.make_fir_filter().double(), asymmetric.double()):
+        cases: tuple[dict[str, Any], ...] = ({"pad": (2, 2), "gain": 4.0}, {"up": 2, "pad": (2, 1), "gain": 4.0})
+        for kwargs in cases:
             invariant = ops.upfirdn2d(x, fir, **kwargs)
             with kernels.fast_kernels():
                 conv = ops.upfirdn2d(x, fir, **kwargs)

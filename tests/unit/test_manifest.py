@@ -108,7 +108,8 @@ CORPUS: list[tuple[list[str], str | None]] = [
     (["params_json", "../data/good.png", "../data/mask.png", "inpaint", "", "{k: 1"], "invalid_params"),
     (["params_range", "../data/good.png", "", "morph", "sub/good2.jpg", '{"t": 1.5}'], "invalid_params"),
     (["params_type", "../data/good.png", "../data/mask.png", "inpaint", "", '{"k": "2"}'], "invalid_params"),
-    (["params_ref", "../data/good.png", "", "expression_transfer", "", '{"a": "ok_rec", "b": "trunc"}'], "invalid_params"),
+    (["params_ref", "../data/good.png", "", "expression_transfer", "", '{"a": "ok_rec", "b": "trunc"}'],
+     "invalid_params"),
     (["missing", "../data/nope.png", "", "reconstruct", "", ""], "missing_file"),
     (["unreadable", "<FOLDER>", "", "reconstruct", "", ""], "unreadable_file"),
     (["empty", "../data/empty.png", "", "reconstruct", "", ""], "empty_file"),
@@ -186,7 +187,7 @@ def test_bad_input_corpus(storage_root, tmp_path):
             assert loaded.mask.shape == (1, 32, 32) and 0 < loaded.mask.sum() < 32 * 32
         if row.ref is not None:
             assert row.ref == storage.join(storage_root, "jobs/sub/good2.jpg")
-            assert loaded.ref.shape == (3, 32, 32)
+            assert loaded.ref is not None and loaded.ref.shape == (3, 32, 32)
     params = {r.id: r.params for r in result.rows}
     assert params["ok_inpaint"] == {"k": 2, "seed": 3} and params["ok_morph"] == {"t": 0.3}
     assert OPS["inpaint"].resolve_params(params["ok_inpaint_2x"]) == {"k": 1, "seed": 0}
@@ -236,7 +237,8 @@ def test_id_rules():
                         ("a\x00b", "path_traversal"), ("..", "path_traversal"), ("C:evil", "path_traversal"),
                         ("/abs", "path_traversal"), (".x", "invalid_id"), ("x" * 129, "invalid_id"),
                         ("é", "invalid_id"), ("a b", "invalid_id"), ("a*b", "invalid_id"), ("", "empty_id")]:
-        assert check_id(bad)[0] == reason, bad
+        found = check_id(bad)
+        assert found is not None and found[0] == reason, bad
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +258,8 @@ PARITY_ROWS = [
 
 
 def _as_objects(rows: list[list[str]]) -> list[dict]:
-    return [{k: (json.loads(v) if k == "params" and v else v or None) for k, v in zip(COLUMNS, r)} for r in rows]
+    return [{k: (json.loads(v) if k == "params" and v else v or None) for k, v in zip(COLUMNS, r, strict=True)}
+            for r in rows]
 
 
 def test_csv_parquet_jsonl_parity(tmp_path):
@@ -265,7 +268,7 @@ def test_csv_parquet_jsonl_parity(tmp_path):
     urls = [put(str(tmp_path / "m.csv"), csv_bytes(PARITY_ROWS)),
             put(str(tmp_path / "m.tsv"), csv_bytes(PARITY_ROWS).replace(b",", b"\t")),
             put(str(tmp_path / "m.csv.gz"), gzip.compress(csv_bytes(PARITY_ROWS)))]
-    table = pa.Table.from_pylist([dict(zip(COLUMNS, r)) for r in PARITY_ROWS])
+    table = pa.Table.from_pylist([dict(zip(COLUMNS, r, strict=True)) for r in PARITY_ROWS])
     buf = io.BytesIO()
     pq.write_table(table, buf)
     urls.append(put(str(tmp_path / "m.parquet"), buf.getvalue()))

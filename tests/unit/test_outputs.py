@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -39,7 +40,7 @@ def test_round_trip(storage_root):
     assert (back - image).abs().max() <= 1 / 127.5 + 1e-6
 
     created = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
-    records = [
+    records: list[OutputRecord | dict[str, Any]] = [
         OutputRecord(id="img-1_k0", op="inpaint", output_url=url, source_ids=["img-1"],
                      source_urls=[storage.join(storage_root, "in/img-1.png")], cache_keys=["ab" * 32],
                      params={"seed": 0, "k": 1}, generator_id="demo-64", generator_sha256="cd" * 32,

@@ -12,7 +12,7 @@ from i2score import Latents, reconstruct
 
 def _astronaut(size: int) -> torch.Tensor:
     skimage = pytest.importorskip("skimage")
-    img = Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.LANCZOS)
+    img = Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.Resampling.LANCZOS)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
 
 
@@ -20,7 +20,7 @@ def test_an_image_alone_equals_the_same_image_in_a_batch(small_G, vgg, target_im
     alone = reconstruct(target_images[2:3], small_G, steps_w=12, steps_n=12, vgg=vgg, lpips=False)
     batch = reconstruct(target_images, small_G, steps_w=12, steps_n=12, vgg=vgg, lpips=False)
     torch.testing.assert_close(batch.latents.w[2:3], alone.latents.w, rtol=1e-5, atol=1e-6)
-    for a, b in zip(batch.latents.noise, alone.latents.noise):
+    for a, b in zip(batch.latents.noise, alone.latents.noise, strict=True):
         torch.testing.assert_close(a[2:3], b, rtol=1e-5, atol=1e-5)
     assert abs(batch.metrics[2]["psnr_wn"] - alone.metrics[0]["psnr_wn"]) < 1e-3
 

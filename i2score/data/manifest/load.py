@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from torch import Tensor
+
 from i2score.data import storage
 from i2score.data.images import (
     DEFAULT_MAX_PIXELS,
@@ -41,9 +43,9 @@ class LoadedRow:
     """
 
     row: ManifestRow
-    image: Any
-    mask: Any | None
-    ref: Any | None
+    image: Tensor
+    mask: Tensor | None
+    ref: Tensor | None
     image_bytes: bytes
     mask_bytes: bytes | None
     ref_bytes: bytes | None
