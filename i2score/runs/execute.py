@@ -27,7 +27,7 @@ from i2score.method.applications.common import render
 from i2score.runs.augment import Augmentation, run_augmentations
 from i2score.runs.config import JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
-from i2score.runs.ops import AUGMENTATIONS, OPS, OpBatch, cached_latents
+from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch, cached_latents
 from i2score.runs.outputs import RunOutputs
 from i2score.runs.prefetch import read_all, start_prefetch
 from i2score.runs.records import (
@@ -260,7 +260,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
     batch = OpBatch(G=ctx.G, vgg=ctx.vgg, rows=[lr for _, lr in ok],
                     latents={role: Latents.stack([lat[items[i]["keys"][role]] for i, _ in ok]) for role in op.latents},
                     params=params, schedule=Schedule(**spec["schedule"]), cache=cache, generator=spec["generator"])
-    id_params = [k for k, p in op.params.items() if p.type == "id"]
+    id_params = CATALOG.id_params(op.name)
 
     def edit() -> None:
         res = op.run(batch)

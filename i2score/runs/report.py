@@ -171,14 +171,15 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
     return url
 
 
-def psnr_meanings(outs: Sequence[Mapping[str, Any]]) -> list[str]:
-    """What the ``psnr`` column holds for each op among ``outs`` (from the op registry)."""
-    lines = []
-    for name in sorted({o["op"] for o in outs}):
+def psnr_meanings(outs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
+    """``(op, what it measures, metric key)`` of the ``psnr`` values among ``outs``, from the op
+    registry: each op reports its own PSNR (of the known pixels, outside the edit, ...)."""
+    found = []
+    for name in sorted({o["op"] for o in outs if o.get("psnr") is not None}):
         op = OPS.get(name)
         if op is not None and op.metric is not None:
-            lines.append(f"{name}: {op.metric.what} (`{op.metric.key}`)")
-    return lines
+            found.append((name, op.metric.what, op.metric.key))
+    return found
 
 
 def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]],
@@ -210,7 +211,7 @@ def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]
     lines.append("")
     meanings = psnr_meanings(outs)
     if meanings:
-        lines += ["psnr, by op: " + "; ".join(meanings) + ".", ""]
+        lines += ["psnr, by op: " + "; ".join(f"{op}: {what} (`{key}`)" for op, what, key in meanings) + ".", ""]
     if errors:
         lines += ["## Failed rows", "", "| row | id | reason | message |", "|---:|---|---|---|"]
         for e in errors[:100]:
@@ -245,7 +246,8 @@ def _html(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]], errors:
             + ("<img src=\"sheet.png\" alt=\"contact sheet\">" if s["files"].get("sheet") else "")
             + f"<h2>Metrics</h2><table border=1><tr><th>metric</th><th>n</th><th>min</th><th>median</th>"
               f"<th>max</th></tr>{stats}</table>"
-            + "".join(f"<p>psnr, {escape(m)}</p>" for m in psnr_meanings(outs))
+            + "".join(f"<p>psnr, {escape(op)}: {escape(what)} (<code>{escape(key)}</code>)</p>"
+                      for op, what, key in psnr_meanings(outs))
             + (f"<h2>Failed rows</h2><table border=1><tr><th>row</th><th>id</th><th>reason</th>"
                f"<th>message</th></tr>{rows}</table>" if errors else "")
             + f"<h2>Outputs</h2><ul>{links}</ul>")
