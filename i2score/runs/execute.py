@@ -27,7 +27,7 @@ from i2score.method.applications.common import render
 from i2score.runs.augment import Augmentation, run_augmentations
 from i2score.runs.config import JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
-from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch, cached_latents
+from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import RunOutputs
 from i2score.runs.prefetch import read_all, start_prefetch
 from i2score.runs.records import (
@@ -243,7 +243,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
     rows = [row_from_json(i["row"]) for i in items]
     op, params = OPS[rows[0].op], items[0]["params"]
     cache = LatentCache(spec["root"])
-    lat = cached_latents(cache, [k for i in items for k in i["keys"].values()])
+    lat = cache.get_many(k for i in items for k in i["keys"].values())
     ready_idx = []
     for idx, it in enumerate(items):
         missing = [role for role, k in it["keys"].items() if k not in lat]
@@ -292,7 +292,7 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
     srcs: dict[str, dict[str, Any]] = {}
     for it in items:
         srcs.update(it["sources"])
-    lat_by_key = cached_latents(cache, [s["key"] for s in srcs.values()])
+    lat_by_key = cache.get_many(s["key"] for s in srcs.values())
     need_pixels = {i for it in items if AUGMENTATIONS[it["augmentation"]["op"]].pixels for i in it["sources"]}
     rows = {i: row_from_json(s["row"]) for i, s in srcs.items()}
     pix_ids = sorted(need_pixels)

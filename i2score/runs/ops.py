@@ -193,7 +193,7 @@ def _run_inpaint(b: OpBatch) -> OpOutput:
                                    generator_id=b.generator["id"], source_id=r.row.id)
             keys.append(key)
             sources.append(src)
-    cached = cached_latents(b.cache, keys)
+    cached = b.cache.get_many(keys)
     x, masks = b.image(), b.mask()
     need = [i for i in range(len(b.rows)) if any(keys[i * k + j] not in cached for j in range(k))]
     metrics: list[dict[str, Any]] = [{} for _ in keys]
@@ -305,16 +305,6 @@ KINDS: dict[str, ManifestKind] = {k.name: k for k in [
 
 #: What a manifest may say: hand it to :func:`i2score.data.manifest.validate_manifest`.
 CATALOG = OpCatalog(ops=OPS, kinds=KINDS)
-
-
-def cached_latents(cache: LatentCache, keys: Sequence[str]) -> dict[str, Latents]:
-    """The cache's entries among ``keys`` (each read once; absent or corrupt ones left out)."""
-    got = {}
-    for k in dict.fromkeys(keys):
-        lat = cache.get(k)
-        if lat is not None:
-            got[k] = lat
-    return got
 
 
 # ----------------------------------------------------------------------------------------------

@@ -306,6 +306,15 @@ class LatentCache:
             return None
         return latents
 
+    def get_many(self, keys: Iterable[str]) -> dict[str, Latents]:
+        """:meth:`get` of every distinct key; absent, partial or corrupt entries are left out."""
+        got = {}
+        for k in dict.fromkeys(keys):
+            lat = self.get(k)
+            if lat is not None:
+                got[k] = lat
+        return got
+
     def ls(self, *, with_w: bool = False, dedupe: bool = True) -> pa.Table:
         """The index as a table (newest row per key unless ``dedupe=False``), oldest first.
 
