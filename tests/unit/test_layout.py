@@ -20,13 +20,14 @@ ALLOWED = {
     "data": {"data"},
     "generator": {"generator", "kernels", "weights"},
     "features": {"features", "kernels", "weights"},
-    "method": {"method", "generator", "features", "data", "kernels", "weights"},
-    "runs": {"runs", "method", "generator", "features", "data", "kernels", "weights"},
+    "encoders": {"encoders", "generator", "features", "kernels", "weights"},
+    "method": {"method", "encoders", "generator", "features", "data", "kernels", "weights"},
+    "runs": {"runs", "method", "encoders", "generator", "features", "data", "kernels", "weights"},
     "cli": None,
     "bench": None,
     "demo": None,
 }
-CORE = ("kernels", "weights", "data", "generator", "features", "method", "runs")
+CORE = ("kernels", "weights", "data", "generator", "features", "encoders", "method", "runs")
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
