@@ -104,6 +104,7 @@ class Encoder(nn.Module):
         self.register_buffer("latent_avg", avg.detach().float().clone())
         self.source = "unsaved"
         self.weights_sha256: str | None = None
+        self.meta: dict[str, Any] = {}
 
     def offsets(self, x: Tensor) -> Tensor:
         """One pass of the network: ``[B, in_channels, S, S]`` -> ``[B, n_styles, w_dim]``."""
