@@ -11,7 +11,7 @@ codes are ``[B, n_styles, w_dim]``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -126,7 +126,7 @@ class Encoder(nn.Module):
         """
         cfg = self.config
         x = resize_to(images.float(), cfg.input_size)
-        avg = self.latent_avg[None].to(x.device)
+        avg = cast(Tensor, self.latent_avg)[None].to(x.device)
         if not cfg.restyle:
             return avg + self.offsets(x)
         if G is None:

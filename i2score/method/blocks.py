@@ -48,6 +48,29 @@ class EarlyStop:
 
 
 @dataclass
+class StageState:
+    """Where one image's optimisation stage ended, enough to continue it exactly (warm start).
+
+    Attributes:
+        params: the variables: ``[w [1, L, w_dim]]`` or the noise maps ``[1, 1, r, r]`` each
+            (the values the optimiser holds, before variable masks are applied).
+        exp_avg, exp_avg_sq: Adam's moments, shaped like ``params`` (empty for plain GD).
+        adam_step: Adam's step count (its bias correction).
+        steps: optimisation steps this image has run in the stage.
+        stopped: early stopping ended it (continuing would not change it).
+        checks: its loss at each past early-stop check, oldest first.
+    """
+
+    params: list[Tensor]
+    exp_avg: list[Tensor]
+    exp_avg_sq: list[Tensor]
+    adam_step: int
+    steps: int
+    stopped: bool
+    checks: list[float] = field(default_factory=list)
+
+
+@dataclass
 class BlockResult:
     """Per-image outcome of an optimisation block.
 
@@ -55,12 +78,15 @@ class BlockResult:
         loss: ``[B]`` final objective per image (CPU float).
         steps: ``[B]`` optimisation steps each image ran (< ``steps`` when stopped early).
         seconds: wall time of the whole block.
+        history: ``(step, per-image loss of the images active then)`` at each early-stop check.
+        states: per image, where its stage ended (see :class:`StageState`).
     """
 
     loss: Tensor
     steps: Tensor
     seconds: float
     history: list[tuple[int, list[float]]] = field(default_factory=list)
+    states: list[StageState] = field(default_factory=list)
 
 
 def _as_row_mask(mask: Tensor | Sequence[bool] | None, batch: int, n: int, device: torch.device) -> Tensor | None:
@@ -106,8 +132,8 @@ class _Fixed:
 
 def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[Tensor], *, target: str,
                    var_mask: Tensor | None, steps: int, optimizer: str, lr: float, callback: StepCallback | None,
-                   early_stop: EarlyStop | None,
-                   autocast_dtype: torch.dtype | None) -> tuple[Tensor, list[Tensor], BlockResult]:
+                   early_stop: EarlyStop | None, autocast_dtype: torch.dtype | None,
+                   resume: Sequence[StageState] | None = None) -> tuple[Tensor, list[Tensor], BlockResult]:
     """Shared loop of the optimisation blocks; ``target`` is ``"w"`` or ``"noise"``.
 
     Each image owns its own parameter tensors (concatenated for the forward pass): the
@@ -119,6 +145,10 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
     ``check_every`` steps) and at the end; a ``callback`` that reads its loss syncs by choice.
     Loss, parameters and optimiser state are float32 whatever ``autocast_dtype`` the generator
     runs under (the image is cast to float32 before the loss).
+
+    ``resume`` (one :class:`StageState` per image, all at the same step count, none stopped)
+    continues a stage where it ended: its values, Adam moments and early-stop checks, so
+    ``s`` steps then ``t`` more give the same bits as ``s + t`` steps at once.
     """
     t0 = time.perf_counter()
     batch = w.shape[0]
@@ -127,15 +157,44 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
     out_w, out_n = w0.clone(), [n.clone() for n in n0]
     final_loss = torch.full((batch,), float("nan"))
     steps_run = torch.zeros(batch, dtype=torch.long)
-    per_image: list[list[Tensor]] = [
-        [w0[b:b + 1].clone().requires_grad_(True)] if target == "w"
-        else [n[b:b + 1].clone().requires_grad_(True) for n in n0]
-        for b in range(batch)
-    ]
+    start = 0
+    if resume is not None:
+        if len(resume) != batch or any(r.stopped for r in resume) or len({r.steps for r in resume}) > 1:
+            raise ValueError("resume needs one unstopped state per image, all at the same step")
+        start = resume[0].steps
+        per_image = [[p.detach().to(w.device).clone().requires_grad_(True) for p in r.params] for r in resume]
+    else:
+        per_image = [
+            [w0[b:b + 1].clone().requires_grad_(True)] if target == "w"
+            else [n[b:b + 1].clone().requires_grad_(True) for n in n0]
+            for b in range(batch)
+        ]
     active = list(range(batch))
     opt = _make_optimizer([p for ps in per_image for p in ps], optimizer, lr)
     window: list[Tensor] = []  # per-image loss at past checks, [B_active] each
+    checks: list[list[float]] = [[] for _ in range(batch)]
+    if resume is not None:
+        for ps, r in zip(per_image, resume, strict=True):
+            if r.exp_avg:
+                for p, m, v in zip(ps, r.exp_avg, r.exp_avg_sq, strict=True):
+                    opt.state[p] = {"step": torch.tensor(float(r.adam_step)), "exp_avg": m.to(w.device).clone(),
+                                    "exp_avg_sq": v.to(w.device).clone()}
+        depth = min(len(r.checks) for r in resume)
+        window = [torch.tensor([r.checks[len(r.checks) - depth + k] for r in resume], device=w.device)
+                  for k in range(depth)]
+        checks = [list(r.checks) for r in resume]
     history: list[tuple[int, list[float]]] = []
+    states: list[StageState | None] = [None] * batch
+
+    def state_of(b: int, step: int, stopped: bool) -> StageState:
+        ps = per_image[b]
+        st = [opt.state.get(p, {}) for p in ps]
+        moments = all("exp_avg" in x for x in st)
+        return StageState(params=[p.detach().clone() for p in ps],
+                          exp_avg=[x["exp_avg"].clone() for x in st] if moments else [],
+                          exp_avg_sq=[x["exp_avg_sq"].clone() for x in st] if moments else [],
+                          adam_step=int(st[0]["step"]) if moments else 0, steps=step, stopped=stopped,
+                          checks=list(checks[b]))
 
     def fixed_for(idx: list[int]) -> _Fixed:
         if len(idx) == batch:  # everyone: the tensors as they are, no gather
@@ -157,7 +216,7 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
             maps = [torch.where(fx.var_mask[:, j, None, None, None], m, fx.n0[j]) for j, m in enumerate(maps)]
         return fx.w0, maps
 
-    def finish(idx: list[int], loss: Tensor, step: int) -> None:
+    def finish(idx: list[int], loss: Tensor, step: int, stopped: bool) -> None:
         with torch.no_grad():
             cw, cn = compose(idx, fixed_for(idx))
             host_loss = loss.detach().float().cpu()  # one read for all finishing images
@@ -167,11 +226,16 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
                     out_n[j][b] = cn[j][k]
                 final_loss[b] = host_loss[active.index(b)]
                 steps_run[b] = step
+                states[b] = state_of(b, step, stopped)
+
+    def result() -> BlockResult:
+        return BlockResult(final_loss, steps_run, time.perf_counter() - t0, history,
+                           [st for st in states if st is not None])
 
     obj = objective
     fixed = fixed_for(active)
     loss = torch.zeros(batch)
-    for step in range(steps + 1):
+    for step in range(start, max(steps, start) + 1):
         cw, cn = compose(active, fixed)
         with torch.autocast(w.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             image = render(cw, cn)
@@ -179,7 +243,7 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
         reg = obj.regularize(cw)
         if reg is not None:
             loss = loss + reg
-        if step == steps:
+        if step >= steps:
             break  # the loss of the final parameters; no update
         opt.zero_grad(set_to_none=True)
         loss.sum().backward()
@@ -189,7 +253,10 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
         if early_stop is None or (step + 1) % early_stop.check_every:
             continue
         cur = loss.detach().float()
-        history.append((step, cur.cpu().tolist()))
+        host = cur.cpu().tolist()
+        history.append((step, host))
+        for b, v in zip(active, host, strict=True):
+            checks[b].append(v)
         window.append(cur)
         lag = max(1, early_stop.patience // early_stop.check_every)
         if len(window) <= lag:
@@ -201,11 +268,11 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
         # The loss belongs to the parameters before this step's update; the difference is
         # below the stopping threshold by construction.
         stopped = [b for b, d in zip(active, done.tolist(), strict=True) if d]
-        finish(stopped, loss, step + 1)
+        finish(stopped, loss, step + 1, True)
         keep = torch.nonzero(~done).flatten().to(cur.device)
         active = [b for b, d in zip(active, done.tolist(), strict=True) if not d]
         if not active:
-            return out_w, out_n, BlockResult(final_loss, steps_run, time.perf_counter() - t0, history)
+            return out_w, out_n, result()
         window = [h[keep] for h in window]
         obj = objective.select(torch.tensor(active, device=w.device))
         fixed = fixed_for(active)
@@ -215,8 +282,8 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
             if p in opt.state:
                 new_opt.state[p] = opt.state[p]
         opt = new_opt
-    finish(list(active), loss, steps)
-    return out_w, out_n, BlockResult(final_loss, steps_run, time.perf_counter() - t0, history)
+    finish(list(active), loss, max(steps, start), False)
+    return out_w, out_n, result()
 
 
 def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini: Sequence[Tensor],
@@ -224,7 +291,7 @@ def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini:
                optimizer: str = "adam", lr: float = 0.01, w_reg: tuple[Tensor, float] | None = None,
                callback: StepCallback | None = None, early_stop: EarlyStop | None = None,
                autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
-               compile: bool = False) -> tuple[Tensor, BlockResult]:
+               compile: bool = False, resume: Sequence[StageState] | None = None) -> tuple[Tensor, BlockResult]:
     """Masked W+ optimisation: ``W_l(Mp, Mm, wm, w_ini, n_ini, x)`` for each target, summed (and
     ``Mst`` when a style target is given), on one ``w``.
 
@@ -245,6 +312,8 @@ def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini:
             w and Adam state stay float32).
         channels_last: NHWC activations in the generator and VGG16 (see :mod:`i2score.generator.fastpath`).
         compile: ``torch.compile`` the synthesis forward (compiled once per process).
+        resume: continue each image's stage from its :class:`StageState` (``steps`` is then
+            the total, counted from the stage's start).
 
     Returns:
         ``(w [B, L, w_dim], BlockResult)``.
@@ -256,7 +325,7 @@ def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini:
                               var_mask=_as_row_mask(wm, batch, G.num_ws, w0.device), steps=steps,
                               optimizer=optimizer, lr=lr, callback=callback,
                               early_stop=early_stop, autocast_dtype=autocast_dtype,
-                              channels_last=channels_last, compile=compile)
+                              channels_last=channels_last, compile=compile, resume=resume)
     return out_w, res
 
 
@@ -264,7 +333,8 @@ def optimize_noise(G: StyleGAN2, *, M: Tensor | None, w: Tensor, n_ini: Sequence
                    y: Tensor | None = None, y_weight: float = 1.0, nm: Tensor | Sequence[bool] | None = None,
                    steps: int = 3000, lr: float = 5.0, callback: StepCallback | None = None,
                    early_stop: EarlyStop | None = None, autocast_dtype: torch.dtype | None = None,
-                   channels_last: bool = False, compile: bool = False) -> tuple[list[Tensor], BlockResult]:
+                   channels_last: bool = False, compile: bool = False,
+                   resume: Sequence[StageState] | None = None) -> tuple[list[Tensor], BlockResult]:
     """Masked noise optimisation ``Mk_n(M, w, n_ini, x, y)``: ``w`` fixed, Adam on the noise maps;
     the render matches ``x`` inside ``M`` and ``y`` outside it (MSE only).
 
@@ -277,7 +347,7 @@ def optimize_noise(G: StyleGAN2, *, M: Tensor | None, w: Tensor, n_ini: Sequence
         y_weight: λ of the ``y`` term relative to ``x``'s (inpainting: 10, the paper's 1e-4 : 1e-5).
         nm: bool ``[L-1]`` or ``[B, L-1]``: maps that may change (None = all).
         steps, lr: paper: 3000 steps at Adam lr 5 (deliberately high).
-        autocast_dtype, channels_last, compile: as in :func:`optimize_w`.
+        autocast_dtype, channels_last, compile, resume: as in :func:`optimize_w`.
 
     Returns:
         ``(noise list of [B, 1, r, r], BlockResult)``.
@@ -293,7 +363,7 @@ def optimize_noise(G: StyleGAN2, *, M: Tensor | None, w: Tensor, n_ini: Sequence
                               var_mask=_as_row_mask(nm, batch, len(n_ini), w_full.device), steps=steps,
                               optimizer="adam", lr=lr, callback=callback,
                               early_stop=early_stop, autocast_dtype=autocast_dtype,
-                              channels_last=channels_last, compile=compile)
+                              channels_last=channels_last, compile=compile, resume=resume)
     return out_n, res
 
 
@@ -356,6 +426,7 @@ def blend_activations(G: StyleGAN2, base: tuple[Tensor, Sequence[Tensor]], donor
 __all__ = [
     "BlockResult",
     "EarlyStop",
+    "StageState",
     "StepCallback",
     "blend_activations",
     "optimize_noise",

@@ -4,17 +4,35 @@ parameters), and the device a worker computes on."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+from i2score.method.blocks import EarlyStop
+
+#: The ``fast`` schedule (measured on the demo model; README, 'the quality-time frontier').
+FAST_STEPS_W, FAST_STEPS_N = 50, 400
+FAST_PATIENCE, FAST_MIN_DELTA_DB, FAST_CHECK_EVERY = 50, 0.05, 25
 
 #: The kinds of job (a flow each).
 JOB_KINDS = ("reconstruct", "inpaint", "edit", "augment")
 
 
+#: How an embedding's W+ search starts: ``auto`` (the generator's domain decides: mean for faces,
+#: uniform otherwise), ``mean``, ``uniform``, or ``encoder`` (hybrid inversion).
+INITS = ("auto", "mean", "uniform", "encoder")
+
+
 @dataclass(frozen=True)
 class Schedule:
     """Optimisation steps of every stage: embedding (Alg. 2), edits that re-optimise (Alg. 3,
-    5, 6) and inpainting (Alg. 4)."""
+    5, 6) and inpainting (Alg. 4); and how an embedding starts and stops.
+
+    Attributes:
+        init: see :data:`INITS`.
+        converge: per-image converge-stopping of both embedding stages: an image leaves the batch
+            when its loss improved by less than ``min_delta_db`` dB over ``patience`` steps
+            (checked every ``check_every`` steps).
+    """
 
     name: str
     steps_w: int
@@ -25,34 +43,89 @@ class Schedule:
     inpaint_steps_n: int
     lr_w: float = 0.01
     lr_n: float = 5.0
+    init: str = "auto"
+    converge: bool = False
+    patience: int = 100
+    min_delta_db: float = 0.05
+    check_every: int = 25
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if min(self.steps_w, self.steps_n, self.edit_steps_w, self.edit_steps_n, self.inpaint_steps_w,
+               self.inpaint_steps_n) < 0:
+            raise ValueError(f"schedule {self.name!r}: step counts must be >= 0")
+        if self.converge and not (1 <= self.check_every <= self.patience):
+            raise ValueError(f"schedule {self.name!r}: need 1 <= check_every <= patience")
 
     @staticmethod
-    def parse(spec: str) -> Schedule:
+    def parse(spec: str, *, init: str | None = None) -> Schedule:
         """A named schedule (:data:`SCHEDULES`) or ``"W+N"`` (every stage W + N steps) or
-        ``"W+N/EW+EN"`` (embedding W + N, edits and inpainting EW + EN)."""
+        ``"W+N/EW+EN"`` (embedding W + N, edits and inpainting EW + EN); ``init`` (one of
+        :data:`INITS`, None = the schedule's own) overrides where embeddings start."""
         if spec in SCHEDULES:
-            return SCHEDULES[spec]
-        try:
-            parts = [tuple(int(v) for v in p.split("+")) for p in spec.split("/")]
-            if len(parts) not in (1, 2) or any(len(p) != 2 or min(p) < 0 for p in parts):
-                raise ValueError
-        except ValueError:
-            raise ValueError(f"schedule {spec!r}: use one of {sorted(SCHEDULES)} or 'W+N' or "
-                             "'W+N/EW+EN' (non-negative step counts)") from None
-        (w, n), (ew, en) = parts[0], parts[-1]
-        return Schedule(spec, w, n, ew, en, ew, en)
+            sched = SCHEDULES[spec]
+        else:
+            try:
+                parts = [tuple(int(v) for v in p.split("+")) for p in spec.split("/")]
+                if len(parts) not in (1, 2) or any(len(p) != 2 or min(p) < 0 for p in parts):
+                    raise ValueError
+            except ValueError:
+                raise ValueError(f"schedule {spec!r}: use one of {sorted(SCHEDULES)} or 'W+N' or "
+                                 "'W+N/EW+EN' (non-negative step counts)") from None
+            (w, n), (ew, en) = parts[0], parts[-1]
+            sched = Schedule(spec, w, n, ew, en, ew, en)
+        return sched if init is None else replace(sched, init=init)
 
-    def reconstruct_params(self, seed: int) -> dict[str, Any]:
-        """What determines an embedding besides the image and the weights (the cache key)."""
-        return {"steps_w": self.steps_w, "steps_n": self.steps_n, "lr_w": self.lr_w,
-                "lr_n": self.lr_n, "seed": seed}
+    def early_stop(self) -> EarlyStop | None:
+        """The embedding's converge-stopping rule (None when off)."""
+        if not self.converge:
+            return None
+        return EarlyStop(patience=self.patience, min_delta_db=self.min_delta_db, check_every=self.check_every)
 
+    def resolved_init(self, domain: str) -> str:
+        """``init`` with ``auto`` decided by the generator's ``domain`` (``face`` -> mean)."""
+        if self.init != "auto":
+            return self.init
+        return "mean" if domain == "face" else "uniform"
+
+    def reconstruct_params(self, seed: int, *, domain: str = "face",
+                           encoder_sha256: str | None = None) -> dict[str, Any]:
+        """What determines an embedding besides the image and the weights (the cache key):
+        steps, learning rates, seed, the resolved ``init`` and the encoder's weights hash, and
+        the converge-stopping rule. :data:`WARM_START_VARIES` lists the fields a warm start
+        may differ in."""
+        params: dict[str, Any] = {"steps_w": self.steps_w, "steps_n": self.steps_n, "lr_w": self.lr_w,
+                                  "lr_n": self.lr_n, "seed": seed}
+        # Older keys stay valid: the domain's default start (a function of the generator, whose
+        # hash is in the key) and no stopping add nothing.
+        init = self.resolved_init(domain)
+        if init == "encoder":
+            if not encoder_sha256:
+                raise ValueError("an encoder start needs the encoder's weights hash in the cache key")
+            params["init"], params["encoder_sha256"] = init, encoder_sha256
+        elif init != Schedule("auto", 0, 0, 0, 0, 0, 0).resolved_init(domain):
+            params["init"] = init
+        if self.converge:
+            params["converge"] = {"patience": self.patience, "min_delta_db": self.min_delta_db,
+                                  "check_every": self.check_every}
+        return params
+
+
+#: Embedding parameters a cached embedding may have fewer of and still warm-start a longer one.
+WARM_START_VARIES = ("steps_w", "steps_n")
 
 SCHEDULES: dict[str, Schedule] = {
-    # The paper: 5000 + 3000 embedding, 1000 + 1000 for edits (Sec. 7).
-    "paper": Schedule("paper", 5000, 3000, 1000, 1000, 1000, 1000),
+    # The paper: 5000 + 3000 embedding from the mean latent, 1000 + 1000 for edits (Sec. 7).
+    "paper": Schedule("paper", 5000, 3000, 1000, 1000, 1000, 1000, init="auto"),
     # The demo: a few minutes on 2 CPU cores for the bundled 64 px model.
     "demo": Schedule("demo", 80, 80, 80, 80, 80, 80),
+    # The encoder's code as it is: no optimisation (edits keep the demo's short schedule).
+    "encoder": Schedule("encoder", 0, 0, 80, 80, 80, 80, init="encoder"),
+    # Hybrid inversion: an encoder start, then both stages, each image stopping when it
+    # converges. See README "Embedding: the quality-time frontier" for how it was chosen.
+    "fast": Schedule("fast", FAST_STEPS_W, FAST_STEPS_N, 200, 200, 200, 200, init="encoder", converge=True,
+                     patience=FAST_PATIENCE, min_delta_db=FAST_MIN_DELTA_DB, check_every=FAST_CHECK_EVERY),
 }
 
 

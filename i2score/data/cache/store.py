@@ -30,6 +30,7 @@ object so the caller recomputes and re-puts (``put`` overwrites an NPZ that fail
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
@@ -37,7 +38,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -314,6 +315,63 @@ class LatentCache:
             if lat is not None:
                 got[k] = lat
         return got
+
+    # -- warm starts ----------------------------------------------------------------------------
+    def state_url(self, key: str) -> str:
+        """Where an entry's optimiser state lives: ``cache/states/<k[:2]>/<key>.npz`` (optional:
+        an entry without one is still a valid hit, it just cannot be continued)."""
+        return storage.join(self.root, "cache", "states", _check_key(key)[:2], f"{key}.npz")
+
+    def put_states(self, states: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+        """Store the optimiser state of each key (a flat dict of arrays; one PUT each, concurrent).
+        Written after the entry itself, so a state never describes a missing entry."""
+        def write(item: tuple[str, Mapping[str, np.ndarray]]) -> None:
+            buf = io.BytesIO()
+            cast(Any, np.savez)(buf, **item[1])  # numpy types **kwds as its own options
+            storage.write_bytes(self.state_url(item[0]), buf.getvalue())
+
+        with ThreadPoolExecutor(max(1, min(self.max_workers, len(states)))) as ex:
+            list(ex.map(write, states.items()))
+
+    def get_state(self, key: str) -> dict[str, np.ndarray] | None:
+        """The optimiser state of ``key``, or None when absent or unreadable (logged)."""
+        try:
+            data = storage.read_bytes(self.state_url(key))
+        except FileNotFoundError:
+            return None
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as e:  # noqa: BLE001 - a bad state only costs the warm start
+            log.warning("optimiser state of %s… is unreadable (%s); starting over", key[:12], e)
+            return None
+
+    def warm_starts(self, sources: Mapping[str, Mapping[str, Any]], vary: Sequence[str]
+                    ) -> dict[str, list[CacheEntry]]:
+        """For each wanted ``key -> source`` (as :func:`make_source` builds it), the cached entries
+        of the same image, mask, generator, algorithm and version whose parameters differ from it
+        only in the ``vary`` fields (one index read for all). Entries without a stored state are
+        included; the caller decides which one it can continue."""
+        def family(params: Mapping[str, Any]) -> str:
+            return canonical_params({k: v for k, v in params.items() if k not in vary})
+
+        table = self._index_table()
+        if not sources or not table.num_rows:
+            return {k: [] for k in sources}
+        images = {src["image_sha256"] for src in sources.values()}
+        table = dedupe_latest(table.filter(pc.is_in(table.column("image_sha256"),
+                                                    value_set=pa.array(sorted(images), pa.string()))))
+        by_family: dict[tuple[Any, ...], list[CacheEntry]] = {}
+        for e in self._entries(table):
+            fam = (e.image_sha256, e.mask_sha256, e.generator_sha256, e.algorithm, e.algorithm_version,
+                   family(e.params))
+            by_family.setdefault(fam, []).append(e)
+        out: dict[str, list[CacheEntry]] = {}
+        for key, src in sources.items():
+            fam = (src["image_sha256"], src.get("mask_sha256"), src["generator_sha256"], src["algorithm"],
+                   int(src["algorithm_version"]), family(src["params"]))
+            out[key] = [e for e in by_family.get(fam, []) if e.key != key]
+        return out
 
     def ls(self, *, with_w: bool = False, dedupe: bool = True) -> pa.Table:
         """The index as a table (newest row per key unless ``dedupe=False``), oldest first.

@@ -12,7 +12,15 @@ from i2score.method.applications.common import ALGORITHM_VERSION, EditResult, im
 from i2score.method.applications.crossover import crossover
 from i2score.method.applications.inpaint import InpaintResult, inpaint, inpainting_w_rows
 from i2score.method.applications.latent_ops import expression_transfer, morph, style_mix
-from i2score.method.applications.reconstruct import ReconstructionResult, initial_w, reconstruct
+from i2score.method.applications.reconstruct import (
+    EmbeddingState,
+    ReconstructionResult,
+    encode_images,
+    initial_w,
+    reconstruct,
+    state_from_arrays,
+    state_to_arrays,
+)
 from i2score.method.applications.scribble import scribble_edit
 from i2score.method.applications.style_transfer import local_style_transfer
 
@@ -21,11 +29,13 @@ __all__ = [
     "ATTRIBUTE_LAYER",
     "MASK_KINDS",
     "EditResult",
+    "EmbeddingState",
     "InpaintResult",
     "ReconstructionResult",
     "attribute_transfer",
     "crossover",
     "crossover_mask",
+    "encode_images",
     "expression_transfer",
     "images_to_tensor",
     "initial_w",
@@ -37,5 +47,7 @@ __all__ = [
     "reconstruct",
     "resample_noise",
     "scribble_edit",
+    "state_from_arrays",
+    "state_to_arrays",
     "style_mix",
 ]
