@@ -244,3 +244,13 @@ def test_fixtures_stay_small() -> None:
         assert all(a.dtype == np.float32 for a in arrays.values())
         assert math.isfinite(meta["output_abs_max"])
 
+
+def test_cli_models_list_shows_the_encoders(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from i2score.cli.app import app
+
+    result = CliRunner().invoke(app, ["models", "list", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for spec in ENCODERS.values():
+        assert spec.name in result.output and spec.page in result.output
