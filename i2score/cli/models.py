@@ -1,4 +1,4 @@
-"""``i2s models ...``: the registry of pretrained generators, the local model cache, samples."""
+"""``i2s models ...``: the registries of pretrained generators and encoders, the local model cache, samples."""
 
 from __future__ import annotations
 
@@ -55,6 +55,23 @@ def models_list(cache_dir: CacheDirOption = None) -> None:
         for spec, _ in rows:
             console.print(f"{spec.name}  {spec.url}", soft_wrap=True, highlight=False,
                           markup=False)
+    _encoders_table(console, cache_dir)
+
+
+def _encoders_table(console: Console, cache_dir: Path | None) -> None:
+    from i2score.encoders.registry import DEFAULT_ENCODER, ENCODERS, encoder_cache_path
+
+    table = Table(title="i2score encoder registry", box=box.SIMPLE_HEAD)
+    for column in ("name", "arch", "generator", "cached", "default for"):
+        table.add_column(column, no_wrap=column != "default for", style="bold" if column == "name" else None)
+    for spec in ENCODERS.values():
+        defaults = ", ".join(g for g, e in DEFAULT_ENCODER.items() if e == spec.name)
+        cached = "yes" if encoder_cache_path(spec.name, cache_dir).is_file() else "no"
+        table.add_row(spec.name, spec.arch, spec.generator, cached, defaults)
+    console.print(table)
+    # Google Drive links: a person may have to download by hand, so print the authors' page.
+    for spec in ENCODERS.values():
+        console.print(f"{spec.name}  {spec.page}", soft_wrap=True, highlight=False, markup=False)
 
 
 @models_app.command("fetch")

@@ -92,6 +92,8 @@ class Encoder(nn.Module):
         source, weights_sha256: where it was loaded from (set by the loaders).
     """
 
+    latent_avg: Tensor
+
     def __init__(self, config: EncoderConfig, net: nn.Module, latent_avg: Tensor | None = None) -> None:
         super().__init__()
         self.config = config

@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from i2score.weights.download import ChecksumMismatchError, download_file, sha256_file
 
@@ -54,6 +54,7 @@ __all__ = [
     "ModelFormat",
     "ModelSpec",
     "ModelUnavailableError",
+    "RegistryEntry",
     "UnknownModelError",
     "DEFAULT_MODEL",
     "bundled_path",
@@ -120,6 +121,25 @@ class ModelUnavailableError(RuntimeError):
 
 # --------------------------------------------------------------------------------------------
 # Specs
+
+
+class RegistryEntry(Protocol):
+    """What :func:`resolve_model_file` needs of a registry entry: :class:`ModelSpec` here, and
+    the encoder registry's ``EncoderSpec`` (one resolver for every kind of named weights)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def sha256(self) -> str | None: ...
+
+    @property
+    def filename(self) -> str:
+        """File name of the cached copy (after the URL-hash prefix)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -307,25 +327,34 @@ def _url_basename(url: str) -> str:
     return name or "model"
 
 
-def cache_path_for_url(url: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def cache_path_for_url(url: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                       filename: str | None = None) -> Path:
     """Where the cached copy of ``url`` lives.
 
     The URL hash prefix keeps equally named files from different places (several
-    ``ffhq.pkl``) apart; the readable suffix lets a person recognise the file.
+    ``ffhq.pkl``) apart; the readable suffix (``filename``, default the URL's last path
+    component) lets a person recognise the file.
     """
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
-    return root / f"{digest}_{_url_basename(url)}"
+    name = _url_basename(f"/{filename}") if filename else _url_basename(url)
+    return root / f"{digest}_{name}"
 
 
-def model_cache_path(source: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Cache location for a registry name or remote URL (where an offline copy goes)."""
-    url = MODELS[source].url if source in MODELS else source
+def model_cache_path(source: str, cache_dir: str | os.PathLike[str] | None = None, *,
+                     registry: Mapping[str, RegistryEntry] | None = None) -> Path:
+    """Cache location for a registry name or remote URL (where an offline copy goes).
+
+    ``registry`` is where names are looked up (default :data:`MODELS`; the encoders pass theirs).
+    """
+    entries: Mapping[str, RegistryEntry] = MODELS if registry is None else registry
+    spec = entries.get(source)
+    url = spec.url if spec is not None else source
     if url.startswith(BUNDLED_SCHEME):
         return bundled_path(url)
     if not _is_remote(url):
         raise ValueError(f"{source!r} is neither a registry name nor a remote URL")
-    return cache_path_for_url(url, cache_dir)
+    return cache_path_for_url(url, cache_dir, filename=spec.filename if spec is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -374,6 +403,7 @@ def resolve_model_file(
     sha256: str | None = None,
     timeout: float = 30.0,
     storage_options: Mapping[str, Any] | None = None,
+    registry: Mapping[str, RegistryEntry] | None = None,
 ) -> Path:
     """Return a local file for ``source``: a registry name, a local path or an fsspec URL.
 
@@ -391,6 +421,8 @@ def resolve_model_file(
             whole transfer, so a slow but live download of a large file still completes.
         storage_options: extra fsspec options for the remote filesystem (e.g.
             ``{"endpoint_url": ...}`` for S3-compatible stores).
+        registry: where registry names are looked up (default :data:`MODELS`, the generators;
+            :data:`i2score.encoders.registry.ENCODERS` for the encoders).
 
     Raises:
         ModelUnavailableError: the file cannot be fetched or the local path does not exist;
@@ -399,7 +431,8 @@ def resolve_model_file(
             or downloaded copy is deleted first).
     """
     expected = _normalise_sha256(sha256)
-    spec = MODELS.get(source)
+    entries: Mapping[str, RegistryEntry] = MODELS if registry is None else registry
+    spec = entries.get(source)
     if spec is not None and spec.url.startswith(BUNDLED_SCHEME):
         path = bundled_path(spec.url)
         if not path.is_file():
@@ -418,9 +451,9 @@ def resolve_model_file(
     elif _is_remote(source):
         url = source
     else:
-        return _resolve_local(source, expected)
+        return _resolve_local(source, expected, entries)
 
-    dest = cache_path_for_url(url, cache_dir)
+    dest = cache_path_for_url(url, cache_dir, filename=spec.filename if spec is not None else None)
     if dest.is_file():
         if expected is not None:
             _verify_or_delete(dest, expected, "the cached copy was deleted; resolve again to "
@@ -433,11 +466,11 @@ def resolve_model_file(
         raise
     except Exception as exc:  # any transport failure means "unavailable"; cause is chained
         raise ModelUnavailableError(
-            _unavailable_message(source, url, dest, exc, expected),
+            _unavailable_message(source, url, dest, exc, expected, named=spec is not None),
             url=url, cache_path=dest) from exc
 
 
-def _resolve_local(source: str, expected: str | None) -> Path:
+def _resolve_local(source: str, expected: str | None, entries: Mapping[str, RegistryEntry]) -> Path:
     if _protocol(source) in ("file", "local"):
         path = Path(urllib.request.url2pathname(urllib.parse.urlsplit(source).path))
     else:
@@ -445,7 +478,7 @@ def _resolve_local(source: str, expected: str | None) -> Path:
     if not path.is_file():
         raise ModelUnavailableError(
             f"model source {source!r} is neither a registry name (known: "
-            f"{', '.join(sorted(MODELS))}) nor an existing file ({path} not found)")
+            f"{', '.join(sorted(entries))}) nor an existing file ({path} not found)")
     if expected is not None:
         actual = sha256_file(path)
         if actual != expected:
@@ -462,14 +495,14 @@ def _verify_or_delete(path: Path, expected: str, note: str) -> None:
 
 
 def _unavailable_message(source: str, url: str, dest: Path, exc: BaseException,
-                         expected: str | None) -> str:
+                         expected: str | None, *, named: bool) -> str:
     lines = [
         f"could not fetch model file {url}: {type(exc).__name__}: {exc}",
         "To use it without network access, download it elsewhere and either",
         f"  - copy it to {dest}",
         f"  - or pass the local file path instead of {source!r}.",
     ]
-    if source in MODELS:
+    if named:
         lines.append(f"(The cache directory can be changed with ${ENV_CACHE_DIR}.)")
     if expected is not None:
         lines.append(f"Its sha256 must be {expected}.")

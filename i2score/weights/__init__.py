@@ -5,7 +5,9 @@
   from the file runs; plus the allow-list for numpy arrays and a numpy-only loader.
 * :mod:`~i2score.weights.download`: :func:`~i2score.weights.download.download_file` (atomic,
   sha256-verified, bounded by timeouts) and :func:`~i2score.weights.download.sha256_file`.
+* :mod:`~i2score.weights.torchfile`: :func:`~i2score.weights.torchfile.safe_torch_load`, how the
+  checkpoint loaders read a ``torch.save`` file (``weights_only=True``; generators and encoders).
 
-A leaf package: it imports nothing else of i2score, so the generator and the feature networks
-can both use it.
+A leaf package: it imports nothing else of i2score, so the generator, the feature networks
+and the encoders can all use it.
 """

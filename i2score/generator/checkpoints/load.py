@@ -38,14 +38,10 @@ its own module in this package (:mod:`.native`, :mod:`.rosinality`, :mod:`.nvidi
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import pickle
-import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -69,6 +65,7 @@ from i2score.generator.checkpoints.rosinality import (
 from i2score.generator.checkpoints.tensorflow import tf_from_pickle
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import DEFAULT_MODEL, MODELS, resolve_model_file, sha256_file
+from i2score.weights.torchfile import safe_torch_load
 from i2score.weights.unpickle import UnsafePickleError
 
 __all__ = [
@@ -156,25 +153,8 @@ def nvidia_noise_const(source: str | os.PathLike[str] | StyleGAN2) -> list[Tenso
     return list(noise)
 
 
-def _torch_load(path: Path) -> Any:
-    # weights_only=True: torch's own restricted unpickler. rosinality's training checkpoints
-    # also hold the argparse Namespace of the run, which is plain data.
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # Name the offending global (torch's message also suggests weights_only=False, which
-        # is exactly what we must not do with an untrusted file).
-        m = re.search(r"GLOBAL ([\w.]+)\.(\w+)", str(exc))
-        module, name = (m.group(1), m.group(2)) if m else ("?", "?")
-        what = f"global {module}.{name}" if m else "a global"
-        raise UnsafePickleError(module, name, message=(
-            f"{path}: refusing to load this torch.save file: torch.load(weights_only=True) found "
-            f"{what} that is not plain checkpoint data, so loading it could run code")) from exc
-
-
 def _load_torch_save(path: Path) -> StyleGAN2:
-    obj = _torch_load(path)
+    obj = safe_torch_load(path)  # weights_only=True: see i2score.weights.torchfile
     if isinstance(obj, dict) and obj.get("format") == NATIVE_FORMAT:
         return from_native(obj)
     if isinstance(obj, dict) and isinstance(obj.get("g_ema"), Mapping):
