@@ -75,10 +75,16 @@ class EncoderConfig:
 
 
 def resize_to(images: Tensor, size: int) -> Tensor:
-    """``[B, C, H, W]`` -> ``[B, C, size, size]`` (bilinear, antialiased when shrinking);
-    unchanged when already that size."""
-    if images.shape[-2:] == (size, size):
+    """``[B, C, H, W]`` -> ``[B, C, size, size]``; unchanged when already that size.
+
+    Shrinking by an integer factor averages blocks (ReStyle shrinks its 1024 px renders to 256
+    with ``AdaptiveAvgPool2d``, which is exactly that); any other size change is antialiased
+    bilinear (pSp's input transform, a PIL bilinear resize)."""
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
         return images
+    if h % size == 0 and w % size == 0:
+        return F.avg_pool2d(images, kernel_size=(h // size, w // size))
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
