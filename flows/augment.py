@@ -12,9 +12,11 @@ from i2score.runs.config import JobConfig
 
 @flow(name="augment", task_runner=local_task_runner(), validate_parameters=True)
 def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: list[str] | None = None,
-            model: str | None = None, schedule: str = "paper", batch_size: int = 8, device: str = "auto",
+            model: str | None = None, schedule: str = "fast", batch_size: int | str = 8, device: str = "auto",
             runner: str = "local", seed: int = 0, include_originals: bool = True,
-            run_id: str | None = None) -> dict[str, Any]:
+            run_id: str | None = None, init: str | None = None, encoder: str | None = None,
+                precision: str = "auto",
+            channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
     mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
@@ -24,4 +26,6 @@ def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: 
     """
     return run_job(JobConfig("augment", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
-                             include_originals=include_originals), runner)
+                             include_originals=include_originals,
+                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             compile=compile), runner)

@@ -27,9 +27,20 @@ Root = Annotated[str, typer.Option("--root", help="Storage root URL: a local fol
                                                   "(the latent cache and runs/ live below it).")]
 Model = Annotated[str | None, typer.Option(help="Generator: registry name, path or URL "
                                                 "(default: the bundled demo-faces-64).")]
-ScheduleOpt = Annotated[str, typer.Option(help="Steps: 'paper' (5000+3000, edits 1000+1000), 'demo', "
-                                               "'W+N' or 'W+N/EW+EN'.")]
-BatchSize = Annotated[int, typer.Option(help="Images per batch (one task per batch).")]
+ScheduleOpt = Annotated[str, typer.Option(help="Where on the quality-time frontier: 'fast' (encoder start, short "
+                                               "converge-stopped stages), 'encoder' (no optimisation), 'paper' "
+                                               "(5000+3000 from the mean, edits 1000+1000), 'demo', 'W+N' or "
+                                               "'W+N/EW+EN'.")]
+BatchSize = Annotated[str, typer.Option(help="Images per batch (one task per batch), or 'auto' (CUDA: the largest "
+                                             "that fits in memory; CPU: 8).")]
+Init = Annotated[str | None, typer.Option(help="Where embeddings start: mean, uniform or encoder (default: the "
+                                               "schedule's).")]
+EncoderOpt = Annotated[str | None, typer.Option("--encoder", help="Encoder of an encoder start: registry name, "
+                                                                  "path or URL (default: the generator's).")]
+Precision = Annotated[str, typer.Option(help="auto (CPU fp32, CUDA bf16), fp32 or bf16.")]
+ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last",
+                                                   help="NHWC activations (default: off).")]
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the generator (compiles once per process).")]
 Device = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
 Runner = Annotated[str, typer.Option(help="Task runner: local (one batch at a time in this process), "
                                           "dask-local[:N] (N worker processes here), local-cuda (one "
@@ -80,6 +91,20 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     return state.result()
 
 
+def _engine(batch_size: str, init: str | None, encoder: str | None, precision: str, channels_last: bool | None,
+            compile: bool) -> dict[str, Any]:
+    """The flows' batch-size and engine parameters from the CLI's options (exits 2 on a bad batch size)."""
+    size: int | str = batch_size
+    if batch_size != "auto":
+        try:
+            size = int(batch_size)
+        except ValueError:
+            Console(stderr=True).print(f"[red]--batch-size {batch_size!r}[/red]: a positive integer or 'auto'")
+            raise typer.Exit(2) from None
+    return {"batch_size": size, "init": init, "encoder": encoder, "precision": precision,
+            "channels_last": channels_last, "compile": compile}
+
+
 def _report(result: dict[str, Any]) -> None:
     console = Console()
     what = "already finished, nothing recomputed" if result["noop"] else (
@@ -101,13 +126,16 @@ def _finish(result: dict[str, Any]) -> None:
 @app.command("reconstruct")
 def reconstruct_cmd(
     manifest: Annotated[str, typer.Argument(help="Manifest (CSV/TSV/Parquet/JSONL) with id, image.")],
-    root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8,
+    root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8",
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
+    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    channels_last: ChannelsLast = None, compile: Compile = False,
 ) -> None:
     """Embed every image of MANIFEST (cache hits are skipped) and write its reconstruction."""
     _finish(_run("reconstruct", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
-                 batch_size=batch_size, device=device, runner=runner, seed=seed, run_id=run_id))
+                 device=device, runner=runner, seed=seed, run_id=run_id,
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
 
 
 @app.command("inpaint")
@@ -115,24 +143,30 @@ def inpaint_cmd(
     manifest: Annotated[str, typer.Argument(help="Manifest with id, image, mask (white = missing).")],
     root: Root = "i2s-data", k: Annotated[int, typer.Option(help="Solutions per row (a row's params may "
                                                                    "override).")] = 1,
-    model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8, device: Device = "auto",
+    model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
+    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    channels_last: ChannelsLast = None, compile: Compile = False,
 ) -> None:
     """Fill the masked region of every row, k solutions each."""
     _finish(_run("inpaint", verbose, manifest=manifest, root=root, k=k, model=model, schedule=schedule,
-                 batch_size=batch_size, device=device, runner=runner, seed=seed, run_id=run_id))
+                 device=device, runner=runner, seed=seed, run_id=run_id,
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
 
 
 @app.command("edit")
 def edit_cmd(
     manifest: Annotated[str, typer.Argument(help="Edit manifest: id, op, image, ref/mask/params per op.")],
-    root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8,
+    root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8",
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
+    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    channels_last: ChannelsLast = None, compile: Compile = False,
 ) -> None:
     """Run every edit of MANIFEST from cached latents (sources not in the cache are embedded first)."""
     _finish(_run("edit", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
-                 batch_size=batch_size, device=device, runner=runner, seed=seed, run_id=run_id))
+                 device=device, runner=runner, seed=seed, run_id=run_id,
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
 
 
 @app.command("augment")
@@ -143,14 +177,17 @@ def augment_cmd(
     ops: Annotated[str, typer.Option(help="Comma-separated: style_mix, crossover, noise, jitter, "
                                           "interpolate.")] = "style_mix,crossover,noise,jitter,interpolate",
     originals: Annotated[bool, typer.Option(help="List the original images in dataset.csv too.")] = True,
-    model: Model = None, schedule: ScheduleOpt = "paper", batch_size: BatchSize = 8, device: Device = "auto",
+    model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
+    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    channels_last: ChannelsLast = None, compile: Compile = False,
 ) -> None:
     """Write N variants of every image and a dataset.csv manifest with their lineage."""
     _finish(_run("augment", verbose, manifest=manifest, root=root, n_per_image=n_per_image,
                  ops=[o.strip() for o in ops.split(",") if o.strip()], include_originals=originals, model=model,
-                 schedule=schedule, batch_size=batch_size, device=device, runner=runner, seed=seed,
-                 run_id=run_id))
+                 schedule=schedule, device=device, runner=runner, seed=seed,
+                 run_id=run_id,
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
 
 
 @app.command("demo")
@@ -228,7 +265,7 @@ def serve_cmd(
     manifest: Annotated[str, typer.Option(help="Manifest of the nightly reconstruction.")],
     root: Root = "i2s-data",
     cron: Annotated[str, typer.Option(help="Cron schedule of the nightly reconstruction (UTC).")] = "0 3 * * *",
-    model: Model = None, schedule: ScheduleOpt = "paper", device: Device = "auto",
+    model: Model = None, schedule: ScheduleOpt = "fast", device: Device = "auto",
     limit: Annotated[int, typer.Option(help="Flow runs at a time on this machine.")] = 1,
 ) -> None:
     """Serve the four flows from this machine (needs a Prefect server: `prefect server start`,

@@ -12,7 +12,7 @@ from flows.reconstruct import reconstruct
 
 
 def deployments(*, manifest: str, root: str, cron: str = "0 3 * * *", model: str | None = None,
-                schedule: str = "paper", device: str = "auto") -> list[Any]:
+                schedule: str = "fast", device: str = "auto") -> list[Any]:
     """A nightly ``reconstruct`` of ``manifest`` on ``cron`` (re-runs of an unchanged manifest
     finish at once; new images are embedded) plus on-demand ``inpaint``, ``edit`` and
     ``augment`` deployments writing under ``root``."""

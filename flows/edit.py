@@ -12,13 +12,17 @@ from i2score.runs.config import JobConfig
 
 
 @flow(name="edit", task_runner=local_task_runner(), validate_parameters=True)
-def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "paper",
-         batch_size: int = 8, device: str = "auto", runner: str = "local", seed: int = 0,
-         run_id: str | None = None) -> dict[str, Any]:
+def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
+         batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
+         run_id: str | None = None, init: str | None = None, encoder: str | None = None,
+                precision: str = "auto",
+         channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
     """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
     as each op needs; see ``manifests/README.md``). Source images missing from the cache are
     embedded first, through the same batches as :func:`flows.reconstruct.reconstruct` (so a
     dataset reconstructed before costs no embedding steps); then one task per batch of rows with
     the same op and parameters. Returns ids, counts and the report's URL.
     """
-    return run_job(JobConfig("edit", manifest, root, model, schedule, batch_size, device, seed, run_id), runner)
+    return run_job(JobConfig("edit", manifest, root, model, schedule, batch_size, device, seed, run_id,
+                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             compile=compile), runner)

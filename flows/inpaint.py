@@ -11,12 +11,16 @@ from i2score.runs.config import JobConfig
 
 
 @flow(name="inpaint", task_runner=local_task_runner(), validate_parameters=True)
-def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None, schedule: str = "paper",
-            batch_size: int = 8, device: str = "auto", runner: str = "local", seed: int = 0,
-            run_id: str | None = None) -> dict[str, Any]:
+def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None, schedule: str = "fast",
+            batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
+            run_id: str | None = None, init: str | None = None, encoder: str | None = None,
+                precision: str = "auto",
+            channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
     """Fill the white region of each row's mask (columns ``id``, ``image``, ``mask``; a row's
     ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
     pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.
     """
-    return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k),
+    return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k,
+                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             compile=compile),
                    runner)

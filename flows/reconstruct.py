@@ -12,16 +12,24 @@ from i2score.runs.config import JobConfig
 
 
 @flow(name="reconstruct", task_runner=local_task_runner(), validate_parameters=True)
-def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "paper",
-                batch_size: int = 8, device: str = "auto", runner: str = "local", seed: int = 0,
-                run_id: str | None = None) -> dict[str, Any]:
+def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
+                batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
+                run_id: str | None = None, init: str | None = None, encoder: str | None = None,
+                precision: str = "auto",
+                channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
     """Embed the images of ``manifest`` (columns ``id``, ``image``) into ``(w, n)``.
 
     Validates the manifest, skips images already in the cache under ``root`` (same bytes,
     weights and schedule), embeds the rest one batch per task, renders every reconstruction to
     ``runs/<run-id>/outputs/<id>.png`` and writes the output manifest, errors, summary and
-    report. ``schedule``: ``paper`` (5000 + 3000 steps), ``demo`` or ``"W+N"``. Returns ids,
-    counts and the report's URL.
+    report. ``schedule``: ``fast`` (an encoder start, then short converge-stopped stages),
+    ``encoder`` (the encoder alone), ``paper`` (5000 + 3000 steps from the mean), ``demo`` or
+    ``"W+N"``; ``init`` overrides where embeddings start (``mean``, ``uniform``, ``encoder``),
+    ``encoder`` names the encoder (default: the generator's). ``precision`` (``fp32``/``bf16``),
+    ``channels_last``, ``compile`` and ``batch_size="auto"`` select the engine's fast path (the
+    device decides when unset). Returns ids, counts and the report's URL.
     """
-    return run_job(JobConfig("reconstruct", manifest, root, model, schedule, batch_size, device, seed, run_id),
+    return run_job(JobConfig("reconstruct", manifest, root, model, schedule, batch_size, device, seed, run_id,
+                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             compile=compile),
                    runner)

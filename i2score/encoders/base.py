@@ -11,7 +11,7 @@ codes are ``[B, n_styles, w_dim]``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -134,7 +134,7 @@ class Encoder(nn.Module):
         """
         cfg = self.config
         x = resize_to(images.float(), cfg.input_size)
-        avg = cast(Tensor, self.latent_avg)[None].to(x.device)
+        avg = self.latent_avg[None].to(x.device)
         if not cfg.restyle:
             return avg + self.offsets(x)
         if G is None:

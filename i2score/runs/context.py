@@ -4,8 +4,10 @@ optimised and measured with, loaded once per (model, device)."""
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from i2score.encoders import Encoder
+from i2score.encoders.checkpoints import load_encoder
 from i2score.features import LPIPS, VGG16Features, VGGWeightsNotFoundError, load_lpips, load_vgg16
 from i2score.generator.checkpoints import load_generator
 from i2score.generator.network import StyleGAN2
@@ -22,10 +24,23 @@ class WorkerContext:
     lpips: LPIPS | None
     device: str
     model: str
+    encoders: dict[str, Encoder] = field(default_factory=dict)
 
     @property
     def generator_sha256(self) -> str:
         return str(self.G.weights_sha256)
+
+    def encoder(self, source: str, sha256: str) -> Encoder:
+        """The encoder ``source`` on this worker's device, loaded once; its weights must be the
+        ones the run was planned with (``sha256``)."""
+        with _CONTEXT_LOCK:
+            enc = self.encoders.get(source)
+            if enc is None:
+                enc = self.encoders[source] = load_encoder(source, device=self.device)
+        if enc.weights_sha256 != sha256:
+            raise RuntimeError(f"encoder {source!r} changed since the run was planned "
+                               f"({str(enc.weights_sha256)[:12]} != {sha256[:12]})")
+        return enc
 
 
 _CONTEXTS: dict[tuple[str, str], WorkerContext] = {}

@@ -22,10 +22,16 @@ from i2score.data import storage
 from i2score.data.cache import LatentCache, make_source
 from i2score.data.latents import Latents
 from i2score.data.manifest import LoadedRow, ManifestRow, RowError, load_row
-from i2score.method.applications import ALGORITHM_VERSION, reconstruct
+from i2score.method.applications import (
+    ALGORITHM_VERSION,
+    EmbeddingState,
+    reconstruct,
+    state_from_arrays,
+    state_to_arrays,
+)
 from i2score.method.applications.common import render
 from i2score.runs.augment import Augmentation, run_augmentations
-from i2score.runs.config import JobConfig, Schedule, resolve_device
+from i2score.runs.config import EngineOptions, JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import RunOutputs
@@ -184,6 +190,9 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
                 e = hits[k]
                 metrics[k] = {**{m: v for m, v in e.metrics.items() if v is not None}, "cached": True}
     out.cache_hits = len(latents)
+    # Embeddings to continue from a shorter cached one (planned by warm_start_sources).
+    items = spec["items"] if write_outputs else [i["source"] for i in spec["items"]]
+    warm: dict[str, str] = {i["key"]: i["warm"] for i in items if i.get("warm")}
     todo = [i for i, k in enumerate(keys) if k not in latents]
     loaded = _load([rows[i] for i in todo], gen["resolution"], out) if todo else []
     ok = [(i, lr) for i, lr in zip(todo, loaded, strict=True) if lr is not None]
@@ -196,8 +205,18 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
 
         def embed() -> None:
             x = torch.stack([unique[k].image for k in ukeys]).to(ctx.G.device)
+            init = spec.get("init")
+            enc = spec.get("encoder")
+            encoder = ctx.encoder(enc["id"], enc["sha256"]) if init == "encoder" and enc else None
+            engine = EngineOptions(**spec["engine"]) if spec.get("engine") else None
+            resume = [_warm_state(cache, warm.get(k)) for k in ukeys]
             res = reconstruct(x, ctx.G, steps_w=sched.steps_w, steps_n=sched.steps_n, seed=params["seed"],
-                              lr_w=sched.lr_w, lr_n=sched.lr_n, vgg=ctx.vgg, lpips=ctx.lpips or False)
+                              init=init, encoder=encoder, lr_w=sched.lr_w, lr_n=sched.lr_n, vgg=ctx.vgg,
+                              lpips=ctx.lpips or False, early_stop=sched.early_stop(),
+                              autocast_dtype=engine.autocast_dtype if engine else None,
+                              channels_last=engine.channels_last if engine else False,
+                              compile=engine.compile if engine else False,
+                              resume=resume if any(r is not None for r in resume) else None)
             sources = []
             for k in ukeys:
                 key, src = make_source(image_bytes=unique[k].image_bytes, mask_bytes=None,
@@ -211,6 +230,12 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
             timings = [{m: v for m, v in mt.items() if m in ("seconds", "steps_w", "steps_n", "steps")}
                        for mt in res.metrics]
             cache.put_many(ukeys, res.latents.to("cpu"), sources=sources, metrics=res.metrics, timings=timings)
+            try:
+                cache.put_states({k: state_to_arrays(st) for k, st in zip(ukeys, res.states, strict=True)})
+            except Exception as e:  # noqa: BLE001 - the entries are stored; only a later warm start is lost
+                if storage.is_transient(e):
+                    raise
+                log.warning("could not store the optimiser states of %d embeddings: %s", len(ukeys), e)
             for j, k in enumerate(ukeys):
                 latents[k] = res.latents[j].to("cpu")
                 metrics[k] = {**res.metrics[j], "cached": False}
@@ -235,6 +260,20 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
                             "inputs": {"image": r.image},
                             "params": params, "psnr": m.get(metric.key) if metric else None, "lpips": m.get("lpips"),
                             "ssim": m.get("ssim"), "metrics": jsonable_metrics(m)})
+
+
+def _warm_state(cache: LatentCache, key: str | None) -> EmbeddingState | None:
+    """The stored state of the cached embedding ``key`` to continue (None: start over)."""
+    if key is None:
+        return None
+    arrays = cache.get_state(key)
+    if arrays is None:
+        return None
+    try:
+        return state_from_arrays(arrays)
+    except (KeyError, ValueError) as e:
+        log.warning("optimiser state of %s… is incomplete (%s); starting over", key[:12], e)
+        return None
 
 
 def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:

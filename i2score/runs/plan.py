@@ -23,11 +23,23 @@ from typing import Any
 from i2score.data import storage
 from i2score.data.cache import LatentCache, source_key
 from i2score.data.manifest import ManifestRow, Rejection, RowError, load_row, validate_manifest
+from i2score.encoders.checkpoints import load_encoder
+from i2score.encoders.registry import default_encoder_for
+from i2score.features import load_vgg16
 from i2score.generator.checkpoints import load_generator
+from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import DEFAULT_MODEL
 from i2score.method.applications import ALGORITHM_VERSION
+from i2score.method.batch_size import largest_fitting_batch
 from i2score.runs.augment import plan_augmentations
-from i2score.runs.config import JobConfig, Schedule
+from i2score.runs.config import (
+    WARM_START_VARIES,
+    EngineOptions,
+    JobConfig,
+    Schedule,
+    engine_options,
+    resolve_device,
+)
 from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
@@ -85,13 +97,18 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     rows failed, only those are planned again.
     """
     attempt = attempt or uuid.uuid4().hex[:12]
-    schedule = Schedule.parse(config.schedule)
+    schedule = Schedule.parse(config.schedule, init=config.init)
     model = config.model or DEFAULT_MODEL
     # The weights hash enters every cache key; the plan only needs the header, so load on CPU.
     G = load_generator(model, device="cpu")
     assert G.weights_sha256 is not None, "load_generator sets the weights hash"
     gen: GeneratorRecord = {"id": model, "sha256": G.weights_sha256, "resolution": G.resolution,
                             "num_ws": G.num_ws}
+    init = schedule.resolved_init(G.domain)
+    encoder = plan_encoder(config, model, G) if init == "encoder" else None
+    device = resolve_device(config.device)
+    engine = engine_options(config, device)
+    batch_size = resolve_batch_size(config, G, engine, device)
     manifest_bytes = storage.read_bytes(config.manifest)
     job = {k: v for k, v in config.to_json().items() if k not in ("run_id", "device", "batch_size", "root")}
     job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job, asdict(schedule)])
@@ -131,7 +148,10 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
             good.append(r)
         del fetched
 
-    embed_params = schedule.reconstruct_params(config.seed)
+    embed_params = schedule.reconstruct_params(config.seed, domain=G.domain,
+                                               encoder_sha256=encoder["sha256"] if encoder else None)
+    if engine.precision != "fp32":
+        embed_params["precision"] = engine.precision  # bf16 gives other (nearby) bits
 
     def embed_key(url: str) -> str:
         return cache_key_of(sha[url], None, gen["sha256"], OPS["reconstruct"].algorithm, embed_params)
@@ -177,8 +197,13 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
 
     specs: list[dict[str, Any]] = []
     phases: list[list[str]] = []
+    warm = warm_start_sources(cache, misses, sha, gen["sha256"], embed_params)
+    for src in misses:
+        if src["key"] in warm:
+            src["warm"] = warm[src["key"]]
     base = {"run_id": run_id, "root": config.root, "config": config.to_json(), "attempt": attempt,
-            "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params}
+            "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params, "init": init,
+            "encoder": encoder, "engine": asdict(engine)}
 
     def add_phase(kind_: str, groups: list[list[dict[str, Any]]], extra: dict[str, Any] | None = None) -> None:
         ids: list[str] = []
@@ -195,23 +220,24 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     if config.kind == "reconstruct":
         items = [{"row": row_to_json(r), "key": row_keys[r.id]["image"]} for r in todo]
         miss_keys = {s["key"] for s in misses}
-        embed_items = [i for i in items if i["key"] in miss_keys]
+        embed_items = [{**i, "warm": warm[i["key"]]} if i["key"] in warm else i for i in items
+                       if i["key"] in miss_keys]
         render_items = [i for i in items if i["key"] not in miss_keys]
         # Hits only render (one forward each), so they travel in larger batches.
-        add_phase("reconstruct", _chunks(embed_items, config.batch_size)
-                  + _chunks(render_items, config.batch_size * 8))
+        add_phase("reconstruct", _chunks(embed_items, batch_size)
+                  + _chunks(render_items, batch_size * 8))
     else:
         if misses:
-            add_phase("embed", _chunks([{"source": s} for s in misses], config.batch_size))
+            add_phase("embed", _chunks([{"source": s} for s in misses], batch_size))
         if config.kind == "augment":
-            add_phase("augment", _augment_groups(config, good, todo, row_keys, gen["num_ws"]))
+            add_phase("augment", _augment_groups(config, good, todo, row_keys, gen["num_ws"], batch_size))
         else:
             groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in todo:
                 params = OPS[r.op].resolve_params(r.params, config)
                 groups[json.dumps([r.op, params], sort_keys=True)].append(
                     {"row": row_to_json(r), "keys": row_keys[r.id], "params": params})
-            add_phase("edit", [c for g in groups.values() for c in _chunks(g, config.batch_size)])
+            add_phase("edit", [c for g in groups.values() for c in _chunks(g, batch_size)])
 
     counts = {"rows": validation.n_total, "valid": len(good), "rejected": len(rejected),
               "already_done": len(good) - len(todo), "sources": len(sources),
@@ -221,13 +247,73 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda s: write_json(paths.spec_url(s["batch_id"]), s), specs))
     write_json(paths.url("plan.json"), {"digest": job_digest, "config": config.to_json(), "generator": gen,
-                                          "schedule": asdict(schedule), "phases": phases,
+                                          "schedule": asdict(schedule), "init": init, "encoder": encoder,
+                                          "engine": asdict(engine), "phases": phases,
                                           "attempt": attempt, "counts": counts})
     write_json(paths.record_url("validation"), {
         "batch_id": "validation", "kind": "validation", "attempt": attempt, "outputs": [],
         "errors": [asdict(r) for r in rejected], "embedding_steps": 0, "edit_steps": 0,
         "embedded": 0, "cache_hits": 0, "seconds": 0.0})
     return PlanResult(run_id, paths.run_url, job_digest, attempt, phases, counts)
+
+
+#: ``--batch-size auto`` on a CPU, where memory is not what limits a batch (time is).
+CPU_AUTO_BATCH = 8
+
+
+def resolve_batch_size(config: JobConfig, G: StyleGAN2, engine: EngineOptions, device: str) -> int:
+    """``config.batch_size``, with ``auto`` resolved: on CUDA the largest batch whose W+ step
+    fits in memory (probed with real steps), elsewhere :data:`CPU_AUTO_BATCH`."""
+    if config.batch_size != "auto":
+        return int(config.batch_size)
+    if not device.startswith("cuda"):
+        return CPU_AUTO_BATCH
+    import copy
+
+    G_dev = copy.deepcopy(G).to(device)
+    return largest_fitting_batch(G_dev, load_vgg16(device=device), device, autocast_dtype=engine.autocast_dtype,
+                                 channels_last=engine.channels_last)
+
+
+def plan_encoder(config: JobConfig, model: str, G: StyleGAN2) -> dict[str, str]:
+    """``{"id", "sha256"}`` of the encoder an encoder-started run uses (``config.encoder``, else
+    the generator's default); a ValueError when there is none or it does not fit the generator."""
+    source = config.encoder or default_encoder_for(model)
+    if source is None:
+        raise ValueError(f"schedule {config.schedule!r} starts embeddings from an encoder, but generator "
+                         f"{model!r} has no default encoder: pass --encoder NAME|PATH, or --init mean")
+    E = load_encoder(source, device="cpu")
+    if (E.config.n_styles, E.config.w_dim) != (G.num_ws, G.w_dim):
+        raise ValueError(f"encoder {source!r} predicts [{E.config.n_styles}, {E.config.w_dim}] codes; generator "
+                         f"{model!r} takes [{G.num_ws}, {G.w_dim}]")
+    assert E.weights_sha256 is not None, "load_encoder sets the weights hash"
+    return {"id": str(source), "sha256": E.weights_sha256}
+
+
+def warm_start_sources(cache: LatentCache, misses: Sequence[Mapping[str, Any]], sha: Mapping[str, str],
+                       gen_sha: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """For each embedding to compute, the cached embedding of the same image and settings with
+    the most steps it can continue (see :func:`i2score.method.applications.reconstruct`'s
+    ``resume``): ``{key: warm_key}``, only where there is one."""
+    if not misses:
+        return {}
+    algorithm = OPS["reconstruct"].algorithm
+    wanted = {s["key"]: {"image_sha256": sha[s["url"]], "mask_sha256": None, "generator_sha256": gen_sha,
+                         "algorithm": algorithm, "algorithm_version": ALGORITHM_VERSION, "params": dict(params)}
+              for s in misses}
+    found = cache.warm_starts(wanted, WARM_START_VARIES)
+    out: dict[str, str] = {}
+    steps_w, steps_n = int(params["steps_w"]), int(params["steps_n"])
+    for key, entries in found.items():
+        best: tuple[int, int] | None = None
+        for e in entries:
+            w, n = int(e.params["steps_w"]), int(e.params["steps_n"])
+            if w > steps_w or (w == steps_w and n > steps_n):
+                continue  # a stage cannot be rewound
+            rank = (w, n if w == steps_w else 0)
+            if best is None or rank > best:
+                best, out[key] = rank, e.key
+    return out
 
 
 def cache_key_of(image_sha: str, mask_sha: str | None, gen_sha: str, algorithm: str,
@@ -238,7 +324,8 @@ def cache_key_of(image_sha: str, mask_sha: str | None, gen_sha: str, algorithm: 
 
 
 def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[ManifestRow],
-                    row_keys: Mapping[str, Mapping[str, str]], num_ws: int) -> list[list[dict[str, Any]]]:
+                    row_keys: Mapping[str, Mapping[str, str]], num_ws: int,
+                    batch_size: int) -> list[list[dict[str, Any]]]:
     by_id = {r.id: r for r in good}
     augs = plan_augmentations([r.id for r in good], config.n_per_image, config.ops or AUGMENT_OPS,
                               seed=config.seed, num_ws=num_ws)
@@ -257,7 +344,7 @@ def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[Manif
     groups: list[list[dict[str, Any]]] = []
     current: list[dict[str, Any]] = []
     for its in per_source.values():
-        if current and len(current) + len(its) > config.batch_size * max(1, config.n_per_image):
+        if current and len(current) + len(its) > batch_size * max(1, config.n_per_image):
             groups.append(current)
             current = []
         current.extend(its)
