@@ -226,7 +226,7 @@ class EncoderTrainer:
         net = self.encoder.net
         offsets, deltas = net.codes_and_deltas(x) if isinstance(net, SmallEncoderNet) else (net(x), None)
         codes = cast(Tensor, self.encoder.latent_avg)[None] + offsets
-        recon = G.synthesize(codes, self.noise0[:len(x)])
+        recon = G.synthesize(codes, self.noise0)
         stats: dict[str, float] = {}
         loss_l2 = F.mse_loss(recon, x)
         loss = cfg.l2 * loss_l2
