@@ -16,7 +16,7 @@ def train_encoder_cmd(
     arch: Annotated[str, typer.Option(help="psp, e4e, restyle-psp or restyle-e4e.")] = "e4e",
     backbone: Annotated[str, typer.Option(help="small (the light CPU backbone) or ir_se50.")] = "small",
     width: Annotated[int, typer.Option(help="Base channels of the small backbone.")] = 32,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 3000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 4500,
     batch: Annotated[int, typer.Option(help="Images per step (half generator samples, half portraits).")] = 16,
     lr: Annotated[float, typer.Option(help="Adam's peak learning rate (cosine decay).")] = 1e-3,
     lpips: Annotated[float, typer.Option(help="LPIPS weight (0: no VGG).")] = 0.8,
@@ -34,8 +34,8 @@ def train_encoder_cmd(
     """Train an e4e/pSp encoder: L2 + LPIPS + e4e delta regulariser, and a W-space loss on
     generator samples; data = generator samples + procedural portraits (training seeds).
 
-    Seeded and resumable (rerun the same command). The defaults make the bundled
-    demo-faces-64-e4e encoder.
+    Seeded and resumable (rerun the same command). The defaults made the bundled
+    demo-faces-64-e4e encoder, with --threads 1 (results depend on the thread count).
     """
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
