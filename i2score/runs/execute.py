@@ -239,7 +239,7 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
             for j, k in enumerate(ukeys):
                 latents[k] = res.latents[j].to("cpu")
                 metrics[k] = {**res.metrics[j], "cached": False}
-                out.embedding_steps += int(res.metrics[j]["steps"])
+                out.embedding_steps += int(res.metrics[j]["steps"]) - int(res.metrics[j]["warm_start"])
             out.embedded += len(ukeys)
 
         _isolated(embed, [unique[k].row for k in ukeys], out)

@@ -110,8 +110,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     engine = engine_options(config, device)
     batch_size = resolve_batch_size(config, G, engine, device)
     manifest_bytes = storage.read_bytes(config.manifest)
-    job = {k: v for k, v in config.to_json().items() if k not in ("run_id", "device", "batch_size", "root")}
-    job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job, asdict(schedule)])
+    job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job_identity(config),
+                         schedule_identity(schedule)])
     run_id = config.run_id or f"{config.kind}-{job_digest[:12]}"
     paths = RunPaths(config.root, run_id)
 
@@ -255,6 +255,26 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         "errors": [asdict(r) for r in rejected], "embedding_steps": 0, "edit_steps": 0,
         "embedded": 0, "cache_hits": 0, "seconds": 0.0})
     return PlanResult(run_id, paths.run_url, job_digest, attempt, phases, counts)
+
+
+#: Job fields that do not change what a run computes (where, how fast, under which id).
+_NOT_IDENTITY = ("run_id", "device", "batch_size", "root", "channels_last", "compile")
+
+
+def job_identity(config: JobConfig) -> dict[str, Any]:
+    """The job fields that make a run's id: everything that changes its results. Fields added
+    later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
+    defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
+    added = {"init", "encoder", "precision"}
+    return {k: v for k, v in config.to_json().items()
+            if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
+
+
+def schedule_identity(schedule: Schedule) -> dict[str, Any]:
+    """:func:`job_identity` for the schedule: its fields, the ones added later only when set."""
+    defaults = asdict(Schedule("", 0, 0, 0, 0, 0, 0))
+    added = {"init", "converge", "patience", "min_delta_db", "check_every"}
+    return {k: v for k, v in asdict(schedule).items() if not (k in added and v == defaults[k])}
 
 
 #: ``--batch-size auto`` on a CPU, where memory is not what limits a batch (time is).
