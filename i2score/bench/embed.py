@@ -144,7 +144,7 @@ def kernel_mode(kernels: str) -> Iterator[None]:
 
 
 def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tensor, noise: Sequence[Tensor],
-                    stage: str, steps: int, lr_w: float = 0.01, lr_n: float = 5.0) -> float:
+                    stage: str, steps: int, lr_w: float = 0.01, lr_n: float = 5.0) -> tuple[float, list[Tensor]]:
     """The per-image baseline: one stage of Alg. 2 for ONE image, as published
     reimplementations run it (the baseline the engine is compared with, not the product).
 
@@ -163,7 +163,8 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
         steps: optimisation steps.
 
     Returns:
-        The last logged loss (a Python float; NaN when ``steps`` is 0).
+        ``(last logged loss, variables)``: the loss a Python float (NaN when ``steps`` is 0), the
+        variables ``[w]`` or the noise maps as optimised.
     """
     if x.shape[0] != 1:
         raise ValueError(f"the reference loop embeds one image at a time, got a batch of {x.shape[0]}")
@@ -183,7 +184,8 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
                 loss.backward()
                 opt.step()
                 last = loss.item()
-        elif stage == "noise":
+            return last, [w.detach()]
+        if stage == "noise":
             fixed_w = w_init.detach()
             maps = [n.detach().clone().requires_grad_(True) for n in noise]
             opt = torch.optim.Adam(maps, lr=lr_n, betas=(0.9, 0.999), eps=1e-8)
@@ -193,9 +195,8 @@ def reference_stage(G: StyleGAN2, vgg: VGG16Features, x: Tensor, *, w_init: Tens
                 loss.backward()
                 opt.step()
                 last = loss.item()
-        else:
-            raise ValueError(f"stage must be 'w' or 'noise', got {stage!r}")
-    return last
+            return last, [m.detach() for m in maps]
+    raise ValueError(f"stage must be 'w' or 'noise', got {stage!r}")
 
 
 def _inputs(G: StyleGAN2, batch: int) -> tuple[Tensor, Tensor, list[Tensor]]:

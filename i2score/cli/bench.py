@@ -241,3 +241,72 @@ def bench_cache_cmd(
 
     typer.echo(json.dumps(bench_cache_lookup(root, keys, w_shape=(num_ws, 512)), indent=2))
 
+
+
+@bench_app.command("frontier")
+def bench_frontier_cmd(
+    model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = "demo-faces-64",
+    encoder: Annotated[str | None, typer.Option(help="Encoder (default: the generator's).")] = None,
+    data: Annotated[Path, typer.Option(help="Sample data folder (images/heldout-NN.png, photos/*.png).")] = Path(
+        "manifests/demo"),
+    n_images: Annotated[int, typer.Option(help="Held-out portraits to embed.")] = 16,
+    photos: Annotated[bool, typer.Option(help="Also embed the scikit-image photos.")] = True,
+    reference: Annotated[str, typer.Option(help="The reference point W+N (paper batched from the mean; the "
+                                                "paper's own is 5000+3000).")] = "1000+1000",
+    methods: Annotated[str, typer.Option(help="Comma-separated subset of: paper-loop, paper, encoder, hybrid, "
+                                              "hybrid+converge.")] = "paper-loop,paper,encoder,hybrid,hybrid+converge",
+    batch: Annotated[int, typer.Option(help="Images per batch of the batched methods.")] = 8,
+    loop_images: Annotated[int, typer.Option(help="Images of each set the per-image loop embeds.")] = 2,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    out: Annotated[Path, typer.Option(help="Writes OUT.json, OUT.md and OUT.png.")] = Path("bench-frontier"),
+    seed: int = 0,
+) -> None:
+    """Quality (median/worst PSNR, LPIPS, SSIM) against seconds per image for every way to embed,
+    measured in one run: JSON, a Markdown table and a PNG plot (one curve per method)."""
+    import json
+
+    import torch
+
+    from i2score.bench.embed import environment
+    from i2score.bench.frontier import METHODS, bench_frontier, default_points, plot, to_json, to_markdown
+    from i2score.bench.quality import _load_rgb
+    from i2score.demo.sample_data import PHOTOS
+    from i2score.encoders.checkpoints import load_encoder
+    from i2score.encoders.registry import default_encoder_for
+    from i2score.features import VGGWeightsNotFoundError, load_lpips, load_vgg16
+    from i2score.generator.checkpoints import load_generator
+
+    chosen = _names(methods, METHODS, "method")
+    G = load_generator(model, device=device)
+    enc_source = encoder or default_encoder_for(model)
+    needs_encoder = any(m in ("encoder", "hybrid", "hybrid+converge") for m in chosen)
+    if needs_encoder and enc_source is None:
+        raise typer.BadParameter(f"{model} has no default encoder: pass --encoder or leave out the encoder methods")
+    E = load_encoder(enc_source, device=device) if needs_encoder and enc_source else None
+    vgg = load_vgg16(device=device)
+    try:
+        lpips = load_lpips(device=device)
+    except VGGWeightsNotFoundError:
+        lpips = None
+    sets = {"portraits": torch.stack([_load_rgb(data / "images" / f"heldout-{i:02d}.png") for i in range(n_images)])}
+    if photos:
+        sets["photos"] = torch.stack([_load_rgb(data / "photos" / f"{p}.png") for p in PHOTOS])
+    sets = {k: v.to(device) for k, v in sets.items()}
+    points = {m: p for m, p in default_points(reference).items() if m in chosen}
+    console = Console(stderr=True)
+    console.print(f"model {model}, encoder {enc_source}, reference {reference}, batch {batch}, device {device}")
+    rows = bench_frontier(G, sets, vgg=vgg, lpips=lpips, encoder=E, points=points, batch=batch,
+                          loop_images=loop_images, seed=seed, log=console.print)
+    env = {**environment(device), "model": model, "encoder": enc_source, "batch": batch, "seed": seed,
+           "command": "i2s bench frontier " + " ".join(f"--{k} {v}" for k, v in (
+               ("reference", reference), ("batch", batch), ("n-images", n_images)))}
+    report = to_json(rows, reference, env)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps(report, indent=2))
+    table = to_markdown(rows, reference)
+    Path(f"{out}.md").write_text(table)
+    plot(rows, f"{out}.png")
+    typer.echo(table)
+    typer.echo(json.dumps(report["targets"], indent=2))
+    typer.echo(f"wrote {out}.json, {out}.md, {out}.png")
+

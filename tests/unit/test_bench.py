@@ -69,13 +69,13 @@ def test_reference_loop_is_the_same_objective_as_the_engine(small_G, vgg, target
     x = target_images[:1]
     w0 = small_G.mean_w(1000, 0)[None, None].expand(1, small_G.num_ws, -1).clone()
     n0 = small_G.random_noise(1, [0])
-    ref_w = reference_stage(small_G, vgg, x, w_init=w0, noise=n0, stage="w", steps=1)
+    ref_w, _ = reference_stage(small_G, vgg, x, w_init=w0, noise=n0, stage="w", steps=1)
     _, res_w = optimize_w(small_G, [embedding_target(x)], w_ini=w0, n_ini=n0, vgg=vgg, steps=0)
     assert ref_w == pytest.approx(float(res_w.loss[0]), rel=1e-4)
-    ref_n = reference_stage(small_G, vgg, x, w_init=w0, noise=n0, stage="noise", steps=1)
+    ref_n, _ = reference_stage(small_G, vgg, x, w_init=w0, noise=n0, stage="noise", steps=1)
     _, res_n = optimize_noise(small_G, M=None, w=w0, n_ini=n0, x=x, steps=0)
     assert ref_n == pytest.approx(float(res_n.loss[0]), rel=1e-4)
-    later = reference_stage(small_G, vgg, x, w_init=w0, noise=n0, stage="w", steps=6)
+    later, _ = reference_stage(small_G, vgg, x, w_init=w0, noise=n0, stage="w", steps=6)
     assert later < ref_w  # it optimises
     with pytest.raises(ValueError):
         reference_stage(small_G, vgg, target_images[:2], w_init=w0, noise=n0, stage="w", steps=1)

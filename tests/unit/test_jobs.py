@@ -32,3 +32,42 @@ def test_next_batch_inputs_are_prefetched_while_a_batch_runs(tmp_path):
     (tmp_path / "p1.png").unlink()
     out = run_batch(config.root, plan.run_id, second)
     assert [o["id"] for o in out.outputs] == ["p1"] and out.errors == []
+
+
+def _random_encoder(path: Path, seed: int) -> str:
+    import torch
+
+    from i2score.encoders import EncoderConfig
+    from i2score.encoders.build import build_encoder
+    from i2score.encoders.native import save_encoder
+    from i2score.generator.checkpoints import load_generator
+
+    G = load_generator("demo-faces-64")
+    torch.manual_seed(seed)
+    enc = build_encoder(EncoderConfig(arch="e4e", backbone="small", n_styles=G.num_ws, w_dim=G.w_dim, input_size=64),
+                        G.mean_w(100, 0))
+    save_encoder(enc, path, generator="demo-faces-64")
+    return str(path)
+
+
+def test_an_embedding_made_with_one_encoder_is_no_hit_for_another_and_warm_starts_a_longer_one(tmp_path):
+    shutil.copy(DEMO / "images" / "heldout-00.png", tmp_path / "p0.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image\np0,p0.png\n")
+    enc_a, enc_b = _random_encoder(tmp_path / "a.pt", 1), _random_encoder(tmp_path / "b.pt", 2)
+    root = str(tmp_path / "root")
+
+    def run(schedule: str, encoder: str) -> tuple[dict, list]:
+        config = JobConfig("reconstruct", str(manifest), root, None, schedule, 1, "cpu", 0, None, init="encoder",
+                           encoder=encoder)
+        plan = plan_run(config)
+        outs = [run_batch(root, plan.run_id, b) for phase in plan.phases for b in phase]
+        return plan.counts, [o["metrics"] for out in outs for o in out.outputs]
+
+    counts, _ = run("2+2", enc_a)
+    assert counts["to_embed"] == 1
+    assert run("2+2", enc_a)[0]["batches"] == 0  # finished: nothing to do
+    counts, _ = run("2+2", enc_b)  # another encoder: another embedding
+    assert counts["to_embed"] == 1 and counts["cache_hits"] == 0
+    counts, metrics = run("4+2", enc_a)  # a longer schedule continues encoder a's W+ stage
+    assert counts["to_embed"] == 1 and metrics[0]["warm_start"] == 2 and metrics[0]["steps"] == 6
