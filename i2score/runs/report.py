@@ -65,6 +65,7 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
         "run_id": run_id, "kind": config["kind"], "digest": plan["digest"], "attempt": attempt,
         "manifest": storage.redact(config["manifest"]), "root": storage.redact(root),
         "run_url": storage.redact(paths.run_url), "generator": gen, "schedule": plan["schedule"],
+        "init": plan.get("init"), "encoder": plan.get("encoder"), "engine": plan.get("engine"),
         "seed": config["seed"],
         "rows": {"outputs": len(outputs), "input_rows_done": len(done_rows),
                  "failed": len({(e.get('row'), e.get('id')) for e in err_list})},
@@ -182,6 +183,23 @@ def psnr_meanings(outs: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str
     return found
 
 
+def _start_and_engine(s: Mapping[str, Any]) -> list[str]:
+    """Report lines: where embeddings started, converge-stopping, and how the engine computed."""
+    lines = []
+    sch, init, enc, eng = s["schedule"], s.get("init"), s.get("encoder"), s.get("engine")
+    if init:
+        start = f"encoder `{enc['id']}` (sha256 `{enc['sha256'][:12]}…`)" if init == "encoder" and enc else f"`{init}`"
+        stop = (f", each image stops when its loss gains < {sch['min_delta_db']} dB over {sch['patience']} steps"
+                if sch.get("converge") else "")
+        lines.append(f"- embeddings start from {start}{stop}")
+    if eng:
+        repro = "bit-reproducible for a seed on this device" if eng["bit_reproducible"] else (
+            "reproducible to float tolerance, not bit for bit")
+        extra = "".join(f", {k}" for k in ("channels_last", "compile") if eng.get(k))
+        lines.append(f"- engine: {eng['precision']}{extra} ({repro})")
+    return lines
+
+
 def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]],
                     errors: Sequence[Mapping[str, Any]], *, max_links: int = 50) -> str:
     """The run report as Markdown (also the flows' Markdown artifact)."""
@@ -195,6 +213,7 @@ def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]
         f"- generator: `{gen['id']}` ({gen['resolution']} px, sha256 `{str(gen['sha256'])[:12]}…`)",
         (f"- schedule: `{sch['name']}` (embedding {sch['steps_w']} + {sch['steps_n']} steps, "
         f"edits {sch['edit_steps_w']} + {sch['edit_steps_n']})"),
+        *_start_and_engine(s),
         f"- outputs: {s['rows']['outputs']}, failed rows: {s['rows']['failed']}",
         (f"- this attempt: {s['batches_run']} batches, {s['embedded']} images embedded ({s['embedding_steps']} "
         f"steps), {s['cache_hits']} cache hits, {s['edit_steps']} edit steps"),
