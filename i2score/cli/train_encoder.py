@@ -40,8 +40,10 @@ def train_encoder_cmd(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from i2score.demo.portraits import heldout_images
+    from i2score.demo.training import TrainConfig, load_portrait_dataset
     from i2score.encoders.native import save_encoder
-    from i2score.encoders.training import EncoderTrainConfig, evaluate_encoder, heldout_images, train_encoder
+    from i2score.encoders.training import EncoderTrainConfig, evaluate_encoder, train_encoder
     from i2score.features import load_lpips
     from i2score.generator.checkpoints import load_generator
     from i2score.generator.registry import sha256_file
@@ -54,6 +56,10 @@ def train_encoder_cmd(
     typer.echo("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
     G = load_generator(generator, device=device)
     lp = load_lpips(device=device)
+    # The demo generator's training seeds 0..n-1, rendered once into the run folder.
+    portraits = load_portrait_dataset(TrainConfig(resolution=G.resolution, dataset_size=n_portraits), out / "data",
+                                      log=lambda msg: typer.echo(msg))
+    heldout = heldout_images(16, G.resolution)
     columns = (TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[stats]}"), TimeRemainingColumn())
     with Progress(*columns) as bar:
@@ -62,8 +68,8 @@ def train_encoder_cmd(
         def on_step(step: int, total: int, stats: dict[str, float]) -> None:
             bar.update(task, completed=step, stats=" ".join(f"{k} {v:.4g}" for k, v in stats.items() if k != "lr"))
 
-        trainer = train_encoder(cfg, out, G, lpips=lp, max_steps=max_steps, progress=on_step,
-                                log=bar.console.print)
+        trainer = train_encoder(cfg, out, G, portraits, heldout=heldout, lpips=lp, max_steps=max_steps,
+                                progress=on_step, log=bar.console.print)
     if export is None:
         return
     if trainer.step < cfg.steps:
@@ -71,7 +77,7 @@ def train_encoder_cmd(
                                  param_hint="--export")
     encoder = trainer.export_encoder()
     G_cpu = G.cpu()
-    ev = evaluate_encoder(encoder, G_cpu, heldout_images(16, G.resolution), lp.cpu())
+    ev = evaluate_encoder(encoder, G_cpu, heldout.cpu(), lp.cpu())
     save_encoder(encoder, export, generator=G.source, generator_sha256=G.weights_sha256,
                  training=dataclasses.asdict(cfg), heldout16=ev, torch_threads=torch.get_num_threads())
     typer.echo("held-out (16 portraits, encoder alone, seed-0 noise): "

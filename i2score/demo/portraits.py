@@ -19,6 +19,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 TRAIN_SEEDS = 16_384
@@ -308,3 +309,11 @@ def render_dataset(seeds: range | list[int], resolution: int = 64) -> np.ndarray
 def heldout_seeds(n: int) -> list[int]:
     """The first ``n`` held-out seeds (never used for training)."""
     return [HELDOUT_SEED_BASE + i for i in range(n)]
+
+
+def heldout_images(n: int = 16, resolution: int = 64) -> torch.Tensor:
+    """The first ``n`` held-out portraits as ``float32 [n, 3, R, R]`` in [-1, 1]: the pixels of
+    ``manifests/demo/images/heldout-NN.png`` (rendered the same way and stored losslessly), the
+    images the demo encoder is measured on."""
+    arr = np.stack([render_portrait(s, resolution) for s in heldout_seeds(n)])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0

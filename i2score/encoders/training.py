@@ -17,9 +17,10 @@ that is half generator samples and half procedural portraits:
   samples: the portraits (the real data) are fitted by the image losses alone.
 
 Data: generator samples (``z -> w`` with no truncation, rendered with fresh random noise per
-sample) and portraits ``0 .. n_portraits-1`` of :mod:`i2score.demo.portraits`, the demo
-generator's training seeds (never the held-out ones), x-flipped at random. ``latent_avg`` is
-``G.mean_w()``.
+sample) and a pool of real images from the caller, x-flipped at random: for the demo model,
+portraits ``0 .. n_portraits-1`` of :mod:`i2score.demo.portraits`, its training seeds (never the
+held-out ones; ``i2s train-encoder`` renders them, this layer may not import the demo).
+``latent_avg`` is ``G.mean_w()``.
 
 Deterministic for a seed on a given device and thread count, and resumable: ``checkpoint.pt``
 in the output folder holds the model, the optimiser and every random stream, so a run that is
@@ -38,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,7 +65,7 @@ class EncoderTrainConfig:
         lpips_images: LPIPS runs on this many images of each batch (half samples, half
             portraits; 0 = all): VGG's forward and backward cost ~5x the rest of a step on a
             CPU, so the perceptual term is estimated on a subset while L2 sees every image.
-        n_portraits: portraits ``0 .. n_portraits-1`` form the real-image pool.
+        n_portraits: size of the real-image pool (for the demo: portraits ``0 .. n-1``).
         seed: seeds weights, latents, noise and data order.
         snapshot_every, log_every, eval_every: cadence of checkpoints, log lines and
             held-out evaluations (0 = never).
@@ -112,34 +112,11 @@ def delta_regularizer(deltas: Tensor | None) -> Tensor:
     return deltas.norm(dim=2).sum(dim=1).mean()
 
 
-def load_portraits(n: int, resolution: int, cache_dir: Path | None = None) -> Tensor:
-    """Portraits ``0 .. n-1`` (training seeds) as ``uint8 [n, 3, R, R]``; cached in ``cache_dir``
-    as ``portraits-{R}-{n}.npy`` (rendering is a pure function of the seed: the cache only
-    saves time, ~14 ms an image)."""
-    from i2score.demo.portraits import TRAIN_SEEDS, render_dataset
-
-    if n > TRAIN_SEEDS:
-        raise ValueError(f"n_portraits {n} > TRAIN_SEEDS {TRAIN_SEEDS}: larger seeds are held out")
-    path = None if cache_dir is None else cache_dir / f"portraits-{resolution}-{n}.npy"
-    if path is not None and path.is_file():
-        data = np.load(path)
-    else:
-        data = render_dataset(range(n), resolution)
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + f".tmp{os.getpid()}.npy")
-            np.save(tmp, data)
-            os.replace(tmp, path)
-    return torch.from_numpy(np.ascontiguousarray(data.transpose(0, 3, 1, 2)))
-
-
-def heldout_images(n: int = 16, resolution: int = 64) -> Tensor:
-    """The first ``n`` held-out portraits, ``[n, 3, R, R]`` in [-1, 1]: the pixels of
-    ``manifests/demo/images/heldout-NN.png`` (rendered the same way, losslessly stored)."""
-    from i2score.demo.portraits import heldout_seeds, render_portrait
-
-    arr = np.stack([render_portrait(s, resolution) for s in heldout_seeds(n)])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+def psnr(image: Tensor, target: Tensor) -> Tensor:
+    """PSNR in dB per image of ``[B, 3, H, W]`` in [-1, 1] (peak-to-peak 2): ``[B]``. The same
+    formula as :func:`i2score.method.metrics.psnr`, which this layer may not import."""
+    mse = (image.float() - target.float()).square().flatten(1).mean(dim=1)
+    return 10 * torch.log10(4.0 / mse.clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -153,8 +130,6 @@ def evaluate_encoder(encoder: Encoder, G: StyleGAN2, images: Tensor, lpips: torc
     ``speed_batch``, best of ``speed_repeats``, with the default (batch-invariant) kernels
     and the current thread count.
     """
-    from i2score.method.metrics import psnr
-
     was_training = encoder.training
     encoder.eval()
     x = images.to(G.device).float()
@@ -291,28 +266,34 @@ Progress = Callable[[int, int, dict[str, float]], None]
 """``progress(step, total_steps, stats)`` after every step."""
 
 
-def train_encoder(cfg: EncoderTrainConfig, out_dir: str | os.PathLike[str], G: StyleGAN2, *,
-                  lpips: torch.nn.Module | None = None, max_steps: int | None = None,
-                  progress: Progress | None = None, log: Callable[[str], None] = print) -> EncoderTrainer:
+def train_encoder(cfg: EncoderTrainConfig, out_dir: str | os.PathLike[str], G: StyleGAN2, portraits: Tensor, *,
+                  heldout: Tensor | None = None, lpips: torch.nn.Module | None = None,
+                  max_steps: int | None = None, progress: Progress | None = None,
+                  log: Callable[[str], None] = print) -> EncoderTrainer:
     """Train (or resume) an encoder for ``G`` in ``out_dir``; returns the trainer at its last step.
 
+    Args:
+        portraits: the real-image pool, ``uint8 [n_portraits, 3, R, R]``.
+        heldout: images ``[N, 3, R, R]`` in [-1, 1] that :func:`evaluate_encoder` measures
+            every ``eval_every`` steps (None: no evaluation).
+        lpips: the LPIPS module (needed when ``cfg.lpips > 0``).
+        max_steps: stop after this many steps (a later call resumes).
+        progress: called after every step.
+
     ``out_dir`` receives ``checkpoint.pt`` (full state, every ``snapshot_every`` steps and at
-    the end), ``log.jsonl`` (one line every ``log_every`` steps, plus ``eval`` lines with
-    :func:`evaluate_encoder`'s numbers on the 16 held-out portraits every ``eval_every``) and
-    ``data/`` (the rendered portrait pool). Rerunning resumes; ``max_steps`` stops early.
+    the end) and ``log.jsonl`` (one line every ``log_every`` steps, plus ``eval`` lines).
     """
+    if len(portraits) != cfg.n_portraits or portraits.dtype != torch.uint8:
+        raise ValueError(f"portraits must be uint8 [{cfg.n_portraits}, 3, R, R], got {portraits.dtype} "
+                         f"{list(portraits.shape)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    portraits = load_portraits(cfg.n_portraits, G.resolution, out / "data")
-    log(f"{len(portraits)} portraits ready in {time.perf_counter() - t0:.0f} s")
     trainer = EncoderTrainer(cfg, G, portraits, lpips)
     ckpt = out / "checkpoint.pt"
     if ckpt.is_file():
         trainer.load_state(torch.load(ckpt, map_location="cpu", weights_only=False))
         log(f"resumed from {ckpt} at step {trainer.step}")
     end = cfg.steps if max_steps is None else min(cfg.steps, trainer.step + max_steps)
-    heldout = heldout_images(16, G.resolution) if cfg.eval_every else None
     t_last, step_last = time.perf_counter(), trainer.step
     with open(out / "log.jsonl", "a") as logf:
         while trainer.step < end:
@@ -328,7 +309,8 @@ def train_encoder(cfg: EncoderTrainConfig, out_dir: str | os.PathLike[str], G: S
                           **{k: round(v, 6) for k, v in stats.items()}}
                 logf.write(json.dumps(record) + "\n")
                 logf.flush()
-            if heldout is not None and (trainer.step % cfg.eval_every == 0 or trainer.step == cfg.steps):
+            eval_due = cfg.eval_every and (trainer.step % cfg.eval_every == 0 or trainer.step == cfg.steps)
+            if heldout is not None and eval_due:
                 ev = evaluate_encoder(trainer.encoder, G, heldout, lpips, speed_batch=0)
                 logf.write(json.dumps({"step": trainer.step, "eval": {k: round(v, 4) for k, v in ev.items()}}) + "\n")
                 logf.flush()

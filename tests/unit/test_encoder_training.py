@@ -8,17 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from i2score.demo.portraits import heldout_images
+from i2score.demo.training import TrainConfig, load_portrait_dataset
 from i2score.encoders.base import ARCHS, EncoderConfig
 from i2score.encoders.build import build_encoder
 from i2score.encoders.native import encoder_from_native, save_encoder
 from i2score.encoders.small import SmallEncoderNet, build_small_net, style_groups
-from i2score.encoders.training import (
-    EncoderTrainConfig,
-    delta_regularizer,
-    evaluate_encoder,
-    heldout_images,
-    train_encoder,
-)
+from i2score.encoders.training import EncoderTrainConfig, delta_regularizer, evaluate_encoder, psnr, train_encoder
 from i2score.generator.network import StyleGAN2
 
 BUNDLED = Path(__file__).resolve().parents[2] / "i2score" / "models" / "demo-faces-64-e4e.pt"
@@ -101,14 +97,19 @@ def tiny_lpips() -> torch.nn.Module:
 
 def test_tiny_training_is_deterministic_and_resumable(tmp_path: Path, tiny_lpips: torch.nn.Module) -> None:
     G = _tiny_generator()
+    pool = load_portrait_dataset(TrainConfig(resolution=64, dataset_size=TINY.n_portraits))
+    with pytest.raises(ValueError, match="portraits must be"):
+        train_encoder(TINY, tmp_path / "bad", G, pool[:3], log=lambda _: None)
     steps_seen: list[int] = []
-    full = train_encoder(TINY, tmp_path / "full", G, lpips=tiny_lpips, log=lambda _: None,
+    # Held-out evaluations along the way read the weights and leave the random streams alone.
+    full = train_encoder(dataclasses.replace(TINY, eval_every=2), tmp_path / "full", G, pool,
+                         heldout=heldout_images(2, 64), lpips=tiny_lpips, log=lambda _: None,
                          progress=lambda step, total, stats: steps_seen.append(step))
     assert steps_seen == [1, 2, 3, 4] and full.step == 4
-    train_encoder(TINY, tmp_path / "again", G, lpips=tiny_lpips, log=lambda _: None)
-    part = train_encoder(TINY, tmp_path / "resumed", G, lpips=tiny_lpips, max_steps=2, log=lambda _: None)
+    train_encoder(TINY, tmp_path / "again", G, pool, lpips=tiny_lpips, log=lambda _: None)
+    part = train_encoder(TINY, tmp_path / "resumed", G, pool, lpips=tiny_lpips, max_steps=2, log=lambda _: None)
     assert part.step == 2
-    resumed = train_encoder(TINY, tmp_path / "resumed", G, lpips=tiny_lpips, log=lambda _: None)
+    resumed = train_encoder(TINY, tmp_path / "resumed", G, pool, lpips=tiny_lpips, log=lambda _: None)
     assert resumed.step == 4
     a, b, c = _weights(tmp_path / "full"), _weights(tmp_path / "again"), _weights(tmp_path / "resumed")
     start = build_encoder(TINY.encoder_config(G)).state_dict()
@@ -116,12 +117,21 @@ def test_tiny_training_is_deterministic_and_resumable(tmp_path: Path, tiny_lpips
     for k in a:
         assert torch.equal(a[k], b[k]), k
         assert torch.equal(a[k], c[k]), k
+    assert (tmp_path / "full" / "log.jsonl").read_text().count('"eval"') == 2
     log_lines = (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()
     assert len(log_lines) == 4 and '"lpips"' in log_lines[0] and '"delta"' in log_lines[0]
     # The latent average is the generator's mean w, on every row.
     torch.testing.assert_close(a["latent_avg"], G.mean_w()[None].expand(10, -1))
     with pytest.raises(ValueError, match="trained with"):
-        train_encoder(dataclasses.replace(TINY, lr=0.5), tmp_path / "full", G, lpips=tiny_lpips, log=lambda _: None)
+        train_encoder(dataclasses.replace(TINY, lr=0.5), tmp_path / "full", G, pool, lpips=tiny_lpips,
+                      log=lambda _: None)
+
+
+def test_psnr_matches_the_method_metric() -> None:
+    from i2score.method.metrics import psnr as method_psnr
+
+    a, b = torch.rand(3, 3, 8, 8) * 2 - 1, torch.rand(3, 3, 8, 8) * 2 - 1
+    torch.testing.assert_close(psnr(a, b), method_psnr(a, b))
 
 
 def test_heldout_images_are_the_sample_data_files() -> None:
@@ -148,5 +158,8 @@ def test_bundled_demo_encoder_beats_a_random_one() -> None:
     trained = evaluate_encoder(enc, G, images, speed_batch=0)
     torch.manual_seed(0)
     random = evaluate_encoder(build_encoder(enc.config, G.mean_w()), G, images, speed_batch=0)
-    assert trained["psnr_median"] >= 22.0, trained
-    assert random["psnr_median"] < trained["psnr_median"] - 5, (random, trained)
+    # Measured at export: 19.8 dB median on these 4 (20.3 on all 16); a random encoder with the
+    # same latent_avg gets 10.6 dB, the mean-w image 10.9 dB.
+    assert trained["psnr_median"] >= 19.0, trained
+    assert trained["psnr_worst"] >= 16.0, trained
+    assert random["psnr_median"] < 14.0, random
