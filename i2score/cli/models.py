@@ -70,7 +70,7 @@ def _encoders_table(console: Console, cache_dir: Path | None) -> None:
         table.add_row(spec.name, spec.arch, spec.generator, cached, defaults)
     console.print(table)
     # Google Drive links: a person may have to download by hand, so print the authors' page.
-    for spec in ENCODERS.values():
+    for spec in (s for s in ENCODERS.values() if s.page):  # bundled ones have no download page
         console.print(f"{spec.name}  {spec.page}", soft_wrap=True, highlight=False, markup=False)
 
 

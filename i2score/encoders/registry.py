@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from i2score.encoders.base import ARCHS, BACKBONES, Arch, Backbone
-from i2score.generator.registry import MODELS, model_cache_path
+from i2score.generator.registry import BUNDLED_SCHEME, MODELS, model_cache_path
 
 __all__ = [
     "DEFAULT_ENCODER",
@@ -123,12 +123,25 @@ def _view(file_id: str) -> str:
     return f"https://drive.google.com/file/d/{file_id}/view?usp=sharing"
 
 
+#: sha256 of the bundled demo encoder (checked whenever it is resolved).
+DEMO_ENCODER_SHA256 = "37bed10cab1e7f3ad0dc53faf78066b8079e0b20645164b610df870e094e0504"
+
 _PSP_ID = "1bMTNWkh5LArlaWSc_wa8VKyq2V42T2z0"
 _E4E_ID = "1cUv_reLE6k3604or78EranS7XzuVMWeO"
 _RESTYLE_PSP_ID = "1sw6I2lRIB0MpuJkpc8F5BJiSZrc0hjfE"
 _RESTYLE_E4E_ID = "1e2oXVeBPXMQoUoC_4TNwAWpOPpSEhE_e"
 
 _SPECS: tuple[EncoderSpec, ...] = (
+    # --- bundled with the package ---------------------------------------------------------------
+    # Trained by this project for the bundled demo generator (``i2s train-encoder``; README
+    # "Demo encoder"): e4e-style, small backbone, 6.4 MiB.
+    EncoderSpec(
+        name="demo-faces-64-e4e", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64-e4e.pt",
+        filename="demo-faces-64-e4e.pt", sha256=DEMO_ENCODER_SHA256, arch="e4e", backbone="small",
+        generator="demo-faces-64", resolution=64,
+        description="demo: e4e (small backbone) for demo-faces-64, trained by i2score, bundled",
+        reference="i2score README, 'Demo encoder'"),
+    # --- FFHQ (the authors' checkpoints) ----------------------------------------------------------
     EncoderSpec(
         name="psp-ffhq", url=_drive(_PSP_ID), filename="psp_ffhq_encode.pt", sha256=None, arch="psp",
         backbone="ir_se50", generator="ffhq-1024", resolution=1024,
@@ -165,8 +178,8 @@ ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in _SPECS}
 #: The encoder a generator uses when none is named. pSp: the most faithful single pass, a
 #: good start for the optimisation that follows (e4e trades fidelity for editability; ReStyle
 #: costs five generator passes). ``ffhq-1024-tf`` is the same network as ``ffhq-1024``.
-#: ``demo-faces-64`` gets its entry once the bundled encoder is trained.
 DEFAULT_ENCODER: dict[str, str] = {
+    "demo-faces-64": "demo-faces-64-e4e",
     "ffhq-1024": "psp-ffhq",
     "ffhq-1024-tf": "psp-ffhq",
 }
