@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -202,7 +202,7 @@ class EncoderTrainer:
             group["lr"] = cfg.lr_at(self.step)
         net = self.encoder.net
         offsets, deltas = net.codes_and_deltas(x) if isinstance(net, SmallEncoderNet) else (net(x), None)
-        codes = cast(Tensor, self.encoder.latent_avg)[None] + offsets
+        codes = self.encoder.latent_avg[None] + offsets
         recon = G.synthesize(codes, self.noise0)
         stats: dict[str, float] = {}
         loss_l2 = F.mse_loss(recon, x)

@@ -167,7 +167,7 @@ class JobConfig:
     manifest: str
     root: str
     model: str | None = None
-    schedule: str = "paper"
+    schedule: str = "fast"
     batch_size: int | str = 8
     device: str = "auto"
     seed: int = 0

@@ -256,3 +256,19 @@ def test_demo_command_writes_its_reports(tmp_path):
         if s["kind"] == "edit":
             assert s["embedding_steps"] == 0
     assert "report" in result.output
+
+
+def test_the_encoder_schedule_and_engine_options_through_the_flow(storage_root):
+    from flows.reconstruct import reconstruct
+
+    imgs = {f"p{i}": _image(storage_root, f"heldout-0{i}.png") for i in range(2)}
+    manifest = _manifest(storage_root, "enc.csv", ["id", "image"], [[k, v] for k, v in imgs.items()])
+    res = reconstruct(manifest, root=storage_root, schedule="encoder", batch_size="auto", device="cpu",
+                      precision="fp32")
+    assert res["outputs"] == 2 and res["failed"] == 0 and res["embedding_steps"] == 0
+    summary = _summary(res)
+    assert summary["init"] == "encoder" and summary["encoder"]["id"] == "demo-faces-64-e4e"
+    assert summary["engine"] == {"precision": "fp32", "channels_last": False, "compile": False,
+                                 "bit_reproducible": True}
+    # The encoder's codes alone: far from the targets, but far better than the mean latent.
+    assert 14 < summary["metrics"]["psnr"]["median"] < 30
