@@ -25,8 +25,8 @@ def train_encoder_cmd(
     n_portraits: Annotated[int, typer.Option(help="Portraits 0..N-1 form the real-image pool.")] = 8192,
     seed: Annotated[int, typer.Option(help="Seed of weights, latents, noise and data order.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads (results are deterministic for a "
-                                                     "seed and thread count).")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads. Runs repeat bit for bit on one "
+                                                     "thread; with more, oneDNN's parallel reductions differ.")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (resume later).")] = None,
     export: Annotated[Path | None, typer.Option(help="Write the final encoder here (i2score's native "
                                                      "encoder format, with the held-out numbers).")] = None,

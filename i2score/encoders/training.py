@@ -22,7 +22,8 @@ portraits ``0 .. n_portraits-1`` of :mod:`i2score.demo.portraits`, its training 
 held-out ones; ``i2s train-encoder`` renders them, this layer may not import the demo).
 ``latent_avg`` is ``G.mean_w()``.
 
-Deterministic for a seed on a given device and thread count, and resumable: ``checkpoint.pt``
+Deterministic for a seed on a given device with one CPU thread (with more, the ordinary
+kernels' parallel reductions make runs differ in the last bits; measured), and resumable: ``checkpoint.pt``
 in the output folder holds the model, the optimiser and every random stream, so a run that is
 interrupted and resumed ends with the same weights as one that is not.
 """

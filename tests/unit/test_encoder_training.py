@@ -95,7 +95,18 @@ def tiny_lpips() -> torch.nn.Module:
     return load_lpips(allow_download=False)
 
 
-def test_tiny_training_is_deterministic_and_resumable(tmp_path: Path, tiny_lpips: torch.nn.Module) -> None:
+@pytest.fixture()
+def one_thread():
+    # Bit-for-bit repeatable on one thread only: with two, oneDNN's parallel backward reductions
+    # (the trainer runs the ordinary kernels) make two identical runs differ in the last bits.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_tiny_training_is_deterministic_and_resumable(tmp_path: Path, tiny_lpips: torch.nn.Module,
+                                                       one_thread: None) -> None:
     G = _tiny_generator()
     pool = load_portrait_dataset(TrainConfig(resolution=64, dataset_size=TINY.n_portraits))
     with pytest.raises(ValueError, match="portraits must be"):

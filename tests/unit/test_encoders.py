@@ -198,16 +198,22 @@ def test_native_round_trip(tmp_path: Path) -> None:
 
 
 def test_registry_entries() -> None:
-    assert set(ENCODERS) == {"psp-ffhq", "e4e-ffhq", "restyle-psp-ffhq", "restyle-e4e-ffhq"}
-    assert {s.filename for s in ENCODERS.values()} == {
+    assert set(ENCODERS) == {"demo-faces-64-e4e", "psp-ffhq", "e4e-ffhq", "restyle-psp-ffhq", "restyle-e4e-ffhq"}
+    official = {k: s for k, s in ENCODERS.items() if k != "demo-faces-64-e4e"}
+    assert {s.filename for s in official.values()} == {
         "psp_ffhq_encode.pt", "e4e_ffhq_encode.pt", "restyle_psp_ffhq_encode.pt", "restyle_e4e_ffhq_encode.pt"}
     for spec in ENCODERS.values():
         assert spec.generator in MODELS and MODELS[spec.generator].resolution == spec.resolution
-        assert spec.n_styles == MODELS[spec.generator].num_ws == 18
+        assert spec.n_styles == MODELS[spec.generator].num_ws
+    for spec in official.values():
+        assert spec.n_styles == 18
         assert spec.page.startswith("https://drive.google.com/file/d/") and spec.reference
-    assert DEFAULT_ENCODER["ffhq-1024"] in ENCODERS and "demo-faces-64" not in DEFAULT_ENCODER
+    assert DEFAULT_ENCODER["ffhq-1024"] in ENCODERS and DEFAULT_ENCODER["demo-faces-64"] == "demo-faces-64-e4e"
+    # The bundled one resolves offline, checked against its sha256.
+    demo = load_encoder("demo-faces-64-e4e")
+    assert demo.weights_sha256 == ENCODERS["demo-faces-64-e4e"].sha256 and demo.config.n_styles == 10
     assert get_encoder_spec("e4e-ffhq").arch == "e4e"
-    with pytest.raises(UnknownEncoderError, match="known encoders: e4e-ffhq, psp-ffhq"):
+    with pytest.raises(UnknownEncoderError, match="known encoders: demo-faces-64-e4e, e4e-ffhq, psp-ffhq"):
         get_encoder_spec("nope")
 
 
