@@ -84,3 +84,12 @@ def test_a_warm_start_cannot_rewind_a_stage(small_G, vgg, target_images):
     longer = reconstruct(target_images[:1], small_G, steps_w=6, steps_n=2, **kw)
     with pytest.raises(ValueError, match="cannot warm-start"):
         reconstruct(target_images[:1], small_G, steps_w=3, steps_n=2, resume=longer.states, **kw)
+    # A stage that stopped by itself after more steps than asked is no shortcut either.
+    longer.states[0].w_stage.stopped = True
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        reconstruct(target_images[:1], small_G, steps_w=3, steps_n=2, resume=longer.states, **kw)
+    # A longer noise stage is not reused for a shorter one: that stage starts over.
+    longer.states[0].w_stage.stopped = False
+    fewer_noise = reconstruct(target_images[:1], small_G, steps_w=6, steps_n=1, resume=longer.states, **kw)
+    cold = reconstruct(target_images[:1], small_G, steps_w=6, steps_n=1, **kw)
+    assert _same(fewer_noise, cold) and fewer_noise.metrics[0]["warm_start"] == 6

@@ -210,7 +210,9 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
     w_states: list[StageState | None] = [None] * batch
     w_start: list[int | None] = []
     for r in prior:
-        if r is not None and r.w_stage.steps > steps_w and not r.w_stage.stopped:
+        # Even a stage that stopped by itself at more steps is not the result of fewer: a cold
+        # run of steps_w steps would have ended before it stopped.
+        if r is not None and r.w_stage.steps > steps_w:
             raise ValueError(f"cannot warm-start {steps_w} W+ steps from {r.w_stage.steps}")
         done = r is not None and (r.w_stage.stopped or r.w_stage.steps == steps_w)
         w_start.append(None if done else (r.w_stage.steps if r is not None else 0))
@@ -235,12 +237,13 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
     n_states: list[StageState | None] = [None] * batch
     n_start: list[int | None] = []
     for b, r in enumerate(prior):
-        if r is None or w_start[b] is not None:  # a new w: its noise stage starts over
+        # A new w, or a noise stage longer than asked (it cannot be rewound): start over.
+        if r is None or w_start[b] is not None or r.noise_stage.steps > steps_n:
             n_start.append(0)
         elif r.noise_stage.stopped or r.noise_stage.steps == steps_n:
             n_start.append(None)
         else:
-            n_start.append(r.noise_stage.steps if r.noise_stage.steps < steps_n else 0)
+            n_start.append(r.noise_stage.steps)
     n_out = [n.clone() for n in n_ini]
     for start, idx in _groups(n_start).items():
         if start is None:
