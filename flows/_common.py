@@ -53,6 +53,12 @@ def _absolute(url: str) -> str:
     return url if "://" in url else os.path.abspath(url)
 
 
+def inputs_tuple(allowed: list[str] | None) -> tuple[str, ...] | None:
+    """The ``allowed_inputs`` parameter as the job holds it: local prefixes absolute (relative to
+    the caller's folder, so workers started elsewhere agree), None kept (the manifest's folder)."""
+    return None if allowed is None else tuple(_absolute(a) for a in allowed)
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60]
 

@@ -49,6 +49,10 @@ Seed = Annotated[int, typer.Option(help="Seed of initial latents and random draw
 RunId = Annotated[str | None, typer.Option(help="Run id (default: derived from the job, so re-running "
                                                 "resumes an interrupted run or does nothing).")]
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines.")]
+Allow = Annotated[list[str] | None, typer.Option(
+    "--allow", help="URL prefix the manifest's files may come from (repeatable: a folder, s3://bucket/prefix/, "
+                    "https://host/path/). Default: the manifest's own folder only.")]
+MaxInputBytes = Annotated[int | None, typer.Option(help="Largest input file read, in bytes (default 64 MiB).")]
 
 
 def _prefect_env(verbose: bool) -> None:
@@ -105,6 +109,19 @@ def _engine(batch_size: str, init: str | None, encoder: str | None, precision: s
             "channels_last": channels_last, "compile": compile}
 
 
+def _inputs(allow: list[str] | None, max_input_bytes: int | None) -> dict[str, Any]:
+    """The flows' input-confinement parameters from the CLI's options (exits 2 on a bad value)."""
+    from i2score.data.inputs import InputPolicy
+
+    try:
+        InputPolicy(tuple(allow) if allow else None, max_input_bytes if max_input_bytes is not None else 1)
+    except ValueError as e:
+        Console(stderr=True).print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    return {"allowed_inputs": [a if "://" in a else os.path.abspath(a) for a in allow] if allow else None,
+            "max_input_bytes": max_input_bytes}
+
+
 def _report(result: dict[str, Any]) -> None:
     console = Console()
     what = "already finished, nothing recomputed" if result["noop"] else (
@@ -130,12 +147,14 @@ def reconstruct_cmd(
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
-    channels_last: ChannelsLast = None, compile: Compile = False,
+    channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
+    max_input_bytes: MaxInputBytes = None,
 ) -> None:
     """Embed every image of MANIFEST (cache hits are skipped) and write its reconstruction."""
     _finish(_run("reconstruct", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 **_inputs(allow, max_input_bytes)))
 
 
 @app.command("inpaint")
@@ -146,12 +165,14 @@ def inpaint_cmd(
     model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
-    channels_last: ChannelsLast = None, compile: Compile = False,
+    channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
+    max_input_bytes: MaxInputBytes = None,
 ) -> None:
     """Fill the masked region of every row, k solutions each."""
     _finish(_run("inpaint", verbose, manifest=manifest, root=root, k=k, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 **_inputs(allow, max_input_bytes)))
 
 
 @app.command("edit")
@@ -161,12 +182,14 @@ def edit_cmd(
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
-    channels_last: ChannelsLast = None, compile: Compile = False,
+    channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
+    max_input_bytes: MaxInputBytes = None,
 ) -> None:
     """Run every edit of MANIFEST from cached latents (sources not in the cache are embedded first)."""
     _finish(_run("edit", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 **_inputs(allow, max_input_bytes)))
 
 
 @app.command("augment")
@@ -180,14 +203,16 @@ def augment_cmd(
     model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
-    channels_last: ChannelsLast = None, compile: Compile = False,
+    channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
+    max_input_bytes: MaxInputBytes = None,
 ) -> None:
     """Write N variants of every image and a dataset.csv manifest with their lineage."""
     _finish(_run("augment", verbose, manifest=manifest, root=root, n_per_image=n_per_image,
                  ops=[o.strip() for o in ops.split(",") if o.strip()], include_originals=originals, model=model,
                  schedule=schedule, device=device, runner=runner, seed=seed,
                  run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile)))
+                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 **_inputs(allow, max_input_bytes)))
 
 
 @app.command("demo")

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, run_job
 from i2score.runs.config import JobConfig
 
 
@@ -16,13 +16,17 @@ def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, sche
          batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
          run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-         channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+         channels_last: bool | None = None, compile: bool = False,
+        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None) -> dict[str, Any]:
     """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
     as each op needs; see ``manifests/README.md``). Source images missing from the cache are
     embedded first, through the same batches as :func:`flows.reconstruct.reconstruct` (so a
     dataset reconstructed before costs no embedding steps); then one task per batch of rows with
     the same op and parameters. Returns ids, counts and the report's URL.
+    ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's
+    folder), ``max_input_bytes`` caps each file (README "Bad input").
     """
     return run_job(JobConfig("edit", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
-                             compile=compile), runner)
+                             compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
+                             max_input_bytes=max_input_bytes), runner)

@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, run_job
 from i2score.runs.config import JobConfig
 
 
@@ -15,12 +15,16 @@ def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | No
             batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-            channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+            channels_last: bool | None = None, compile: bool = False,
+        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None) -> dict[str, Any]:
     """Fill the white region of each row's mask (columns ``id``, ``image``, ``mask``; a row's
     ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
     pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.
+    ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's
+    folder), ``max_input_bytes`` caps each file (README "Bad input").
     """
     return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
-                             compile=compile),
+                             compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
+                             max_input_bytes=max_input_bytes),
                    runner)

@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, run_job
 from i2score.runs.config import JobConfig
 
 
@@ -16,7 +16,8 @@ def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = Non
                 batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
                 run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-                channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+                channels_last: bool | None = None, compile: bool = False,
+        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None) -> dict[str, Any]:
     """Embed the images of ``manifest`` (columns ``id``, ``image``) into ``(w, n)``.
 
     Validates the manifest, skips images already in the cache under ``root`` (same bytes,
@@ -28,8 +29,11 @@ def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = Non
     ``encoder`` names the encoder (default: the generator's). ``precision`` (``fp32``/``bf16``),
     ``channels_last``, ``compile`` and ``batch_size="auto"`` select the engine's fast path (the
     device decides when unset). Returns ids, counts and the report's URL.
+    ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's
+    folder), ``max_input_bytes`` caps each file (README "Bad input").
     """
     return run_job(JobConfig("reconstruct", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
-                             compile=compile),
+                             compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
+                             max_input_bytes=max_input_bytes),
                    runner)

@@ -13,6 +13,7 @@ from prefect.futures import wait
 from flows._common import DEFAULT_ROOT, _absolute, local_task_runner
 from flows.runners import thread_pool
 from i2score.data import storage
+from i2score.data.inputs import manifest_folder
 from tasks import shards
 
 KINDS = ("reconstruct", "inpaint", "edit", "augment")
@@ -69,6 +70,10 @@ def sharded(manifest: str, deployment: str, root: str = DEFAULT_ROOT, rows_per_s
     root = _absolute(root)
     params = {k: v for k, v in (parameters or {}).items() if k not in ("manifest", "run_id")}
     params["root"] = root
+    if params.get("allowed_inputs") is None:
+        # Shards live under root/shards/, so their own folder says nothing: the shard runs get
+        # the original manifest's confinement, spelled out.
+        params["allowed_inputs"] = [manifest_folder(_absolute(manifest))]
     plan = shards.split_manifest(_absolute(manifest), root, kind, rows_per_shard, params)
     logger.info("%d shards (%s rows), %d rows rejected: %s", len(plan["shards"]), plan["rows"], plan["rejected"],
                 plan["errors_url"])

@@ -27,12 +27,18 @@ def validate_cmd(
         "--check-files/--no-check-files",
         help="Also read and decode every image and mask (slower; same checks as a run).")] = True,
     resolution: Annotated[int, typer.Option(help="Generator resolution the files are fitted to.")] = 64,
+    allow: Annotated[list[str] | None, typer.Option(
+        "--allow", help="URL prefix files may come from (repeatable); default: the manifest's own folder, "
+                        "as in a run.")] = None,
+    max_input_bytes: Annotated[int | None, typer.Option(
+        help="Largest input file read, in bytes (default 64 MiB).")] = None,
 ) -> None:
     """Validate a manifest: print the valid count and a table of rejected rows with reasons.
 
     Exits 1 if any row is rejected, 2 if the manifest cannot be read.
     """
-    from i2score.data.manifest import ManifestError, validate_manifest
+    from i2score.data.inputs import policy_for_manifest
+    from i2score.data.manifest import ManifestError, absolute_url, validate_manifest
     from i2score.runs.ops import CATALOG, KINDS
 
     console = Console()
@@ -40,8 +46,13 @@ def validate_cmd(
         console.print(f"[red]--kind must be one of {', '.join(KINDS)}[/red]")
         raise typer.Exit(2)
     try:
+        inputs = policy_for_manifest(absolute_url(manifest), allow or None, max_input_bytes)
+    except ValueError as e:
+        console.print(f"[red]{e}[/red]")
+        raise typer.Exit(2) from None
+    try:
         result = validate_manifest(manifest, CATALOG, kind=kind, check_files=check_files,
-                                   resolution=resolution if check_files else None)
+                                   resolution=resolution if check_files else None, inputs=inputs)
     except (ManifestError, OSError) as e:
         console.print(Text("cannot read manifest: ", style="red") + Text(storage.redact(e)))
         raise typer.Exit(2) from None

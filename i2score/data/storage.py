@@ -68,12 +68,14 @@ __all__ = [
     "configure_retries",
     "delete",
     "exists",
+    "info",
     "is_remote",
     "is_transient",
     "join",
     "list_files",
     "read_bytes",
     "read_many",
+    "read_stream",
     "redact",
     "safe_url",
     "set_storage_options",
@@ -233,15 +235,58 @@ def _cat_takes_max_concurrency(fs: AbstractFileSystem) -> bool:
 _CAT_MAX_CONCURRENCY: dict[type, bool] = {}
 
 
-def read_bytes(url: str, *, attempts: int | None = None, **storage_options: Any) -> bytes:
-    """Whole object as bytes, retried on transient errors."""
+def read_bytes(url: str, *, start: int | None = None, end: int | None = None, attempts: int | None = None,
+               **storage_options: Any) -> bytes:
+    """The object as bytes (``start``/``end``: a byte range, end exclusive; an ``end`` past the
+    object's size gives what there is), retried on transient errors."""
+    ranged = {"start": start, "end": end} if start is not None or end is not None else {}
 
     def _read() -> bytes:
         fs, path = url_to_fs(url, **storage_options)
         if _cat_takes_max_concurrency(fs):
             # s3fs >= 2025: otherwise a HEAD (size) precedes the GET, and a LIST follows a 404
-            return bytes(fs.cat_file(path, max_concurrency=1))
-        return bytes(fs.cat_file(path))
+            return bytes(fs.cat_file(path, max_concurrency=1, **ranged))
+        return bytes(fs.cat_file(path, **ranged))
+
+    return _with_retries("read", url, _read, attempts)
+
+
+def info(url: str, *, attempts: int | None = None, **storage_options: Any) -> dict[str, Any]:
+    """The object's metadata as fsspec gives it (``type``: ``file`` or ``directory``, ``size``
+    in bytes, ...), never from a stale listing cache."""
+
+    def _info() -> dict[str, Any]:
+        fs, path = url_to_fs(url, **storage_options)
+        fs.invalidate_cache(path)
+        return dict(fs.info(path))
+
+    return _with_retries("info", url, _info, attempts)
+
+
+def read_stream(url: str, *, limit: int, follow_redirects: bool = True, attempts: int | None = None,
+                **storage_options: Any) -> bytes:
+    """At most ``limit`` bytes of the object at ``url``, read as a stream: a server that sends
+    more (or no ``Content-Length``) cannot make this read more than ``limit``. With
+    ``follow_redirects=False`` (HTTP), a redirect is an error instead of a second request."""
+    opts = dict(storage_options)
+    if _protocol(url) in ("http", "https") and not follow_redirects:
+        opts["allow_redirects"] = False
+
+    def _read() -> bytes:
+        fs, path = url_to_fs(url, **opts)
+        with fs.open(path, "rb", block_size=0) as f:
+            status = getattr(getattr(f, "r", None), "status", 200)
+            if 300 <= int(status) < 400:
+                raise PermissionError(f"{safe_url(url)} answered with a redirect ({status}), which is not followed")
+            chunks: list[bytes] = []
+            got = 0
+            while got < limit:
+                chunk = f.read(min(1 << 20, limit - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks)
 
     return _with_retries("read", url, _read, attempts)
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from i2score.data.inputs import InputPolicy, policy_for_manifest
 from i2score.method.blocks import EarlyStop
 
 #: The ``fast`` schedule, chosen on the demo model (README, "Embedding: the quality-time frontier"):
@@ -161,6 +162,10 @@ class JobConfig:
             generator's default encoder.
         precision, channels_last, compile: the engine's fast path (:func:`engine_options`; None
             and ``auto`` = the device's default).
+        allowed_inputs: URL prefixes the rows' files must be inside (README "Bad input"); None =
+            the manifest's own folder only.
+        max_input_bytes: the largest input file read; None = 64 MiB
+            (:data:`i2score.data.inputs.DEFAULT_MAX_INPUT_BYTES`).
     """
 
     kind: str
@@ -181,6 +186,8 @@ class JobConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    allowed_inputs: tuple[str, ...] | None = None
+    max_input_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -196,16 +203,28 @@ class JobConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         Schedule.parse(self.schedule)
+        if self.max_input_bytes is not None and self.max_input_bytes < 1:
+            raise ValueError(f"max_input_bytes must be >= 1, got {self.max_input_bytes}")
+        if self.allowed_inputs is not None:
+            # the policy checks each prefix (no chained URLs, none empty)
+            InputPolicy(tuple(self.allowed_inputs))
+
+    def input_policy(self) -> InputPolicy:
+        """What this job's rows may name and how their files are read: the ``allowed_inputs``
+        prefixes, or only the manifest's folder when None (:func:`policy_for_manifest`)."""
+        return policy_for_manifest(self.manifest, self.allowed_inputs, self.max_input_bytes)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
-        d["ops"] = list(self.ops) if self.ops is not None else None
+        for name in ("ops", "allowed_inputs"):
+            d[name] = list(d[name]) if d[name] is not None else None
         return d
 
     @staticmethod
     def from_json(d: Mapping[str, Any]) -> JobConfig:
         d = dict(d)
-        d["ops"] = tuple(d["ops"]) if d.get("ops") is not None else None
+        for name in ("ops", "allowed_inputs"):
+            d[name] = tuple(d[name]) if d.get(name) is not None else None
         return JobConfig(**d)
 
 

@@ -138,15 +138,18 @@ def _failure_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:500]
 
 
-def _load(rows: Sequence[ManifestRow], resolution: int, out: BatchOutcome,
+def _load(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome,
           as_row: Callable[[ManifestRow], ManifestRow] | None = None) -> list[LoadedRow | None]:
-    """Load rows (``None`` for a row that failed; its error is recorded)."""
+    """Load rows under the job's input policy (``None`` for a row that failed; its error is
+    recorded)."""
+    inputs = JobConfig.from_json(spec["config"]).input_policy()
+    resolution = spec["generator"]["resolution"]
     urls = [u for r in rows for u in r.urls()]
-    fetched = read_all(urls)
+    fetched = read_all(urls, inputs)
     loaded: list[LoadedRow | None] = []
     for r in rows:
         try:
-            loaded.append(load_row(r, resolution=resolution, fetched=fetched))
+            loaded.append(load_row(r, resolution=resolution, fetched=fetched, inputs=inputs))
         except RowError as e:
             out.errors.append(error_record(as_row(r) if as_row else r, e.reason_code, e.message, e.field, e.url))
             loaded.append(None)
@@ -194,7 +197,7 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
     items = spec["items"] if write_outputs else [i["source"] for i in spec["items"]]
     warm: dict[str, str] = {i["key"]: i["warm"] for i in items if i.get("warm")}
     todo = [i for i, k in enumerate(keys) if k not in latents]
-    loaded = _load([rows[i] for i in todo], gen["resolution"], out) if todo else []
+    loaded = _load([rows[i] for i in todo], spec, out) if todo else []
     ok = [(i, lr) for i, lr in zip(todo, loaded, strict=True) if lr is not None]
     # Identical images in one batch are embedded once.
     unique: dict[str, LoadedRow] = {}
@@ -292,7 +295,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                                            "(their embedding failed: see the errors of the rows that use them)"))
         else:
             ready_idx.append(idx)
-    loaded = _load([rows[i] for i in ready_idx], spec["generator"]["resolution"], out)
+    loaded = _load([rows[i] for i in ready_idx], spec, out)
     ok = [(i, lr) for i, lr in zip(ready_idx, loaded, strict=True) if lr is not None]
     if not ok:
         return
@@ -335,7 +338,7 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
     need_pixels = {i for it in items if AUGMENTATIONS[it["augmentation"]["op"]].pixels for i in it["sources"]}
     rows = {i: row_from_json(s["row"]) for i, s in srcs.items()}
     pix_ids = sorted(need_pixels)
-    loaded = dict(zip(pix_ids, _load([rows[i] for i in pix_ids], spec["generator"]["resolution"], out), strict=True))
+    loaded = dict(zip(pix_ids, _load([rows[i] for i in pix_ids], spec, out), strict=True))
     augs: list[Augmentation] = []
     ok_items: list[dict[str, Any]] = []
     for it in items:

@@ -20,9 +20,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from i2score.data import storage
 from i2score.data.cache import LatentCache, source_key
-from i2score.data.manifest import ManifestRow, Rejection, RowError, load_row, validate_manifest
+from i2score.data.manifest import (
+    Manifest,
+    ManifestRow,
+    Rejection,
+    RowError,
+    absolute_url,
+    load_row,
+    read_manifest_bytes,
+    validate_manifest,
+)
 from i2score.encoders.checkpoints import load_encoder
 from i2score.encoders.registry import default_encoder_for
 from i2score.features import load_vgg16
@@ -109,7 +117,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     device = resolve_device(config.device)
     engine = engine_options(config, device)
     batch_size = resolve_batch_size(config, G, engine, device)
-    manifest_bytes = storage.read_bytes(config.manifest)
+    manifest_bytes = read_manifest_bytes(config.manifest)
+    inputs = config.input_policy()
     job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job_identity(config),
                          schedule_identity(schedule)])
     run_id = config.run_id or f"{config.kind}-{job_digest[:12]}"
@@ -124,7 +133,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         return PlanResult(run_id, paths.run_url, job_digest, attempt, [], {}, noop=True, summary=summary)
 
     kind = "reconstruct" if config.kind == "augment" else config.kind
-    validation = validate_manifest(config.manifest, CATALOG, kind=kind)
+    validation = validate_manifest(Manifest.from_bytes(manifest_bytes, absolute_url(config.manifest)), CATALOG,
+                                   kind=kind, inputs=inputs)
     rejected = list(validation.rejected)
     rows = validation.rows
 
@@ -133,11 +143,11 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     good: list[ManifestRow] = []
     # A chunk at a time: only hashes are kept, so memory does not grow with the dataset.
     for chunk in _chunks(rows, PLAN_READ_CHUNK):
-        fetched = read_all([u for r in chunk for u in r.urls()])
+        fetched = read_all([u for r in chunk for u in r.urls()], inputs)
         for r in chunk:
             if any(isinstance(fetched.get(u), BaseException) for u in r.urls()):
                 try:
-                    load_row(r, resolution=gen["resolution"], fetched=fetched)
+                    load_row(r, resolution=gen["resolution"], fetched=fetched, inputs=inputs)
                 except RowError as e:
                     rejected.append(Rejection(r.row, r.id, e.reason_code, e.message, e.field, e.url))
                     continue
@@ -265,7 +275,7 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     """The job fields that make a run's id: everything that changes its results. Fields added
     later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
     defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
-    added = {"init", "encoder", "precision"}
+    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes"}
     return {k: v for k, v in config.to_json().items()
             if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
 

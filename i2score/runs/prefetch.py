@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from i2score.data import storage
+from i2score.data.inputs import InputPolicy
+from i2score.runs.config import JobConfig
 from i2score.runs.records import RunPaths, read_json, row_from_json
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,9 @@ _prefetched: dict[str, dict[str, bytes]] = {}
 prefetch_thread: threading.Thread | None = None
 
 
-def read_all(urls: Sequence[str], max_workers: int = 16) -> dict[str, bytes | BaseException]:
-    """Read ``urls`` in parallel (prefetched bytes of this batch are taken instead of re-read)."""
+def read_all(urls: Sequence[str], inputs: InputPolicy, max_workers: int = 16) -> dict[str, bytes | BaseException]:
+    """Read the input files ``urls`` in parallel under ``inputs`` (prefetched bytes of this batch
+    are taken instead of re-read: they were read under the same batch's policy)."""
     urls = list(dict.fromkeys(urls))
     got: dict[str, bytes | BaseException] = {}
     with _PREFETCH_LOCK:
@@ -33,7 +36,7 @@ def read_all(urls: Sequence[str], max_workers: int = 16) -> dict[str, bytes | Ba
             got.update({u: by_url.pop(u) for u in urls if u in by_url and u not in got})
     rest = [u for u in urls if u not in got]
     if rest:
-        got.update(storage.read_many(rest, max_workers=max_workers))
+        got.update(inputs.read_many(rest, max_workers=max_workers))
     return got
 
 
@@ -52,8 +55,9 @@ def _prefetch(paths: RunPaths, batch_id: str) -> None:
     try:
         if storage.exists(paths.record_url(batch_id)):
             return
-        urls = spec_input_urls(read_json(paths.spec_url(batch_id)))
-        got = storage.read_many(list(dict.fromkeys(urls)))
+        spec = read_json(paths.spec_url(batch_id))
+        inputs = JobConfig.from_json(spec["config"]).input_policy()
+        got = inputs.read_many(spec_input_urls(spec))
     except Exception:  # an optimisation only: the batch reads (and reports) its own inputs
         log.debug("prefetch of batch %s failed", batch_id, exc_info=True)
         return

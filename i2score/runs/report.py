@@ -12,7 +12,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from i2score.data import storage
+from i2score.data.inputs import InputPolicy
 from i2score.data.manifest import Rejection, validate_manifest
+from i2score.runs.config import JobConfig
 from i2score.runs.ops import CATALOG, OPS
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import RunPaths, batch_records, read_json
@@ -94,7 +96,11 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     }
     if config["kind"] == "augment":
         summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config))
-    sheet = _write_sheet(paths, out_list, gen["resolution"])
+    job = JobConfig.from_json(config)
+    # The sheet shows the run's inputs (under the job's own input policy) and its outputs.
+    policy = job.input_policy()
+    sheet_inputs = InputPolicy((*(policy.allowed or ()), paths.run_url), policy.max_bytes)
+    sheet = _write_sheet(paths, out_list, gen["resolution"], sheet_inputs)
     if sheet is None:
         summary["files"]["sheet"] = None
     md = report_markdown(summary, out_list, err_list)
@@ -116,7 +122,8 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     # Not "op"/"params": those columns mean an edit to a manifest reader; these are lineage.
     w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params"])
     if config.get("include_originals", True):
-        for r in validate_manifest(config["manifest"], CATALOG, kind="reconstruct").rows:
+        job = JobConfig.from_json(config)
+        for r in validate_manifest(config["manifest"], CATALOG, kind="reconstruct", inputs=job.input_policy()).rows:
             w.writerow([r.id, storage.redact(r.image), r.id, "", "original", "{}"])
     for o in outs:
         rel = "outputs/" + storage.basename(o["output_url"])
@@ -128,7 +135,8 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     return url
 
 
-def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution: int, limit: int = 16) -> str | None:
+def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution: int, read_policy: InputPolicy,
+                 limit: int = 16) -> str | None:
     """A contact sheet: per output (up to ``limit``), its input image(s) and the output."""
     import io
 
@@ -142,7 +150,7 @@ def _write_sheet(paths: RunPaths, outs: Sequence[Mapping[str, Any]], resolution:
     inputs = [o.get("inputs") or {"image": o["source_urls"][0]} for o in shown]
     roles = [r for r in ("image", "ref", "mask") if any(i.get(r) for i in inputs)]
     urls = [u for o, i in zip(shown, inputs, strict=True) for u in [i.get(r) for r in roles] + [o["output_url"]] if u]
-    got = read_all(urls)
+    got = read_all(urls, read_policy)
 
     def tile(url: str | None) -> Any:
         data = got.get(url) if url else None

@@ -21,7 +21,15 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from i2score.data import storage
-from i2score.data.manifest import Manifest, ManifestRow, Rejection, rejections_to_arrow, validate_manifest
+from i2score.data.inputs import policy_for_manifest
+from i2score.data.manifest import (
+    Manifest,
+    ManifestRow,
+    Rejection,
+    read_manifest_bytes,
+    rejections_to_arrow,
+    validate_manifest,
+)
 from i2score.runs.ops import CATALOG, OPS
 
 
@@ -95,9 +103,12 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     url = manifest_url if "://" in manifest_url else os.path.abspath(manifest_url)
-    data = storage.read_bytes(url)
+    data = read_manifest_bytes(url)
     manifest = Manifest.from_bytes(data, url)
-    result = validate_manifest(manifest, CATALOG, kind="reconstruct" if kind == "augment" else kind)
+    job_map = dict(job or {})
+    inputs = policy_for_manifest(url, job_map.get("allowed_inputs"), job_map.get("max_input_bytes"))
+    result = validate_manifest(manifest, CATALOG, kind="reconstruct" if kind == "augment" else kind,
+                               inputs=inputs)
     job_json = json.dumps(dict(job or {}), sort_keys=True, default=str)
     digest = hashlib.sha256(b"\0".join([data, job_json.encode(), kind.encode(),
                                         str(rows_per_shard).encode()])).hexdigest()[:16]

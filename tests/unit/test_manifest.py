@@ -111,7 +111,7 @@ CORPUS: list[tuple[list[str], str | None]] = [
     (["params_ref", "../data/good.png", "", "expression_transfer", "", '{"a": "ok_rec", "b": "trunc"}'],
      "invalid_params"),
     (["missing", "../data/nope.png", "", "reconstruct", "", ""], "missing_file"),
-    (["unreadable", "<FOLDER>", "", "reconstruct", "", ""], "unreadable_file"),
+    (["folder", "<FOLDER>", "", "reconstruct", "", ""], "not_a_regular_file"),
     (["empty", "../data/empty.png", "", "reconstruct", "", ""], "empty_file"),
     (["trunc", "../data/truncated.png", "", "reconstruct", "", ""], "truncated_image"),
     (["garbage", "../data/garbage.png", "", "reconstruct", "", ""], "undecodable_image"),
@@ -194,12 +194,12 @@ def test_bad_input_corpus(storage_root, tmp_path):
 
     # Schema checks alone reject the schema rows and pass the file rows.
     schema_only = validate_manifest(url, CATALOG, kind="edit")
-    file_reasons = {"missing_file", "unreadable_file", "empty_file", "truncated_image",
+    file_reasons = {"missing_file", "unreadable_file", "not_a_regular_file", "empty_file", "truncated_image",
                     "undecodable_image", "decompression_bomb", "mask_size_mismatch", "non_binary_mask"}
     assert {r.reason_code for r in schema_only.rejected}.isdisjoint(file_reasons)
     # ... and loading such a row raises the same code through RowError.
     rows = {r.id: r for r in schema_only.rows}
-    for rid in ("missing", "trunc", "bomb", "mask_soft", "empty", "unreadable"):
+    for rid in ("missing", "trunc", "bomb", "mask_soft", "empty", "folder"):
         with pytest.raises(RowError) as info:
             load_row(rows[rid], resolution=32)
         assert info.value.reason_code == got[rows[rid].row]

@@ -8,7 +8,7 @@ import errno
 import json
 import logging
 import socket
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import fsspec
 import pytest
@@ -114,7 +114,8 @@ def test_connection_errors_are_retried_and_redacted(monkeypatch, caplog):
     never reach the error or the log."""
     monkeypatch.setattr(retries, "RETRY_BACKOFF_S", 0.01)
     port = free_port()  # nothing listens there
-    opts = {"endpoint_url": f"http://127.0.0.1:{port}", "key": KEY_ID, "secret": SECRET, "token": TOKEN}
+    opts: dict[str, Any] = {"endpoint_url": f"http://127.0.0.1:{port}", "key": KEY_ID, "secret": SECRET,
+                            "token": TOKEN}
     with caplog.at_level(logging.WARNING, logger="i2score.data.storage"):
         with pytest.raises(ConnectionError) as info:
             storage.read_bytes("s3://bucket/key.bin", attempts=2, **opts)

@@ -4,7 +4,7 @@ Schema of a row (:mod:`.jsonschema`)."""
 
 from i2score.data.manifest.jsonschema import row_json_schema
 from i2score.data.manifest.load import LoadedRow, load_row
-from i2score.data.manifest.read import Manifest, read_manifest
+from i2score.data.manifest.read import Manifest, absolute_url, read_manifest, read_manifest_bytes
 from i2score.data.manifest.schema import (
     ERRORS_SCHEMA,
     KNOWN_COLUMNS,
@@ -44,9 +44,11 @@ __all__ = [
     "RowError",
     "Use",
     "ValidationResult",
+    "absolute_url",
     "check_id",
     "load_row",
     "read_manifest",
+    "read_manifest_bytes",
     "rejections_to_arrow",
     "row_json_schema",
     "validate_manifest",

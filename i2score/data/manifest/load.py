@@ -26,6 +26,7 @@ from i2score.data.images import (
     fit_to_resolution,
     to_tensor,
 )
+from i2score.data.inputs import InputPolicy, InputRejected
 from i2score.data.manifest.schema import ManifestRow, Reason, RowError
 
 
@@ -72,8 +73,14 @@ def _root_cause(exc: BaseException) -> BaseException:
     return seen if isinstance(seen, FileNotFoundError) else exc
 
 
-def _read(url: str, name: str, fetched: Mapping[str, bytes | BaseException] | None) -> bytes:
-    """Bytes of ``url`` (from ``fetched`` when there), storage errors -> :class:`RowError`."""
+#: Inputs read by library calls that pass no policy: anywhere, regular files, the default size.
+UNCONFINED = InputPolicy()
+
+
+def _read(url: str, name: str, fetched: Mapping[str, bytes | BaseException] | None,
+          inputs: InputPolicy) -> bytes:
+    """Bytes of ``url`` (from ``fetched`` when there, else read under ``inputs``); refusals and
+    storage errors -> :class:`RowError`."""
     shown = storage.redact(url)
     try:
         if fetched is not None and url in fetched:
@@ -82,14 +89,16 @@ def _read(url: str, name: str, fetched: Mapping[str, bytes | BaseException] | No
                 raise got
             data = got
         else:
-            data = storage.read_bytes(url)
+            data = inputs.read(url)
+    except InputRejected as e:
+        raise RowError(e.reason, f"{name} {e}", field=name, url=e.url) from None
     except Exception as e:  # noqa: BLE001 - any read failure is this row's error, never the run's
         cause = _root_cause(e)
         if isinstance(cause, FileNotFoundError):
             raise RowError(Reason.MISSING_FILE.value, f"{name} {shown!r} does not exist",
                            field=name, url=shown) from None
         if isinstance(cause, IsADirectoryError):
-            raise RowError(Reason.UNREADABLE_FILE.value, f"{name} {shown!r} is a folder",
+            raise RowError(Reason.NOT_A_REGULAR_FILE.value, f"{name} {shown!r} is a folder",
                            field=name, url=shown) from None
         raise RowError(Reason.UNREADABLE_FILE.value,
                        storage.redact(f"{name} {shown!r} cannot be read: {type(e).__name__}: {e}"),
@@ -103,22 +112,25 @@ def _read(url: str, name: str, fetched: Mapping[str, bytes | BaseException] | No
 def decode_row(row: ManifestRow, fetched: Mapping[str, bytes | BaseException] | None = None, *,
                 threshold: float = 0.5, mask_resize: Literal["nearest", "error"] = "nearest",
                 max_pixels: int = DEFAULT_MAX_PIXELS,
-                background: tuple[int, int, int] = (255, 255, 255)) -> DecodedRow:
-    """Read and decode a row's files at native size: the one per-row file error path."""
+                background: tuple[int, int, int] = (255, 255, 255),
+                inputs: InputPolicy | None = None) -> DecodedRow:
+    """Read and decode a row's files at native size: the one per-row file error path. Files not
+    in ``fetched`` are read under ``inputs`` (None: :data:`UNCONFINED`)."""
+    policy = inputs or UNCONFINED
     current = ("image", row.image)
     try:
-        image_bytes = _read(row.image, "image", fetched)
+        image_bytes = _read(row.image, "image", fetched, policy)
         image = decode_image(image_bytes, max_pixels=max_pixels, background=background, what="image")
         mask_bytes = ref_bytes = mask = ref = None
         if row.mask is not None:
             current = ("mask", row.mask)
-            mask_bytes = _read(row.mask, "mask", fetched)
+            mask_bytes = _read(row.mask, "mask", fetched, policy)
             mask = decode_mask(mask_bytes, image.size, threshold=threshold, resize=mask_resize,
                                margin=MASK_MARGIN, max_ambiguous=MASK_MAX_AMBIGUOUS,
                                max_pixels=max_pixels)
         if row.ref is not None:
             current = ("ref", row.ref)
-            ref_bytes = _read(row.ref, "ref", fetched)
+            ref_bytes = _read(row.ref, "ref", fetched, policy)
             ref = decode_image(ref_bytes, max_pixels=max_pixels, background=background, what="ref")
     except ImageError as e:
         raise RowError(e.reason, e.message, field=current[0],
@@ -137,7 +149,8 @@ def load_row(row: ManifestRow, *, resolution: int, policy: FitPolicy = "center-c
              threshold: float = 0.5, mask_resize: Literal["nearest", "error"] = "nearest",
              max_pixels: int = DEFAULT_MAX_PIXELS,
              background: tuple[int, int, int] = (255, 255, 255),
-             fetched: Mapping[str, bytes | BaseException] | None = None) -> LoadedRow:
+             fetched: Mapping[str, bytes | BaseException] | None = None,
+             inputs: InputPolicy | None = None) -> LoadedRow:
     """Read, decode and fit one row's files to ``resolution x resolution``.
 
     Args:
@@ -146,7 +159,9 @@ def load_row(row: ManifestRow, *, resolution: int, policy: FitPolicy = "center-c
         policy: ``center-crop`` | ``pad`` | ``stretch`` (:func:`i2score.data.images.fit_to_resolution`);
             image, mask and ref all use it.
         threshold, mask_resize, max_pixels, background: see :mod:`i2score.data.images`.
-        fetched: bytes (or read errors) already fetched, e.g. by ``storage.read_many``.
+        fetched: bytes (or read errors) already fetched, e.g. by :meth:`InputPolicy.read_many`.
+        inputs: what may be read (:class:`~i2score.data.inputs.InputPolicy`); None reads
+            anywhere, still only regular files up to the default size limit.
 
     Returns:
         :class:`LoadedRow` with ``image``/``ref`` ``[3, R, R]`` in [-1, 1] and ``mask``
@@ -155,10 +170,11 @@ def load_row(row: ManifestRow, *, resolution: int, policy: FitPolicy = "center-c
     Raises:
         RowError: with the reason codes validation uses (``missing_file``, ``unreadable_file``,
             ``empty_file``, ``truncated_image``, ``undecodable_image``, ``decompression_bomb``,
-            ``mask_size_mismatch``, ``non_binary_mask``).
+            ``mask_size_mismatch``, ``non_binary_mask``, ``outside_allowed_inputs``,
+            ``not_a_regular_file``, ``file_too_large``).
     """
     d = decode_row(row, fetched, threshold=threshold, mask_resize=mask_resize,
-                    max_pixels=max_pixels, background=background)
+                    max_pixels=max_pixels, background=background, inputs=inputs)
     image, mask, ref = fit_row(d, resolution, policy)
     return LoadedRow(row=row, image=image, mask=mask, ref=ref, image_bytes=d.image_bytes,
                      mask_bytes=d.mask_bytes, ref_bytes=d.ref_bytes, image_size=d.image.size)

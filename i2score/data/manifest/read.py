@@ -22,7 +22,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from i2score.data import storage
+from i2score.data.inputs import InputPolicy
 from i2score.data.manifest.schema import SUPPORTED_SCHEMES, ManifestError
+
+#: Largest manifest read, compressed and decompressed (1 GiB: about ten million rows).
+MAX_MANIFEST_BYTES = 2**30
 
 # ----------------------------------------------------------------------------------------------
 # Reading
@@ -149,7 +153,11 @@ class Manifest:
         fmt, gz = (format, False) if format else _format_of(url)
         if gz or data[:2] == b"\x1f\x8b":
             try:
-                data = gzip.decompress(data)
+                with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:
+                    data = stream.read(MAX_MANIFEST_BYTES + 1)
+                if len(data) > MAX_MANIFEST_BYTES:
+                    raise ManifestError(f"{storage.redact(url)}: more than {MAX_MANIFEST_BYTES} bytes "
+                                        "once decompressed")
             except (OSError, EOFError) as e:
                 raise ManifestError(f"{storage.redact(url)}: bad gzip data: {e}") from None
         if fmt == "parquet":
@@ -173,14 +181,26 @@ class Manifest:
 
         Raises:
             FileNotFoundError: no manifest at ``url``.
+            OSError: not a regular file, or larger than :data:`MAX_MANIFEST_BYTES`
+                (:class:`~i2score.data.inputs.InputRejected`), or a storage error.
             ManifestError: the format is unknown or the file cannot be parsed.
         """
         url = absolute_url(url)
         fmt, _ = _format_of(url)
-        return cls.from_bytes(storage.read_bytes(url), url, fmt)
+        return cls.from_bytes(read_manifest_bytes(url), url, fmt)
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def read_manifest_bytes(url: str) -> bytes:
+    """The manifest file's bytes: a regular file (a named pipe given as a manifest cannot block)
+    of at most :data:`MAX_MANIFEST_BYTES`. The manifest itself is the operator's choice, so it
+    is not confined; the files it names are."""
+    return _MANIFEST_READER.read(absolute_url(url))
+
+
+_MANIFEST_READER = InputPolicy(None, MAX_MANIFEST_BYTES)
 
 
 def read_manifest(url: str) -> Manifest:
@@ -199,7 +219,8 @@ def url_scheme(url: str) -> str | None:
     """The URL's scheme ("" for a plain path) or None when it is not acceptable."""
     if ":" not in url:
         return ""  # the common case: a relative or absolute path
-    if "::" in url:
+    head = url.split("://", 1)[0]
+    if "::" in head:
         return None  # chained fsspec URLs (simplecache::s3://...) bypass our storage rules
     if "://" in url:
         scheme = url.split("://", 1)[0].lower()

@@ -56,6 +56,9 @@ class Reason(str, Enum):
     DECOMPRESSION_BOMB = "decompression_bomb"
     MASK_SIZE_MISMATCH = "mask_size_mismatch"
     NON_BINARY_MASK = "non_binary_mask"
+    OUTSIDE_ALLOWED_INPUTS = "outside_allowed_inputs"
+    NOT_A_REGULAR_FILE = "not_a_regular_file"
+    FILE_TOO_LARGE = "file_too_large"
 
 
 REASON_DESCRIPTIONS: dict[str, str] = {
@@ -87,6 +90,13 @@ REASON_DESCRIPTIONS: dict[str, str] = {
     "mask_size_mismatch": "the mask size differs from the image and the aspect ratios differ "
                           "(or resize policy 'error')",
     "non_binary_mask": "more than 5% of mask pixels are between 0.25 and 0.75",
+    "outside_allowed_inputs": "a file outside the allowed input prefixes (by default the manifest's folder; "
+                              "'..' escapes and symlinks are resolved first) or an http(s) host on a loopback, "
+                              "private or link-local address",
+    "not_a_regular_file": "a referenced path is a folder, named pipe, device or socket (only regular files "
+                          "and objects are read)",
+    "file_too_large": "a referenced file is larger than the input size limit (64 MiB by default, "
+                      "--max-input-bytes)",
 }
 
 

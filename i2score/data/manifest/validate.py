@@ -19,7 +19,8 @@ from typing import Any, Literal
 
 from i2score.data import storage
 from i2score.data.images import DEFAULT_MAX_PIXELS, FitPolicy
-from i2score.data.manifest.load import decode_row, fit_row
+from i2score.data.inputs import InputPolicy, InputRejected
+from i2score.data.manifest.load import UNCONFINED, decode_row, fit_row
 from i2score.data.manifest.read import Malformed, Manifest, Record, path_resolver, url_scheme
 from i2score.data.manifest.schema import (
     KNOWN_COLUMNS,
@@ -92,8 +93,10 @@ class _Checker:
     """Per-row schema checks for one manifest; one reason per row, the first failing check in
     this order: parse, id, duplicate, op, image, mask, ref, params."""
 
-    def __init__(self, manifest: Manifest, catalog: OpCatalog, kind: str) -> None:
+    def __init__(self, manifest: Manifest, catalog: OpCatalog, kind: str,
+                 inputs: InputPolicy | None = None) -> None:
         self.catalog = catalog
+        self.inputs = inputs
         self.kind = catalog.kind(kind)
         self.has_op = "op" in manifest.columns
         self.resolve = path_resolver(manifest.url)
@@ -123,7 +126,13 @@ class _Checker:
                              f"{name} {shown!r}: unsupported URL scheme {scheme} (use a path or "
                              f"{', '.join(sorted(s for s in SUPPORTED_SCHEMES if s))})",
                              name, shown)
-        return self.resolve(value)
+        resolved = self.resolve(value)
+        if self.inputs is not None:
+            try:
+                self.inputs.check(resolved)
+            except InputRejected as e:
+                return Rejection(row, rid, e.reason, f"{name} {e}", name, e.url)
+        return resolved
 
     def check(self, rec: Record, row: int, rid: str | None) -> ManifestRow | Rejection:
         """``rid`` is ``self.id_of(rec)``, computed once by the caller."""
@@ -207,7 +216,7 @@ def validate_manifest(source: str | Manifest, catalog: OpCatalog, *, kind: str =
                       check_files: bool = False, resolution: int | None = None, policy: FitPolicy = "center-crop",
                       threshold: float = 0.5, mask_resize: Literal["nearest", "error"] = "nearest",
                       max_pixels: int = DEFAULT_MAX_PIXELS, chunk_size: int = 64,
-                      max_workers: int = 16) -> ValidationResult:
+                      max_workers: int = 16, inputs: InputPolicy | None = None) -> ValidationResult:
     """Validate a manifest against ``catalog``; bad rows are returned, never raised.
 
     Args:
@@ -220,6 +229,10 @@ def validate_manifest(source: str | Manifest, catalog: OpCatalog, *, kind: str =
             ``max_workers`` files at a time, ``chunk_size`` rows per batch.
         resolution, policy: when given with ``check_files``, also fit to the generator.
         threshold, mask_resize, max_pixels: image/mask policies (see :mod:`i2score.data.images`).
+        inputs: what rows may name and how files are read
+            (:class:`~i2score.data.inputs.InputPolicy`): a row naming a file outside its allowed
+            prefixes is ``outside_allowed_inputs`` without any read. None confines nothing (files
+            checked with ``check_files`` are still read as regular files up to the default size).
 
     Returns:
         :class:`~i2score.data.manifest.schema.ValidationResult` with the valid rows and the
@@ -244,7 +257,7 @@ def validate_manifest(source: str | Manifest, catalog: OpCatalog, *, kind: str =
                                       missing[0]))
         return ValidationResult(manifest.url, kind, [], rejected)
 
-    checker = _Checker(manifest, catalog, kind)
+    checker = _Checker(manifest, catalog, kind, inputs)
     ids = [checker.id_of(rec) for rec in manifest.records]
     checker.counts = Counter(i.casefold() for i in ids if i)
     rows: list[ManifestRow] = []
@@ -256,7 +269,8 @@ def validate_manifest(source: str | Manifest, catalog: OpCatalog, *, kind: str =
         passed: list[ManifestRow] = []
         for start in range(0, len(rows), chunk_size):
             chunk = rows[start:start + chunk_size]
-            fetched = storage.read_many([u for r in chunk for u in r.urls()], max_workers=max_workers)
+            fetched = (inputs or UNCONFINED).read_many([u for r in chunk for u in r.urls()],
+                                                       max_workers=max_workers)
             for r in chunk:
                 try:
                     decoded = decode_row(r, fetched, threshold=threshold, mask_resize=mask_resize,
