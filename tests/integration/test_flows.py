@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import os
 import random
 import signal
@@ -115,9 +116,11 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     truncated = _upload(root, "truncated.png", (DEMO / "images" / "heldout-13.png").read_bytes()[:300])
     garbage = _upload(root, "garbage.png", b"this is not an image")
     manifest = _manifest(root, "m.csv", ["id", "image"], [
-        ["g0", good[0]], ["missing", str(tmp_path / "nope.png")], ["g1", good[1]],
+        ["g0", good[0]], ["missing", storage.join(root, "inputs", "nope.png")], ["g1", good[1]],
         ["trunc", truncated], ["bad/id", good[2]], ["garbage", garbage], ["g2", good[2]],
+        ["outside", str(tmp_path / "elsewhere.png")],
     ])
+    shutil.copy(DEMO / "images" / "heldout-10.png", tmp_path / "elsewhere.png")
     result = CliRunner().invoke(app, ["reconstruct", manifest, "--root", root, "--schedule", SCHEDULE,
                                       "--batch-size", "2", "--device", "cpu"])
     assert result.exit_code == 1, result.output  # rows failed: documented exit code 1
@@ -126,7 +129,8 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     assert sorted(out.column("id").to_pylist()) == ["g0", "g1", "g2"]
     errors = _table(str(run_url / "errors.parquet")).to_pylist()
     reasons = {e["row"]: e["reason_code"] for e in errors}
-    assert reasons == {2: "missing_file", 4: "truncated_image", 5: "path_traversal", 6: "undecodable_image"}
+    assert reasons == {2: "missing_file", 4: "truncated_image", 5: "path_traversal", 6: "undecodable_image",
+                       8: "outside_allowed_inputs"}
     assert all(e["message"] for e in errors)
     report = (run_url / "report.md").read_text()
     assert "truncated_image" in report and "g2" in report
@@ -137,7 +141,7 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     again = reconstruct(manifest, root=root, schedule=SCHEDULE, batch_size=2, device="cpu")
     s = _summary(again)
     assert not again["noop"] and s["embedded"] == 1 and s["batches_run"] == 1
-    assert (s["rows"]["outputs"], s["rows"]["failed"]) == (4, 3)
+    assert (s["rows"]["outputs"], s["rows"]["failed"]) == (4, 4)
 
     # A batch whose computation fails records its rows and the other batches finish.
     import i2score.runs.ops

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,7 +21,11 @@ DEMO = REPO / "manifests" / "demo"
 
 
 def _manifest(tmp_path: Path) -> Path:
-    rows = [f"p{i},{DEMO / 'images' / f'heldout-{i:02d}.png'}" for i in range(5)]
+    """Five demo images copied next to the manifest (its folder is what rows may name)."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for i in range(5):
+        shutil.copy(DEMO / "images" / f"heldout-{i:02d}.png", tmp_path / "images")
+    rows = [f"p{i},{tmp_path / 'images' / f'heldout-{i:02d}.png'}" for i in range(5)]
     rows.insert(2, "../escape,x.png")  # rejected by validation: unsafe id
     path = tmp_path / "big.csv"
     path.write_text("id,image\n" + "\n".join(rows) + "\n")
