@@ -40,7 +40,7 @@ from i2score.runs.config import (
     engine_options,
     resolve_device,
 )
-from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS
+from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS, generator_limits
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
     SOURCE_FAILED,
@@ -124,7 +124,9 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         return PlanResult(run_id, paths.run_url, job_digest, attempt, [], {}, noop=True, summary=summary)
 
     kind = "reconstruct" if config.kind == "augment" else config.kind
-    validation = validate_manifest(config.manifest, CATALOG, kind=kind)
+    # Layer and W+-row parameters are checked against this generator: a bad one is a rejected
+    # row now, not a failed batch later.
+    validation = validate_manifest(config.manifest, CATALOG.for_generator(generator_limits(G, model)), kind=kind)
     rejected = list(validation.rejected)
     rows = validation.rows
 
