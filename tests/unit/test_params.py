@@ -338,3 +338,27 @@ def test_validate_output_needs_a_known_format_and_a_readable_model(tmp_path, cli
     ok = _edit_manifest(tmp_path / "ok.csv", [])
     res = cli(ok, "--kind", "edit", "--no-check-files", "--output", str(tmp_path / "none.csv"))
     assert res.exit_code == 0 and (tmp_path / "none.csv").read_text() == "row,id,reason,field,message,url\n"
+
+
+def test_run_reason_codes_are_documented():
+    from i2score.data.manifest import REASON_DESCRIPTIONS
+    from i2score.runs.records import DEGENERATE_OUTPUT, RUN_REASON_DESCRIPTIONS
+
+    repo = Path(__file__).resolve().parents[2]
+    docs = (repo / "manifests" / "README.md").read_text(), (repo / "README.md").read_text()
+    assert DEGENERATE_OUTPUT in RUN_REASON_DESCRIPTIONS and not set(RUN_REASON_DESCRIPTIONS) & set(REASON_DESCRIPTIONS)
+    for code, what in RUN_REASON_DESCRIPTIONS.items():
+        assert what and all(f"`{code}`" in doc for doc in docs), code
+
+
+def test_a_default_the_generator_cannot_take_must_be_given(tmp_path):
+    # A 16 px generator has 6 W+ rows and layers conv0..conv4: style_mix's default k = 8 does not fit.
+    small = GeneratorLimits("tiny-16", 6, tuple(f"conv{i}" for i in range(5)))
+    url = _edit_manifest(tmp_path / "m.csv", [("mix-default", "style_mix", {}), ("mix-6", "style_mix", {"k": 6}),
+                                              ("attr-default", "attribute_transfer", {})])
+    result = validate_manifest(url, CATALOG.for_generator(small), kind="edit")
+    assert {r.id: r.params for r in result.rows} == {"base": {}, "mix-6": {"k": 6}, "attr-default": {}}
+    (r,) = result.rejected
+    assert r.id == "mix-default" and r.reason_code == "invalid_params"
+    assert r.message == ("params.k is not given and its default does not fit: params.k must be in [0, 6] "
+                         "(generator tiny-16 has 6 W+ rows), got 8")

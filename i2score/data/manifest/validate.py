@@ -89,6 +89,15 @@ def _parse_params(raw: Any, op: OpSchema, limits: GeneratorLimits | None) -> dic
     missing = [k for k, p in op.params.items() if p.required and k not in out]
     if missing:
         raise ValueError(f"op {op.name} requires params {missing}")
+    if limits is not None:
+        # A default that a small generator cannot take (style_mix's k = 8 with 6 W+ rows) must
+        # be given explicitly, not fail the batch or be clipped behind the user's back.
+        for key, spec in op.params.items():
+            if key not in out and spec.maximum_of is not None and spec.default is not None:
+                try:
+                    spec.check(f"params.{key}", spec.default, limits)
+                except ValueError as e:
+                    raise ValueError(f"params.{key} is not given and its default does not fit: {e}") from None
     return out
 
 
