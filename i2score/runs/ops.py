@@ -312,9 +312,9 @@ OPS: dict[str, Op] = {op.name: op for op in [
            "a": Param("id", required=True, doc="row id of the neutral expression"),
            "b": Param("id", required=True, doc="row id of the target expression"),
            "strength": Param("float", 1.0, minimum=-4.0, maximum=4.0,
-                             doc="lambda in w + lambda * (w_b - w_a), in [-4, 4]: w_b - w_a is one "
-                                 "person's change of expression, and a few times it already leaves the "
-                                 "codes the generator renders well (at 1e308 the render is not a number)"),
+                             doc="lambda in w + lambda * (w_b - w_a), in [-4, 4]: 1 applies one person's "
+                                 "change of expression as it is; the range exaggerates or reverses it a few "
+                                 "times over and keeps out values whose render overflows (1e308 gives NaN)"),
        }, latents=("image", "a", "b"), run=_run_expression_transfer),
 ]}
 
