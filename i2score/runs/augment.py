@@ -12,7 +12,6 @@ Images are ``[N, 3, R, R]`` in [-1, 1] (nominal); masks ``[1, 1, R, R]`` in [0, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,8 +137,8 @@ def plan_augmentations(ids: Sequence[str], n_per_image: int, ops: Sequence[str] 
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     if num_ws < 2:
         raise ValueError(f"num_ws must be >= 2, got {num_ws}")
-    if not (math.isfinite(jitter_sigma) and jitter_sigma >= 0):
-        raise ValueError(f"jitter_sigma must be finite and >= 0, got {jitter_sigma}")
+    # The jitter op's declared range (a bad value would otherwise surface only in the renders).
+    AUGMENTATIONS["jitter"].params["sigma"].check("jitter_sigma", jitter_sigma)
     if len(set(ids)) != len(ids):
         dupes = sorted({x for x in ids if ids.count(x) > 1})
         raise ValueError(f"ids must be unique; repeated: {dupes[:10]}")

@@ -3,7 +3,9 @@ write its outputs and then its record.
 
 Row failures never fail a batch: unreadable or undecodable inputs and failures of a batch's
 computation become error records (reason code and message) and the other rows go on; only
-transient storage errors propagate, so the caller (a Prefect task) can retry the batch.
+transient storage errors propagate, so the caller (a Prefect task) can retry the batch. An
+output that is not an image (NaN, one flat colour) is never written: it becomes a
+``degenerate_output`` error of that output alone.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from i2score.runs.augment import Augmentation, run_augmentations
 from i2score.runs.config import EngineOptions, JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
-from i2score.runs.outputs import RunOutputs
+from i2score.runs.outputs import DegenerateOutputError, RunOutputs
 from i2score.runs.prefetch import read_all, start_prefetch
 from i2score.runs.records import (
+    DEGENERATE_OUTPUT,
     FAILED,
     SOURCE_FAILED,
     RunPaths,
@@ -169,6 +172,16 @@ def _isolated(fn: Callable[[], None], rows: Sequence[Mapping[str, Any] | Manifes
         return False
 
 
+def _write_output(writer: RunOutputs, output_id: str, image: torch.Tensor, row: int, out: BatchOutcome) -> str | None:
+    """Write one output image; a degenerate one is recorded as ``degenerate_output`` against
+    ``output_id`` (of input row ``row``) and not written (None)."""
+    try:
+        return writer.write_image(output_id, image)
+    except DegenerateOutputError as e:
+        out.errors.append(error_record({"row": row, "id": output_id}, DEGENERATE_OUTPUT, str(e)))
+        return None
+
+
 def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:
     """Embed (or fetch from the cache) every item; ``reconstruct`` batches also write outputs."""
     gen, sched, params = spec["generator"], Schedule(**spec["schedule"]), spec["embed_params"]
@@ -256,7 +269,9 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
     metric = OPS["reconstruct"].metric
     for j, i in enumerate(ready):
         r, k = rows[i], keys[i]
-        url = writer.write_image(r.id, images[j])
+        url = _write_output(writer, r.id, images[j], r.row, out)
+        if url is None:
+            continue
         m = metrics[k]
         out.outputs.append({"id": r.id, "row_id": r.id, "op": "reconstruct", "output_url": url,
                             "source_ids": [r.id], "source_urls": [r.image], "cache_keys": [k],
@@ -313,8 +328,10 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                 n = j * per_row + s
                 m = res.metrics[n]
                 oid = f"{r.id}{suffix}"
-                url = writer.write_image(oid, res.images[n])
                 out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
+                url = _write_output(writer, oid, res.images[n], r.row, out)
+                if url is None:
+                    continue
                 out.outputs.append({
                     "id": oid, "row_id": r.id, "op": op.name, "output_url": url,
                     "source_ids": [r.id] + [r.params[x] for x in id_params if x in r.params],
@@ -364,9 +381,11 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
                                 {i: lr.image for i, lr in loaded.items() if lr is not None}, ctx.G,
                                 steps_w=sched.edit_steps_w, steps_n=sched.edit_steps_n, vgg=ctx.vgg)
         for j, a in enumerate(augs):
-            url = writer.write_image(a.id, res.images[j])
             m = res.metrics[j]
             out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
+            url = _write_output(writer, a.id, res.images[j], srcs[a.source_id]["row"]["row"], out)
+            if url is None:
+                continue
             out.outputs.append({
                 # row_id: the source row; its variants are finished together (one record).
                 "id": a.id, "row_id": a.source_id, "op": f"augment/{a.op}", "output_url": url,

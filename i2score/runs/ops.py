@@ -25,7 +25,7 @@ from torch import Tensor
 
 from i2score.data.cache import LatentCache, make_source
 from i2score.data.latents import Latents
-from i2score.data.manifest import LoadedRow, ManifestKind, OpCatalog, Param, Use
+from i2score.data.manifest import GeneratorLimits, LoadedRow, ManifestKind, OpCatalog, Param, Use
 from i2score.features import VGG16Features
 from i2score.generator.network import StyleGAN2
 from i2score.method.applications import (
@@ -243,14 +243,21 @@ def _run_morph(b: OpBatch) -> OpOutput:
 
 
 def _run_style_mix(b: OpBatch) -> OpOutput:
-    # k above the number of W+ rows takes every row from the content image.
-    return _edited(style_mix(b.latents["image"], b.latents["ref"], min(b.params["k"], b.G.num_ws), b.G))
+    return _edited(style_mix(b.latents["image"], b.latents["ref"], b.params["k"], b.G))
 
 
 def _run_expression_transfer(b: OpBatch) -> OpOutput:
     return _edited(expression_transfer(b.latents["image"], b.latents["a"], b.latents["b"], b.params["strength"],
                                        b.G))
 
+
+#: Largest seed of a row: seeds are signed 64-bit integers in every manifest format (Parquet and
+#: JSONL columns go through Arrow's int64) and in torch's generators, so [0, 2^63) is what all of
+#: them carry exactly.
+ROW_SEED_MAX = 2**63 - 1
+#: Largest mask blur (pixels at the generator resolution): 3 sigma = 192 px already spreads the
+#: seam over a fifth of a 1024 px image and over the whole of a 256 px one; more is a mistake.
+BLUR_SIGMA_MAX = 64.0
 
 _PSNR_OUTSIDE = ReportMetric("psnr_outside", "PSNR outside the edited region, vs the input image")
 
@@ -260,25 +267,35 @@ OPS: dict[str, Op] = {op.name: op for op in [
        metric=ReportMetric("psnr_wn", "PSNR of the reconstruction (W+ and noise), vs the image")),
     Op("inpaint", "Fill the mask region (white = missing) (Alg. 4).", mask="required", ref="unused", params={
         "k": Param("int", 1, minimum=1, maximum=16, doc="number of solutions", job_default="k"),
-        "seed": Param("int", 0, doc="seed of the w_ini offsets"),
+        "seed": Param("int", 0, minimum=0, maximum=ROW_SEED_MAX,
+                      doc="seed of the w_ini offsets, in [0, 2^63): a signed 64-bit integer, which every "
+                          "manifest format and torch's seeding carry exactly"),
     }, latents=(), run=_run_inpaint,
         metric=ReportMetric("psnr_known", "PSNR of the known pixels (outside the grown, blurred hole)")),
     Op("crossover", "Mask region from image, the rest from ref (Alg. 3).", mask="required", ref="required",
-       params={"blur_sigma": Param("float", 2.0, minimum=0.0,
-                                   doc="Gaussian blur of the mask, pixels at the generator resolution")},
+       params={"blur_sigma": Param("float", 2.0, minimum=0.0, maximum=BLUR_SIGMA_MAX,
+                                   doc="Gaussian blur of the mask, pixels at the generator resolution, in "
+                                       "[0, 64]: 3 sigma = 192 px spreads the seam over a fifth of a 1024 px "
+                                       "image already")},
        latents=("ref",), run=_run_crossover,
        metric=ReportMetric("psnr_base_region", "PSNR outside the blurred mask band, vs ref (the base)")),
     Op("scribble", "image = original, ref = scribbled image, mask = scribble region (Alg. 5).",
        mask="required", ref="required", params={
-           "layers": Param("int", 4, minimum=4, maximum=6, doc="first W+ rows optimised"),
-           "reg": Param("float", 0.1, minimum=0.0, doc="weight of ||w* - w||^2"),
+           "layers": Param("int", 4, minimum=4, maximum=6, maximum_of="num_ws",
+                           doc="first W+ rows optimised: the paper's 4, 5 or 6 (and at most the "
+                               "generator's W+ rows)"),
+           "reg": Param("float", 0.1, minimum=0.0, maximum=100.0,
+                        doc="weight of ||w* - w||^2, in [0, 100]: on the demo model 0.1 makes the strokes "
+                            "a visible edit and 1 mostly dissolves them, so beyond 100 nothing moves"),
        }, latents=("image",), run=_run_scribble, metric=_PSNR_OUTSIDE),
     Op("style_transfer", "Restyle the mask region of image with the style image ref (Alg. 6).",
        mask="required", ref="required", params={}, latents=("image",), run=_run_style_transfer,
        metric=_PSNR_OUTSIDE),
     Op("attribute_transfer", "Blend ref's activations into image inside the mask (Sec. 7.6).",
        mask="required", ref="required", params={
-           "layer": Param("int", 4, minimum=0, doc="synthesis layer of the activation blend"),
+           "layer": Param("int", 4, minimum=0, maximum_of="last_layer",
+                          doc="synthesis layer of the activation blend: an index into the generator's "
+                              "layers conv0, conv1, ... (execution order)"),
            "mode": Param("str", "copy", choices=("copy", "average", "channels"),
                          doc="spatial copy, averaging or channel-wise copy"),
        }, latents=("image", "ref"), run=_run_attribute_transfer),
@@ -286,13 +303,18 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "t": Param("float", 0.5, minimum=0.0, maximum=1.0, doc="0 = image, 1 = ref"),
     }, latents=("image", "ref"), run=_run_morph),
     Op("style_mix", "Content from image, style from ref.", mask="unused", ref="required", params={
-        "k": Param("int", 8, minimum=0, doc="first k W+ rows from image, the rest from ref"),
+        "k": Param("int", 8, minimum=0, maximum_of="num_ws",
+                   doc="first k W+ rows from image, the rest from ref: 0 gives ref, the generator's "
+                       "number of W+ rows gives image"),
     }, latents=("image", "ref"), run=_run_style_mix),
     Op("expression_transfer", "w_image + strength * (w_b - w_a), with a and b other rows of the manifest.",
        mask="unused", ref="unused", params={
            "a": Param("id", required=True, doc="row id of the neutral expression"),
            "b": Param("id", required=True, doc="row id of the target expression"),
-           "strength": Param("float", 1.0, doc="lambda in w + lambda * (w_b - w_a)"),
+           "strength": Param("float", 1.0, minimum=-4.0, maximum=4.0,
+                             doc="lambda in w + lambda * (w_b - w_a), in [-4, 4]: 1 applies one person's "
+                                 "change of expression as it is; the range exaggerates or reverses it a few "
+                                 "times over and keeps out values whose render overflows (1e308 gives NaN)"),
        }, latents=("image", "a", "b"), run=_run_expression_transfer),
 ]}
 
@@ -303,8 +325,14 @@ KINDS: dict[str, ManifestKind] = {k.name: k for k in [
     ManifestKind("edit", columns=("id", "image", "op"), default_op=None, ops=tuple(OPS)),
 ]}
 
-#: What a manifest may say: hand it to :func:`i2score.data.manifest.validate_manifest`.
+#: What a manifest may say: hand it to :func:`i2score.data.manifest.validate_manifest`, with the
+#: generator's limits when it is known (``CATALOG.for_generator(generator_limits(G, name))``).
 CATALOG = OpCatalog(ops=OPS, kinds=KINDS)
+
+
+def generator_limits(G: StyleGAN2, name: str) -> GeneratorLimits:
+    """What generator ``G`` (named ``name`` in messages) allows of layer and W+-row parameters."""
+    return GeneratorLimits(name=name, num_ws=G.num_ws, layer_names=tuple(G.layer_names))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,6 +342,8 @@ CATALOG = OpCatalog(ops=OPS, kinds=KINDS)
 #: Bound of drawn seeds (they travel through JSON and numpy as non-negative int32).
 SEED_BOUND = 2**31
 CROSSOVER_BLUR_SIGMA = 2.0
+#: Largest W+ jitter (see the ``jitter`` op's ``sigma``).
+JITTER_SIGMA_MAX = 2.0
 INTERPOLATE_RANGE = (0.2, 0.5)
 """``t`` of an interpolation: far enough from the source to be new, close enough (< 0.5) that
 the source still dominates, so the augmented image is a variant of *its* source."""
@@ -438,19 +468,23 @@ _SEED = Param("int", minimum=0, maximum=SEED_BOUND - 1)
 AUGMENTATIONS: dict[str, AugmentOp] = {op.name: op for op in [
     AugmentOp("style_mix", "The coarse layers (pose, face shape) of the source with the fine layers (colour, "
               "texture, lighting) of a partner: new appearance on a known geometry.", partner=True,
-              params={"k": Param("int", minimum=1, doc="first k W+ rows from the source (in [2, L-2])")},
+              params={"k": Param("int", minimum=1, maximum_of="num_ws",
+                                 doc="first k W+ rows from the source (drawn in [2, L-2], see style_mix_range)")},
               draw=_draw_style_mix, run=_augment_style_mix, batch_params=("k",)),
     AugmentOp("crossover", "A random region (rectangle or brush strokes) of the partner pasted on the source "
               "and blended by the paper's crossover: seam-free occlusions and part swaps.", partner=True,
               params={"mask_seed": _SEED, "mask": Param("str", choices=MASK_KINDS),
-                      "blur_sigma": Param("float", CROSSOVER_BLUR_SIGMA, minimum=0.0)},
+                      "blur_sigma": Param("float", CROSSOVER_BLUR_SIGMA, minimum=0.0, maximum=BLUR_SIGMA_MAX)},
               draw=_draw_crossover, run=_augment_crossover, batch_params=("blur_sigma",), pixels=True),
     AugmentOp("noise", "The source's w with fresh noise maps: new hair strands, skin pores and background "
               "grain, the cheapest 'same content, new pixels' variant.", partner=False,
               params={"noise_seed": _SEED}, draw=_draw_noise, run=_augment_noise),
     AugmentOp("jitter", "w + sigma * eps: a small random step in W+, a semantic (not pixel-space) "
               "perturbation of the whole image.", partner=False,
-              params={"sigma": Param("float", minimum=0.0), "jitter_seed": _SEED}, draw=_draw_jitter,
+              params={"sigma": Param("float", minimum=0.0, maximum=JITTER_SIGMA_MAX,
+                                     doc="step size; fitted W+ codes spread by 0.5-1 per element, so a step "
+                                         "beyond 2 is another image, not a variant"),
+                      "jitter_seed": _SEED}, draw=_draw_jitter,
               run=_augment_jitter),
     AugmentOp("interpolate", "(1 - t) * source + t * partner with t in [0.2, 0.5]: in-between images that "
               "still resemble the source.", partner=True,

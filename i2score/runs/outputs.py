@@ -7,6 +7,9 @@ Layout (``docs/ARCHITECTURE.md``, "Storage layout")::
     <root>/runs/<run-id>/manifest.parquet            one row per output (OUTPUT_SCHEMA)
     <root>/runs/<run-id>/errors.parquet              one row per rejected input (ERRORS_SCHEMA)
 
+An image is checked before it is written (:func:`check_output_image`): one that is not finite
+or is one flat colour raises :class:`DegenerateOutputError` instead of becoming a success.
+
 Every object is written in one PUT (Parquet is built in memory first), so a reader never sees a
 partial file. Write the images before the manifest that points at them. URLs and messages pass
 through :func:`i2score.data.storage.redact` before they are written, so credentials embedded in a URL
@@ -29,6 +32,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 from torch import Tensor
 
 from i2score import __version__
@@ -39,9 +43,12 @@ from i2score.data.manifest import ERRORS_SCHEMA, Rejection, check_id, rejections
 __all__ = [
     "ERRORS_SCHEMA",
     "METRICS",
+    "MIN_OUTPUT_STD",
+    "DegenerateOutputError",
     "OUTPUT_SCHEMA",
     "OutputRecord",
     "RunOutputs",
+    "check_output_image",
     "code_version",
     "new_run_id",
     "read_table",
@@ -69,6 +76,33 @@ OUTPUT_SCHEMA = pa.schema([
 ])
 
 _SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{0,64}")
+
+#: Smallest standard deviation (over all pixels and channels, in [-1, 1] units, after the
+#: clipping to [-1, 1] the PNG applies) of an image that is written. One 8-bit level is
+#: 2/255 = 0.0078: below it the PNG is a single flat colour give or take one level. No render of
+#: a face or a photo is that flat; the black image of a NaN render or of a code pushed far out
+#: of range (every pixel clipped) is.
+MIN_OUTPUT_STD = 2 / 255
+
+
+class DegenerateOutputError(ValueError):
+    """An output image that would be a lie if written: not finite, or one flat colour."""
+
+
+def check_output_image(t: Tensor) -> None:
+    """Raise :class:`DegenerateOutputError` unless ``t`` (``[3, H, W]`` or ``[1, 3, H, W]``,
+    nominally in [-1, 1]) is finite everywhere and, clipped to [-1, 1] as written, has a
+    standard deviation of at least :data:`MIN_OUTPUT_STD`."""
+    x = t.detach().float()
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DegenerateOutputError(f"the output has {bad} of {x.numel()} values that are not finite "
+                                    "(NaN or infinite): it would be written as a black image")
+    std = float(x.clamp(-1, 1).std())
+    if std < MIN_OUTPUT_STD:
+        raise DegenerateOutputError(f"the output is one flat colour (std {std:.2g} in [-1, 1] units, below "
+                                    f"{MIN_OUTPUT_STD:.4f}, one 8-bit level; mean {float(x.clamp(-1, 1).mean()):.3f})")
 
 
 @functools.lru_cache(maxsize=1)
@@ -187,8 +221,13 @@ class RunOutputs:
         return storage.join(self.outputs_url, f"{row_id}{suffix}.png")
 
     def write_image(self, row_id: str, tensor: Tensor, suffix: str = "") -> str:
-        """Write ``tensor`` (``[3, R, R]`` float in [-1, 1]) as a PNG; returns its URL."""
+        """Write ``tensor`` (``[3, R, R]`` float in [-1, 1]) as a PNG; returns its URL.
+
+        Raises :class:`DegenerateOutputError` (and writes nothing) when the image is not finite
+        or is one flat colour (:func:`check_output_image`).
+        """
         url = self.image_url(row_id, suffix)
+        check_output_image(tensor)
         storage.write_bytes(url, tensor_to_png_bytes(tensor))
         return url
 

@@ -48,7 +48,7 @@ from i2score.runs.config import (
     engine_options,
     resolve_device,
 )
-from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS
+from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS, generator_limits
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
     SOURCE_FAILED,
@@ -133,8 +133,10 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         return PlanResult(run_id, paths.run_url, job_digest, attempt, [], {}, noop=True, summary=summary)
 
     kind = "reconstruct" if config.kind == "augment" else config.kind
-    validation = validate_manifest(Manifest.from_bytes(manifest_bytes, absolute_url(config.manifest)), CATALOG,
-                                   kind=kind, inputs=inputs)
+    # Layer and W+-row parameters are checked against this generator: a bad one is a rejected
+    # row now, not a failed batch later.
+    validation = validate_manifest(Manifest.from_bytes(manifest_bytes, absolute_url(config.manifest)),
+                                   CATALOG.for_generator(generator_limits(G, model)), kind=kind, inputs=inputs)
     rejected = list(validation.rejected)
     rows = validation.rows
 

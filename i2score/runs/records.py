@@ -28,6 +28,20 @@ from i2score.data.manifest import ManifestRow
 FAILED = "processing_failed"
 #: Reason code of an edit/augment row whose source image could not be embedded.
 SOURCE_FAILED = "source_failed"
+#: Reason code of an output that was computed but is not an image: NaN/infinite values or one
+#: flat colour (see :func:`i2score.runs.outputs.check_output_image`); it is not written.
+DEGENERATE_OUTPUT = "degenerate_output"
+
+#: The reason codes a run adds to the validation ones
+#: (:data:`i2score.data.manifest.REASON_DESCRIPTIONS`), one line on each.
+RUN_REASON_DESCRIPTIONS: dict[str, str] = {
+    FAILED: "the batch's computation raised (the message carries the exception); the batch's other "
+            "work is kept",
+    SOURCE_FAILED: "an edit or augmentation whose source image (or a row its params name) has no "
+                   "embedding, because that embedding failed",
+    DEGENERATE_OUTPUT: "the output is not finite (NaN or infinite values) or is one flat colour (per-image "
+                       "std below one 8-bit level): it is not written and never counted as a success",
+}
 
 
 class GeneratorRecord(TypedDict):

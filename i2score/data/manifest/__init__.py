@@ -10,6 +10,8 @@ from i2score.data.manifest.schema import (
     KNOWN_COLUMNS,
     REASON_DESCRIPTIONS,
     SUPPORTED_SCHEMES,
+    GeneratorBound,
+    GeneratorLimits,
     ManifestError,
     ManifestKind,
     ManifestRow,
@@ -23,6 +25,7 @@ from i2score.data.manifest.schema import (
     ValidationResult,
     check_id,
     rejections_to_arrow,
+    write_rejections,
 )
 from i2score.data.manifest.validate import validate_manifest
 
@@ -31,6 +34,8 @@ __all__ = [
     "KNOWN_COLUMNS",
     "REASON_DESCRIPTIONS",
     "SUPPORTED_SCHEMES",
+    "GeneratorBound",
+    "GeneratorLimits",
     "LoadedRow",
     "Manifest",
     "ManifestError",
@@ -50,6 +55,7 @@ __all__ = [
     "read_manifest",
     "read_manifest_bytes",
     "rejections_to_arrow",
+    "write_rejections",
     "row_json_schema",
     "validate_manifest",
 ]

@@ -14,15 +14,19 @@ A bad row never raises: it becomes a :class:`Rejection` with a stable ``reason_c
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any, Literal, Protocol
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from i2score.data import storage
 
@@ -121,13 +125,57 @@ class RowError(Exception):
 # ----------------------------------------------------------------------------------------------
 
 
+#: Generator limits a :class:`Param` can be bounded by (see :attr:`Param.maximum_of`).
+GeneratorBound = Literal["num_ws", "last_layer"]
+
+
+@dataclass(frozen=True)
+class GeneratorLimits:
+    """What a generator allows of parameters that count W+ rows or name synthesis layers.
+
+    Whoever loads the generator (the plan, ``i2s validate``) builds it and hands it to
+    validation through :meth:`OpCatalog.for_generator`, so the data layer never imports the
+    generator.
+
+    Attributes:
+        name: the generator as the job names it (registry name, path or URL), quoted in messages.
+        num_ws: rows of its W+ code (``L``).
+        layer_names: its synthesis layers in execution order (``conv0``, ``conv1``, ...); a layer
+            parameter is an index into them.
+    """
+
+    name: str
+    num_ws: int
+    layer_names: tuple[str, ...]
+
+    def maximum(self, bound: GeneratorBound) -> int:
+        """The inclusive upper bound ``bound`` puts on a value."""
+        return self.num_ws if bound == "num_ws" else len(self.layer_names) - 1
+
+    def explain(self, bound: GeneratorBound) -> str:
+        """Where the bound comes from, for messages."""
+        if bound == "num_ws":
+            return f"generator {self.name} has {self.num_ws} W+ rows"
+        return (f"generator {self.name} has {len(self.layer_names)} synthesis layers, "
+                f"{self.layer_names[0]}..{self.layer_names[-1]}")
+
+
+def _number(x: float) -> str:
+    """A bound as people read it: integers exactly (``9223372036854775807``, not ``9.2e18``)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
 @dataclass(frozen=True)
 class Param:
     """One parameter of an op.
 
     ``type``: ``int`` (integral JSON numbers; ``3.0`` is accepted as 3, booleans are not),
     ``float`` (finite numbers), ``str`` (one of ``choices``) or ``id`` (the id of another row of
-    the same manifest, which must itself be valid). ``minimum``/``maximum`` are inclusive.
+    the same manifest, which must itself be valid). ``minimum``/``maximum`` are inclusive; give
+    integer bounds of ``int`` parameters as ints (a float cannot hold ``2**63 - 1``).
+    ``maximum_of`` bounds the value by the generator as well (the smaller bound wins):
+    ``num_ws`` (a count of W+ rows) or ``last_layer`` (the index of a synthesis layer); it is
+    checked when validation is given the generator's :class:`GeneratorLimits`.
     ``job_default`` names the job setting that supplies the value when a row gives none (the
     ``default`` is then that setting's own default, shown in the JSON Schema).
     """
@@ -140,30 +188,60 @@ class Param:
     choices: tuple[str, ...] | None = None
     doc: str = ""
     job_default: str | None = None
+    maximum_of: GeneratorBound | None = None
 
-    def check(self, name: str, value: Any) -> Any:
-        """The validated value of parameter ``name``, or ValueError with a message."""
+    def bounds(self, limits: GeneratorLimits | None = None) -> tuple[float | None, float | None]:
+        """The inclusive ``(minimum, maximum)`` of the value, the generator's bound included
+        when ``limits`` are given."""
+        hi = self.maximum
+        if self.maximum_of is not None and limits is not None:
+            g = limits.maximum(self.maximum_of)
+            hi = g if hi is None else min(hi, g)
+        return self.minimum, hi
+
+    def range_text(self, limits: GeneratorLimits | None = None) -> str:
+        """The allowed range as messages show it: ``[0, 8]``, ``>= 0``, ``<= 4``."""
+        lo, hi = self.bounds(limits)
+        if lo is not None and hi is not None:
+            text = f"[{_number(lo)}, {_number(hi)}]"
+        elif lo is not None:
+            text = f">= {_number(lo)}"
+        elif hi is not None:
+            text = f"<= {_number(hi)}"
+        else:
+            return "any number"
+        if self.maximum_of is not None and limits is not None and hi == limits.maximum(self.maximum_of):
+            text += f" ({limits.explain(self.maximum_of)})"
+        return text
+
+    def check(self, name: str, value: Any, limits: GeneratorLimits | None = None) -> Any:
+        """The validated value of parameter ``name``, or ValueError with a message that names
+        ``name`` and the allowed range. ``limits`` add the generator's bound (:attr:`maximum_of`)."""
         if self.type == "int":
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+                raise ValueError(f"{name} must be an integer{self._within(limits)}, got {value!r}")
         elif self.type == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"{name} must be a number, got {value!r}")
+                raise ValueError(f"{name} must be a number{self._within(limits)}, got {value!r}")
             if not math.isfinite(value):
-                raise ValueError(f"{name} must be finite, got {value!r}")
+                raise ValueError(f"{name} must be a finite number{self._within(limits)}, got {value!r}")
             value = float(value)
         elif self.type in ("str", "id"):
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
             if self.choices is not None and value not in self.choices:
                 raise ValueError(f"{name} must be one of {list(self.choices)}, got {value!r}")
-        if self.minimum is not None and value < self.minimum:
-            raise ValueError(f"{name} must be >= {self.minimum:g}, got {value!r}")
-        if self.maximum is not None and value > self.maximum:
-            raise ValueError(f"{name} must be <= {self.maximum:g}, got {value!r}")
+            return value
+        lo, hi = self.bounds(limits)
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise ValueError(f"{name} must be in {self.range_text(limits)}, got {value!r}")
         return value
+
+    def _within(self, limits: GeneratorLimits | None) -> str:
+        lo, hi = self.bounds(limits)
+        return "" if lo is None and hi is None else f" in {self.range_text(limits)}"
 
 
 Use = Literal["required", "unused"]
@@ -202,10 +280,17 @@ class ManifestKind:
 
 @dataclass(frozen=True)
 class OpCatalog:
-    """Everything a manifest may say: the ops by name and the manifest kinds by name."""
+    """Everything a manifest may say: the ops by name, the manifest kinds by name, and the
+    limits of the generator the rows will run on (None: parameters bounded by the generator
+    are checked against their fixed bounds only; a run always validates with its generator's)."""
 
     ops: Mapping[str, OpSchema]
     kinds: Mapping[str, ManifestKind]
+    limits: GeneratorLimits | None = None
+
+    def for_generator(self, limits: GeneratorLimits) -> OpCatalog:
+        """This catalog checking parameters against ``limits`` too."""
+        return replace(self, limits=limits)
 
     def kind(self, name: str) -> ManifestKind:
         """The kind ``name``; ValueError for an unknown one."""
@@ -328,6 +413,39 @@ def rejections_to_arrow(rejections: Iterable[Rejection], source: str | None = No
         "field": [r.field for r in rej],
         "url": [storage.redact(r.url) if r.url is not None else None for r in rej],
     }, schema=ERRORS_SCHEMA)
+
+
+#: Columns of a rejection list written by :func:`write_rejections`, in order.
+REJECTION_COLUMNS = ("row", "id", "reason", "field", "message", "url")
+
+
+def write_rejections(rejections: Iterable[Rejection], url: str) -> int:
+    """Write every rejection to ``url`` in one PUT, in the format its extension names: ``.csv``,
+    ``.parquet`` or ``.jsonl``, with the columns :data:`REJECTION_COLUMNS` (URLs and messages
+    redacted). Returns the number written; ValueError for another extension."""
+    table = rejections_to_arrow(rejections)
+    records = [{"row": r["row"], "id": r["id"], "reason": r["reason_code"], "field": r["field"],
+                "message": r["message"], "url": r["url"]} for r in table.to_pylist()]
+    ext = url.rsplit(".", 1)[-1].lower() if "." in storage.basename(url) else ""
+    if ext == "csv":
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=REJECTION_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(records)
+        data = text.getvalue().encode()
+    elif ext == "jsonl":
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+    elif ext == "parquet":
+        buf = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(records, schema=pa.schema([
+            pa.field("row", pa.int64(), nullable=False), pa.field("id", pa.string()),
+            pa.field("reason", pa.string(), nullable=False), pa.field("field", pa.string()),
+            pa.field("message", pa.string(), nullable=False), pa.field("url", pa.string())])), buf)
+        data = buf.getvalue()
+    else:
+        raise ValueError(f"cannot write rejections to {storage.redact(url)!r}: use a .csv, .parquet or .jsonl name")
+    storage.write_bytes(url, data)
+    return len(records)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from i2score.data.manifest.read import Malformed, Manifest, Record, path_resolve
 from i2score.data.manifest.schema import (
     KNOWN_COLUMNS,
     SUPPORTED_SCHEMES,
+    GeneratorLimits,
     ManifestRow,
     OpCatalog,
     OpSchema,
@@ -40,16 +41,18 @@ from i2score.data.manifest.schema import (
 # ----------------------------------------------------------------------------------------------
 
 
-def _parse_params_cached(raw: Any, op: OpSchema, cache: dict[tuple[str, str], Any]) -> dict[str, Any]:
-    """:func:`_parse_params` memoised on ``(op, text)``: large manifests repeat a few params
-    strings, and JSON parsing dominates the per-row cost otherwise."""
+def _parse_params_cached(raw: Any, op: OpSchema, limits: GeneratorLimits | None,
+                         cache: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    """:func:`_parse_params` memoised on ``(op, text)`` (one cache per manifest and catalog):
+    large manifests repeat a few params strings, and JSON parsing dominates the per-row cost
+    otherwise."""
     if not isinstance(raw, str):
-        return _parse_params(raw, op)
+        return _parse_params(raw, op, limits)
     key = (op.name, raw)
     hit = cache.get(key)
     if hit is None:
         try:
-            hit = _parse_params(raw, op)
+            hit = _parse_params(raw, op, limits)
         except ValueError as e:
             hit = e
         if len(cache) < 4096:
@@ -59,8 +62,9 @@ def _parse_params_cached(raw: Any, op: OpSchema, cache: dict[tuple[str, str], An
     return dict(hit)
 
 
-def _parse_params(raw: Any, op: OpSchema) -> dict[str, Any]:
-    """Validated params dict; raises ValueError (-> ``invalid_params``)."""
+def _parse_params(raw: Any, op: OpSchema, limits: GeneratorLimits | None) -> dict[str, Any]:
+    """Validated params dict (types and ranges, the generator's ``limits`` included when
+    given); raises ValueError (-> ``invalid_params``) naming the field and its allowed range."""
     if raw is None or raw == "":
         given: Any = {}
     elif isinstance(raw, str):
@@ -82,10 +86,19 @@ def _parse_params(raw: Any, op: OpSchema) -> dict[str, Any]:
         if spec is None:
             allowed = ", ".join(op.params) or "none"
             raise ValueError(f"unknown parameter {key!r} for op {op.name} (allowed: {allowed})")
-        out[key] = spec.check(f"params.{key}", value)
+        out[key] = spec.check(f"params.{key}", value, limits)
     missing = [k for k, p in op.params.items() if p.required and k not in out]
     if missing:
         raise ValueError(f"op {op.name} requires params {missing}")
+    if limits is not None:
+        # A default that a small generator cannot take (style_mix's k = 8 with 6 W+ rows) must
+        # be given explicitly, not fail the batch or be clipped behind the user's back.
+        for key, spec in op.params.items():
+            if key not in out and spec.maximum_of is not None and spec.default is not None:
+                try:
+                    spec.check(f"params.{key}", spec.default, limits)
+                except ValueError as e:
+                    raise ValueError(f"params.{key} is not given and its default does not fit: {e}") from None
     return out
 
 
@@ -182,7 +195,7 @@ class _Checker:
                                  storage.redact(value))
             found[name] = value
         try:
-            params = _parse_params_cached(rec.get("params"), op, self.params_cache)
+            params = _parse_params_cached(rec.get("params"), op, self.catalog.limits, self.params_cache)
         except ValueError as e:
             return Rejection(row, rid, Reason.INVALID_PARAMS.value, str(e), "params")
         extra = {c: rec.get(c) for c in self.extra_cols if rec.get(c) not in (None, "")}
@@ -222,7 +235,10 @@ def validate_manifest(source: str | Manifest, catalog: OpCatalog, *, kind: str =
     Args:
         source: manifest location (local path or URL; format from the extension) or a
             :class:`~i2score.data.manifest.read.Manifest` already parsed.
-        catalog: the ops and manifest kinds (:data:`i2score.runs.ops.CATALOG`).
+        catalog: the ops and manifest kinds (:data:`i2score.runs.ops.CATALOG`); parameters
+            bounded by the generator (layers, W+ rows) are checked against its limits when the
+            catalog has them (``CATALOG.for_generator(limits)``, see
+            :func:`i2score.runs.ops.generator_limits`).
         kind: a kind of ``catalog``: ``reconstruct`` (columns id, image), ``inpaint`` (id, image,
             mask) or ``edit`` (id, image, op; ref/mask/params per op).
         check_files: also read and decode every file (the path ``load_row`` takes), reading up to
