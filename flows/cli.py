@@ -292,6 +292,7 @@ def serve_cmd(
     cron: Annotated[str, typer.Option(help="Cron schedule of the nightly reconstruction (UTC).")] = "0 3 * * *",
     model: Model = None, schedule: ScheduleOpt = "fast", device: Device = "auto",
     limit: Annotated[int, typer.Option(help="Flow runs at a time on this machine.")] = 1,
+    allow: Allow = None,
 ) -> None:
     """Serve the four flows from this machine (needs a Prefect server: `prefect server start`,
     PREFECT_API_URL set): a nightly reconstruction of MANIFEST on CRON, the others on demand
@@ -301,8 +302,9 @@ def serve_cmd(
 
     from flows.deployments import deployments
 
-    serve(*deployments(manifest=manifest, root=root, cron=cron, model=model, schedule=schedule, device=device),
-          limit=limit)
+    allowed = _inputs(allow, None)["allowed_inputs"]
+    serve(*deployments(manifest=manifest, root=root, cron=cron, model=model, schedule=schedule, device=device,
+                       allowed_inputs=allowed), limit=limit)
 
 
 __all__ = ["app"]

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from i2score.runs.config import JobConfig
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -32,6 +34,11 @@ def test_prefect_yaml_is_valid_and_matches_the_flows():
         unknown = set(dep.get("parameters", {})) - accepted
         assert not unknown, f"{dep['name']}: parameters {unknown} are not parameters of {flow.name}"
         assert dep["work_pool"]["name"] == "gpu"
+        # Deployments run manifests from other people: every one is confined to named prefixes.
+        allowed = dep["parameters"].get("allowed_inputs")
+        assert allowed and all(a.startswith("s3://i2score-data/") for a in allowed), dep["name"]
+        JobConfig("reconstruct", "s3://i2score-data/manifests/m.csv", "s3://x", allowed_inputs=tuple(allowed),
+                  max_input_bytes=dep["parameters"].get("max_input_bytes"))
     nightly = data["deployments"][0]
     assert nightly["schedules"][0]["cron"] == "0 3 * * *"
     assert "manifest" in nightly["parameters"]

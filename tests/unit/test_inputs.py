@@ -369,3 +369,28 @@ def test_allow_widens_and_a_symlink_swapped_after_validation_is_still_refused(tm
     with pytest.raises(RowError) as info:
         load_row(row, resolution=64, inputs=strict)
     assert info.value.reason_code == OUTSIDE_ALLOWED_INPUTS
+
+
+def test_validate_cli_confines_to_the_manifest_folder_unless_allowed(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from i2score.cli.app import app
+
+    manifest, _ = hostile_corpus(tmp_path)
+    outside = tmp_path / "outside"
+    runner = CliRunner()
+    out = tmp_path / "rejections.csv"
+    default = runner.invoke(app, ["validate", str(manifest), "--output", str(out)])
+    assert default.exit_code == 1, default.output
+    text = out.read_text()
+    import csv
+
+    reasons = {r["id"]: r["reason"] for r in csv.DictReader(io.StringIO(text))}
+    assert reasons["abs-outside"] == OUTSIDE_ALLOWED_INPUTS and reasons["fifo"] == NOT_A_REGULAR_FILE
+    assert "hunter2pass" not in default.output + text
+    allowed = runner.invoke(app, ["validate", str(manifest), "--allow", str(manifest.parent), "--allow",
+                                  str(outside), "--output", str(out)])
+    assert allowed.exit_code == 1, allowed.output
+    assert "abs-outside" not in out.read_text() and "etc-passwd" in out.read_text()
+    bad = runner.invoke(app, ["validate", str(manifest), "--max-input-bytes", "0"])
+    assert bad.exit_code == 2 and "max_bytes" in bad.output
