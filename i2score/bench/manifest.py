@@ -8,11 +8,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 import sys
 import time
 from typing import Any
 
 from i2score.data import storage
+from i2score.data.inputs import policy_for_manifest
 from i2score.data.manifest import validate_manifest
 from i2score.runs.ops import CATALOG
 
@@ -53,29 +55,46 @@ def synthetic_manifest_csv(n_rows: int) -> bytes:
     return buf.getvalue().encode()
 
 
-def bench_validate(n_rows: int, root_url: str) -> dict[str, Any]:
+def bench_validate(n_rows: int, root_url: str, repeats: int = 3) -> dict[str, Any]:
     """Write a synthetic ``n_rows`` CSV edit manifest below ``root_url`` and time
-    :func:`~i2score.data.manifest.validate_manifest` on it (read + parse + schema checks).
+    :func:`~i2score.data.manifest.validate_manifest` on it (read + parse + schema checks),
+    ``repeats`` times unconfined and confined to the manifest's folder (the runs' default input
+    policy), alternating, so the two are measured side by side.
 
     Returns ``{"rows", "valid", "rejected", "manifest_bytes", "write_s", "wall_s",
-    "rows_per_s"}``; ``wall_s`` covers reading the manifest back from storage too.
+    "rows_per_s", "confined_wall_s", "confined_rows_per_s", "confinement_ratio"}``: medians;
+    ``wall_s`` covers reading the manifest back from storage too; ``confinement_ratio`` is
+    confined / unconfined wall time.
     """
     url = storage.join(root_url, f"bench-manifest-{n_rows}.csv")
     data = synthetic_manifest_csv(n_rows)
     t0 = time.perf_counter()
     storage.write_bytes(url, data)
-    t1 = time.perf_counter()
-    result = validate_manifest(url, CATALOG, kind="edit", check_files=False)
-    t2 = time.perf_counter()
-    wall = t2 - t1
+    write_s = time.perf_counter() - t0
+    inputs = policy_for_manifest(url)
+    plain: list[float] = []
+    confined: list[float] = []
+    for _ in range(max(1, repeats)):
+        t1 = time.perf_counter()
+        result = validate_manifest(url, CATALOG, kind="edit", check_files=False)
+        plain.append(time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        confined_result = validate_manifest(url, CATALOG, kind="edit", check_files=False, inputs=inputs)
+        confined.append(time.perf_counter() - t1)
+    if len(confined_result.rows) != len(result.rows):
+        raise AssertionError("the synthetic manifest names only files in its folder; confinement rejected some")
+    wall, cwall = statistics.median(plain), statistics.median(confined)
     return {
         "rows": n_rows,
         "valid": len(result.rows),
         "rejected": len(result.rejected),
         "manifest_bytes": len(data),
-        "write_s": round(t1 - t0, 4),
+        "write_s": round(write_s, 4),
         "wall_s": round(wall, 4),
         "rows_per_s": round(n_rows / wall, 1) if wall > 0 else float("inf"),
+        "confined_wall_s": round(cwall, 4),
+        "confined_rows_per_s": round(n_rows / cwall, 1) if cwall > 0 else float("inf"),
+        "confinement_ratio": round(cwall / wall, 3) if wall > 0 else float("nan"),
     }
 
 

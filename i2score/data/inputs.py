@@ -182,6 +182,8 @@ class InputPolicy:
     max_bytes: int = DEFAULT_MAX_INPUT_BYTES
     resolve: Any = None
     _prefixes: tuple[_Location, ...] = field(init=False, repr=False)
+    _local_roots: frozenset[str] = field(init=False, repr=False)
+    _local_prefixes: tuple[str, ...] = field(init=False, repr=False)
     _real_prefixes: tuple[str, ...] = field(init=False, repr=False)
     _named_hosts: frozenset[str] = field(init=False, repr=False)
     _host_verdicts: dict[str, str | None] = field(init=False, repr=False, default_factory=dict)
@@ -196,6 +198,9 @@ class InputPolicy:
                 if not a or "::" in a.split("://", 1)[0]:
                     raise ValueError(f"allowed input prefix {a!r}: give a folder or URL prefix")
         self._prefixes = tuple(_locate(a) for a in self.allowed or ())
+        # "/data/jobs" allows "/data/jobs" itself and what starts with "/data/jobs/".
+        self._local_roots = frozenset(p.path for p in self._prefixes if p.scheme == "")
+        self._local_prefixes = tuple(p.path.rstrip(os.sep) + os.sep for p in self._prefixes if p.scheme == "")
         self._real_prefixes = tuple(os.path.realpath(p.path) for p in self._prefixes if p.scheme == "")
         self._named_hosts = frozenset(p.host.split(":")[0] for p in self._prefixes
                                       if p.scheme in _HTTP and p.host)
@@ -212,14 +217,21 @@ class InputPolicy:
     def check(self, url: str) -> None:
         """Raise :class:`InputRejected` when ``url`` is outside the allowed prefixes or names a
         refused network address. Reads nothing (a DNS lookup for http(s) host names, cached)."""
+        if self.allowed is None:
+            return
+        if "://" not in url:  # the common case, kept cheap (validation checks every row)
+            path = os.path.abspath(os.path.expanduser(url) if url.startswith("~") else url)
+            if path in self._local_roots or path.startswith(self._local_prefixes):
+                return
         loc = _locate(url)
-        shown = storage.safe_url(url)
-        if self.allowed is not None and not any(loc.within(p) for p in self._prefixes):
+        if not any(loc.within(p) for p in self._prefixes):
+            shown = storage.safe_url(url)
             raise InputRejected(OUTSIDE_ALLOWED_INPUTS,
                                 f"{shown!r} is outside the allowed inputs ({self._allowed_text()})", shown)
-        if loc.scheme in _HTTP and self.allowed is not None:
+        if loc.scheme in _HTTP:
             why = self._host_verdict(urllib.parse.urlsplit(url).hostname or "")
             if why is not None:
+                shown = storage.safe_url(url)
                 raise InputRejected(OUTSIDE_ALLOWED_INPUTS, f"{shown!r}: {why}", shown)
 
     def _allowed_text(self) -> str:

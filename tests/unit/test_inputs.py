@@ -100,6 +100,8 @@ def test_local_prefixes_resolve_dot_dot_and_symlinks(tree: Path):
     (tree / "allowed-not").mkdir()
     (tree / "allowed-not" / "x.png").write_bytes(png(4))
     assert reason(lambda: policy.read(str(tree / "allowed-not" / "x.png"))) == OUTSIDE_ALLOWED_INPUTS
+    assert reason(lambda: policy.check(str(tree / "allowed-not" / "x.png"))) == OUTSIDE_ALLOWED_INPUTS
+    policy.check(str(allowed))
 
     # A symlink inside the folder passes the lexical check, and is refused when read.
     (allowed / "link.png").symlink_to(tree / "outside" / "secret.png")
