@@ -16,16 +16,19 @@ def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: 
             runner: str = "local", seed: int = 0, include_originals: bool = True,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-            channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+            channels_last: bool | None = None, compile: bool = False,
+            wait_for_lease: bool = False) -> dict[str, Any]:
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
     mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
     :mod:`i2score.method.applications.augment`). Writes ``runs/<run-id>/dataset.csv``, a manifest of the new
     dataset (the originals too unless ``include_originals`` is False) with each image's source,
     partner, op and parameters. Returns ids, counts and the report's URL.
+    ``wait_for_lease``: when another process is running the same job, wait for it (and resume
+    or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("augment", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
                              include_originals=include_originals,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
-                             compile=compile), runner)
+                             compile=compile), runner, wait_for_lease)

@@ -16,13 +16,16 @@ def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, sche
          batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
          run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-         channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+         channels_last: bool | None = None, compile: bool = False,
+         wait_for_lease: bool = False) -> dict[str, Any]:
     """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
     as each op needs; see ``manifests/README.md``). Source images missing from the cache are
     embedded first, through the same batches as :func:`flows.reconstruct.reconstruct` (so a
     dataset reconstructed before costs no embedding steps); then one task per batch of rows with
     the same op and parameters. Returns ids, counts and the report's URL.
+    ``wait_for_lease``: when another process is running the same job, wait for it (and resume
+    or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("edit", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
-                             compile=compile), runner)
+                             compile=compile), runner, wait_for_lease)

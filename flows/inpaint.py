@@ -15,12 +15,15 @@ def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | No
             batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-            channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+            channels_last: bool | None = None, compile: bool = False,
+            wait_for_lease: bool = False) -> dict[str, Any]:
     """Fill the white region of each row's mask (columns ``id``, ``image``, ``mask``; a row's
     ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
     pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.
+    ``wait_for_lease``: when another process is running the same job, wait for it (and resume
+    or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile),
-                   runner)
+                   runner, wait_for_lease)

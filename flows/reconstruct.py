@@ -16,7 +16,8 @@ def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = Non
                 batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
                 run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
-                channels_last: bool | None = None, compile: bool = False) -> dict[str, Any]:
+                channels_last: bool | None = None, compile: bool = False,
+                wait_for_lease: bool = False) -> dict[str, Any]:
     """Embed the images of ``manifest`` (columns ``id``, ``image``) into ``(w, n)``.
 
     Validates the manifest, skips images already in the cache under ``root`` (same bytes,
@@ -28,8 +29,10 @@ def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = Non
     ``encoder`` names the encoder (default: the generator's). ``precision`` (``fp32``/``bf16``),
     ``channels_last``, ``compile`` and ``batch_size="auto"`` select the engine's fast path (the
     device decides when unset). Returns ids, counts and the report's URL.
+    ``wait_for_lease``: when another process is running the same job, wait for it (and resume
+    or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("reconstruct", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile),
-                   runner)
+                   runner, wait_for_lease)
