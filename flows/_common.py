@@ -73,6 +73,8 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
                                        "root": _absolute(config.root)})
     identity = batches.run_identity(config.to_json())
     run_id, root = identity["run_id"], config.root
+    if identity["finished"] is not None:  # finished: no lease needed, nothing is written
+        return _noop(identity["finished"], config.kind)
 
     def waiting(active: lease.RunActiveError) -> None:
         logger.info("%s: waiting for it to finish or expire", active)
@@ -80,12 +82,8 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
     with lease.hold(root, run_id, wait=wait_for_lease, on_wait=waiting) as held:
         t0 = time.perf_counter()  # the attempt's own time, not the wait
         plan = batches.plan_run(config.to_json(), identity, held.attempt, held.generation)
-        if plan["noop"]:
-            summary = plan["summary"]
-            logger.info("run %s is already finished (same manifest, model and settings): nothing to do", run_id)
-            create_markdown_artifact(f"Run `{run_id}` was already finished; nothing was recomputed. "
-                                     f"Report: {summary['files']['report']}", key=_slug(f"{config.kind}-noop"))
-            return _result(summary, noop=True)
+        if plan["noop"]:  # the attempt this one waited for finished the run
+            return _noop(plan["summary"], config.kind)
         counts = plan["counts"]
         logger.info("run %s (attempt %s, lease generation %d): %s", run_id, held.attempt, held.generation,
                     ", ".join(f"{k} {v}" for k, v in counts.items()))
@@ -99,6 +97,15 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
     logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
                 summary["rows"]["failed"], summary["files"]["report"])
     return _result(summary)
+
+
+def _noop(summary: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The result of a run that was already finished (nothing recomputed)."""
+    get_run_logger().info("run %s is already finished (same manifest, model and settings): nothing to do",
+                          summary["run_id"])
+    create_markdown_artifact(f"Run `{summary['run_id']}` was already finished; nothing was recomputed. "
+                             f"Report: {summary['files']['report']}", key=_slug(f"{kind}-noop"))
+    return _result(summary, noop=True)
 
 
 @flow(name="run-batches", task_runner=local_task_runner())

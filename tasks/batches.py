@@ -38,19 +38,21 @@ _OPTIONS: dict[str, Any] = {"retries": len(RETRY_DELAYS), "retry_delay_seconds":
 
 
 @task(name="run-identity", **_OPTIONS)
-def run_identity(config: dict[str, Any]) -> dict[str, str]:
-    """The run id and job digest of ``config`` (see :func:`i2score.runs.plan.run_identity`)."""
-    ident = plan.run_identity(JobConfig.from_json(config))
-    return {"run_id": ident.run_id, "digest": ident.digest}
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The run id and job digest of ``config`` (see :func:`i2score.runs.plan.run_identity`), and
+    the run's summary when it is already finished (``finished``, else None)."""
+    job = JobConfig.from_json(config)
+    ident = plan.run_identity(job)
+    return {"run_id": ident.run_id, "digest": ident.digest, "finished": plan.finished_summary(job.root, ident)}
 
 
 @task(name="plan-run", **_OPTIONS)
-def plan_run(config: dict[str, Any], identity: dict[str, str] | None = None, attempt: str | None = None,
+def plan_run(config: dict[str, Any], identity: dict[str, Any] | None = None, attempt: str | None = None,
              lease_generation: int | None = None) -> dict[str, Any]:
     """Validate, hash inputs, look up the cache and write the batch specs (see
     :func:`i2score.runs.plan.plan_run`). Returns the plan's ids and counts."""
     return plan.plan_run(JobConfig.from_json(config), attempt=attempt,
-                         identity=plan.RunIdentity(**identity) if identity else None,
+                         identity=plan.RunIdentity(identity["run_id"], identity["digest"]) if identity else None,
                          lease_generation=lease_generation).to_json()
 
 

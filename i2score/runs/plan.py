@@ -111,6 +111,18 @@ def run_identity(config: JobConfig, G: StyleGAN2 | None = None) -> RunIdentity:
     return RunIdentity(config.run_id or f"{config.kind}-{job_digest[:12]}", job_digest)
 
 
+def finished_summary(root: str, identity: RunIdentity) -> dict[str, Any] | None:
+    """The summary of the run when it is finished: ``summary.json`` of the same job digest with
+    no failed row (a run with failed rows is not finished: re-running retries those rows)."""
+    try:
+        summary: dict[str, Any] = read_json(RunPaths(root, identity.run_id).url("summary.json"))
+    except FileNotFoundError:
+        return None
+    if summary.get("digest") == identity.digest and not summary["rows"]["failed"]:
+        return summary
+    return None
+
+
 def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIdentity | None = None,
              lease_generation: int | None = None) -> PlanResult:
     """Validate the manifest, hash every input, look up the cache and write the batch specs.
@@ -143,12 +155,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     run_id, job_digest = identity.run_id, identity.digest
     paths = RunPaths(config.root, run_id)
 
-    try:
-        summary = read_json(paths.url("summary.json"))
-    except FileNotFoundError:
-        summary = None
-    # A finished run is a no-op; one with failed rows retries those rows (the others are done).
-    if summary is not None and summary.get("digest") == job_digest and not summary["rows"]["failed"]:
+    summary = finished_summary(config.root, identity)
+    if summary is not None:
         return PlanResult(run_id, paths.run_url, job_digest, attempt, [], {}, noop=True, summary=summary)
 
     kind = "reconstruct" if config.kind == "augment" else config.kind
