@@ -24,6 +24,7 @@ from prefect.futures import as_completed
 
 from flows.runners import check_runner, local_task_runner, task_runner_for
 from i2score.data import storage
+from i2score.runs import lease
 from i2score.runs.config import JobConfig
 from tasks import batches
 
@@ -63,33 +64,54 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60]
 
 
-def run_job(config: JobConfig, runner: str = "local") -> dict[str, Any]:
-    """Plan ``config``, run its batches on ``runner`` and finish the run. Returns the summary's
-    small part."""
+def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = False) -> dict[str, Any]:
+    """Take the run's lease, plan ``config``, run its batches on ``runner`` and finish the run.
+    Returns the summary's small part.
+
+    Another attempt holding the lease (a second process on the same job) raises
+    :class:`i2score.runs.lease.RunActiveError`; with ``wait_for_lease`` this attempt waits until
+    the lease is released or expires, then resumes the run (a no-op when the other attempt
+    finished it). Lease times come from ``I2S_LEASE_TTL_S``/``I2S_LEASE_RENEW_S``/``I2S_LEASE_POLL_S``.
+    """
     check_runner(runner)
     logger = get_run_logger()
-    t0 = time.perf_counter()
     config = JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
                                        "root": _absolute(config.root)})
-    plan = batches.plan_run(config.to_json())
-    run_id, root = plan["run_id"], config.root
-    if plan["noop"]:
-        summary = plan["summary"]
-        logger.info("run %s is already finished (same manifest, model and settings): nothing to do", run_id)
-        create_markdown_artifact(f"Run `{run_id}` was already finished; nothing was recomputed. "
-                                 f"Report: {summary['files']['report']}", key=_slug(f"{config.kind}-noop"))
-        return _result(summary, noop=True)
-    counts = plan["counts"]
-    logger.info("run %s: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.items()))
-    # The batches run in a sub-flow because a flow's task runner is fixed when it starts, and the
-    # runner is a parameter of the job.
-    run_batches.with_options(task_runner=task_runner_for(runner))(root, run_id, plan["phases"], plan["attempt"],
-                                                                  f"{config.kind} {run_id}")
-    summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0)
+    identity = batches.run_identity(config.to_json())
+    run_id, root = identity["run_id"], config.root
+    if identity["finished"] is not None:  # finished: no lease needed, nothing is written
+        return _noop(identity["finished"], config.kind)
+
+    def waiting(active: lease.RunActiveError) -> None:
+        logger.info("%s: waiting for it to finish or expire", active)
+
+    with lease.hold(root, run_id, wait=wait_for_lease, on_wait=waiting) as held:
+        t0 = time.perf_counter()  # the attempt's own time, not the wait
+        plan = batches.plan_run(config.to_json(), identity, held.attempt, held.generation)
+        if plan["noop"]:  # the attempt this one waited for finished the run
+            return _noop(plan["summary"], config.kind)
+        counts = plan["counts"]
+        logger.info("run %s (attempt %s, lease generation %d): %s", run_id, held.attempt, held.generation,
+                    ", ".join(f"{k} {v}" for k, v in counts.items()))
+        # The batches run in a sub-flow because a flow's task runner is fixed when it starts, and the
+        # runner is a parameter of the job.
+        run_batches.with_options(task_runner=task_runner_for(runner))(root, run_id, plan["phases"],
+                                                                      plan["attempt"], f"{config.kind} {run_id}")
+        held.check()  # an attempt whose lease was taken over leaves the summary to the new owner
+        summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0)
     _artifacts(summary, config.kind)
     logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
                 summary["rows"]["failed"], summary["files"]["report"])
     return _result(summary)
+
+
+def _noop(summary: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The result of a run that was already finished (nothing recomputed)."""
+    get_run_logger().info("run %s is already finished (same manifest, model and settings): nothing to do",
+                          summary["run_id"])
+    create_markdown_artifact(f"Run `{summary['run_id']}` was already finished; nothing was recomputed. "
+                             f"Report: {summary['files']['report']}", key=_slug(f"{kind}-noop"))
+    return _result(summary, noop=True)
 
 
 @flow(name="run-batches", task_runner=local_task_runner())

@@ -17,7 +17,8 @@ def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: 
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
             channels_last: bool | None = None, compile: bool = False,
-        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None) -> dict[str, Any]:
+        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
+        wait_for_lease: bool = False) -> dict[str, Any]:
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
     mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
@@ -26,10 +27,12 @@ def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: 
     partner, op and parameters. Returns ids, counts and the report's URL.
     ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's
     folder), ``max_input_bytes`` caps each file (README "Bad input").
+    ``wait_for_lease``: when another process is running the same job, wait for it (and resume
+    or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("augment", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
                              include_originals=include_originals,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
-                             max_input_bytes=max_input_bytes), runner)
+                             max_input_bytes=max_input_bytes), runner, wait_for_lease)

@@ -4,7 +4,8 @@ Flow commands run the Prefect flow in this process (without ``PREFECT_API_URL`` 
 temporary local server for the run's bookkeeping), show a progress bar per batch and print
 where the outputs and the report are. Exit codes: 0 every row succeeded, 1 some rows failed
 (listed in ``errors.parquet`` and the report; the other rows are complete), 2 the job could not
-run (bad arguments, unreadable manifest).
+run (bad arguments, unreadable manifest, or another process is running the same job: one line
+``run X is active (owner H:P, since T)``; ``--wait`` waits for it instead).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import typer
 from rich.console import Console
 
 from i2score.cli.app import app
+from i2score.runs.lease import RunActiveError
 
 if TYPE_CHECKING:  # Prefect is imported after its settings are in the environment (_prefect_env)
     from prefect import Flow, State
@@ -53,6 +55,9 @@ Allow = Annotated[list[str] | None, typer.Option(
     "--allow", help="URL prefix the manifest's files may come from (repeatable: a folder, s3://bucket/prefix/, "
                     "https://host/path/). Default: the manifest's own folder only.")]
 MaxInputBytes = Annotated[int | None, typer.Option(help="Largest input file read, in bytes (default 64 MiB).")]
+Wait = Annotated[bool, typer.Option("--wait", help="When another process is running the same job (its run lease is "
+                                                  "held), wait until it finishes or its lease expires, then resume "
+                                                  "the run or find it finished; without --wait exit 2 at once.")]
 
 
 def _prefect_env(verbose: bool) -> None:
@@ -90,7 +95,10 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
             remove()
     if not state.is_completed():
         exc = state.result(raise_on_failure=False)
-        console.print(f"[red]{flow_name} failed:[/red] {type(exc).__name__}: {exc}")
+        if isinstance(exc, RunActiveError):
+            typer.echo(str(exc), err=True)  # one line: run X is active (owner H:P, since T)
+        else:
+            console.print(f"[red]{flow_name} failed:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(2)
     return state.result()
 
@@ -148,12 +156,12 @@ def reconstruct_cmd(
     verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
-    max_input_bytes: MaxInputBytes = None,
+    max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
     """Embed every image of MANIFEST (cache hits are skipped) and write its reconstruction."""
     _finish(_run("reconstruct", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  **_inputs(allow, max_input_bytes)))
 
 
@@ -166,12 +174,12 @@ def inpaint_cmd(
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
-    max_input_bytes: MaxInputBytes = None,
+    max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
     """Fill the masked region of every row, k solutions each."""
     _finish(_run("inpaint", verbose, manifest=manifest, root=root, k=k, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  **_inputs(allow, max_input_bytes)))
 
 
@@ -183,12 +191,12 @@ def edit_cmd(
     verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
-    max_input_bytes: MaxInputBytes = None,
+    max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
     """Run every edit of MANIFEST from cached latents (sources not in the cache are embedded first)."""
     _finish(_run("edit", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  **_inputs(allow, max_input_bytes)))
 
 
@@ -204,14 +212,14 @@ def augment_cmd(
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
-    max_input_bytes: MaxInputBytes = None,
+    max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
     """Write N variants of every image and a dataset.csv manifest with their lineage."""
     _finish(_run("augment", verbose, manifest=manifest, root=root, n_per_image=n_per_image,
                  ops=[o.strip() for o in ops.split(",") if o.strip()], include_originals=originals, model=model,
                  schedule=schedule, device=device, runner=runner, seed=seed,
                  run_id=run_id,
-                 **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  **_inputs(allow, max_input_bytes)))
 
 

@@ -17,7 +17,8 @@ def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, sche
          run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
          channels_last: bool | None = None, compile: bool = False,
-        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None) -> dict[str, Any]:
+        allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
+        wait_for_lease: bool = False) -> dict[str, Any]:
     """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
     as each op needs; see ``manifests/README.md``). Source images missing from the cache are
     embedded first, through the same batches as :func:`flows.reconstruct.reconstruct` (so a
@@ -25,8 +26,10 @@ def edit(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, sche
     the same op and parameters. Returns ids, counts and the report's URL.
     ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's
     folder), ``max_input_bytes`` caps each file (README "Bad input").
+    ``wait_for_lease``: when another process is running the same job, wait for it (and resume
+    or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("edit", manifest, root, model, schedule, batch_size, device, seed, run_id,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
-                             max_input_bytes=max_input_bytes), runner)
+                             max_input_bytes=max_input_bytes), runner, wait_for_lease)

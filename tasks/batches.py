@@ -37,11 +37,23 @@ _OPTIONS: dict[str, Any] = {"retries": len(RETRY_DELAYS), "retry_delay_seconds":
                             "retry_condition_fn": retry_on_transient, "cache_policy": NO_CACHE}
 
 
+@task(name="run-identity", **_OPTIONS)
+def run_identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The run id and job digest of ``config`` (see :func:`i2score.runs.plan.run_identity`), and
+    the run's summary when it is already finished (``finished``, else None)."""
+    job = JobConfig.from_json(config)
+    ident = plan.run_identity(job)
+    return {"run_id": ident.run_id, "digest": ident.digest, "finished": plan.finished_summary(job.root, ident)}
+
+
 @task(name="plan-run", **_OPTIONS)
-def plan_run(config: dict[str, Any]) -> dict[str, Any]:
+def plan_run(config: dict[str, Any], identity: dict[str, Any] | None = None, attempt: str | None = None,
+             lease_generation: int | None = None) -> dict[str, Any]:
     """Validate, hash inputs, look up the cache and write the batch specs (see
     :func:`i2score.runs.plan.plan_run`). Returns the plan's ids and counts."""
-    return plan.plan_run(JobConfig.from_json(config)).to_json()
+    return plan.plan_run(JobConfig.from_json(config), attempt=attempt,
+                         identity=plan.RunIdentity(identity["run_id"], identity["digest"]) if identity else None,
+                         lease_generation=lease_generation).to_json()
 
 
 @task(name="run-batch", task_run_name="{batch_id}", **_OPTIONS)

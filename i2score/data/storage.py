@@ -43,6 +43,7 @@ this module's interface (``__all__``), so callers need one import for everything
 from __future__ import annotations
 
 import contextlib
+import errno
 import inspect
 import json
 import os
@@ -66,6 +67,7 @@ __all__ = [
     "ENV_OPTIONS",
     "basename",
     "configure_retries",
+    "create_exclusive",
     "delete",
     "exists",
     "info",
@@ -323,6 +325,76 @@ def write_bytes(
             fs.pipe_file(path, payload)
 
     _with_retries("write", url, _write, attempts)
+
+
+def _create_local(path: str, data: bytes) -> None:
+    # A complete temp file hard-linked to its name: link(2) fails with EEXIST when the name exists,
+    # so creation is exclusive (like O_CREAT|O_EXCL) and a reader never sees a partial object.
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.link(tmp, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """True for an S3 conditional PUT that lost: 412 PreconditionFailed (the key exists) or 409
+    ConditionalRequestConflict (another conditional write of the key is in flight)."""
+    for e in (exc, exc.__cause__):
+        response = getattr(e, "response", None)
+        if isinstance(response, Mapping):
+            code = str((response.get("Error") or {}).get("Code", ""))
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return True
+    return False
+
+
+#: Serialises check-then-write creation on stores without a conditional put (memory://), which
+#: are only shared between the threads of one process.
+_CREATE_LOCK = threading.Lock()
+
+
+def create_exclusive(url: str, data: bytes, *, attempts: int | None = None, **storage_options: Any) -> None:
+    """Create the object ``url`` with ``data`` only if it does not exist; ``FileExistsError``
+    when it does. Of two writers racing for one name exactly one succeeds where the store has a
+    conditional put:
+
+    - local folders: a complete temp file hard-linked to the name (``link`` fails when the name
+      exists; atomic on POSIX filesystems, NFS included);
+    - ``s3://``: a PUT with ``If-None-Match: *`` (s3fs ``mode="create"``); AWS S3 and SeaweedFS
+      (tested: 4.x) answer 412 to the loser;
+    - ``memory://``: a check-then-write under a process-wide lock (memory:// is per process);
+    - any other protocol: fsspec's ``mode="create"``, which is atomic only where that
+      filesystem implements it (otherwise check-then-write: a race can let both writers succeed).
+
+    Retried on transient errors like every write: a retry of a PUT whose answer was lost fails
+    with ``FileExistsError`` although the object is ours, so callers put something unique in
+    ``data`` and read the object back to tell (see :mod:`i2score.runs.lease`).
+    """
+    payload = bytes(data)
+
+    def _create() -> None:
+        fs, path = url_to_fs(url, **storage_options)
+        if not is_remote(url):
+            _create_local(path, payload)
+            return
+        if _protocol(url) == "memory":
+            with _CREATE_LOCK:
+                fs.pipe_file(path, payload, mode="create")
+            return
+        try:
+            fs.pipe_file(path, payload, mode="create")
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) or _precondition_failed(exc):
+                raise FileExistsError(errno.EEXIST, f"{safe_url(url)} exists") from None
+            raise
+
+    _with_retries("create", url, _create, attempts)
 
 
 def exists(url: str, *, attempts: int | None = None, **storage_options: Any) -> bool:

@@ -35,6 +35,7 @@ from i2score.method.applications.common import render
 from i2score.runs.augment import Augmentation, run_augmentations
 from i2score.runs.config import EngineOptions, JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
+from i2score.runs.lease import check_current
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import DegenerateOutputError, RunOutputs
 from i2score.runs.prefetch import read_all, start_prefetch
@@ -87,6 +88,8 @@ def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = Non
     is ``auto`` or ``cuda`` (see :func:`resolve_device`).
 
     Idempotent: when the record exists already (a retried task, a resumed run) nothing runs.
+    A batch planned under a run lease runs only while its attempt holds the lease
+    (:class:`i2score.runs.lease.LeaseLostError` otherwise).
     Storage errors that are transient propagate (retry the batch); every other failure is
     recorded against the rows it affects.
     """
@@ -98,6 +101,9 @@ def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = Non
     except FileNotFoundError:
         pass
     spec = read_json(paths.spec_url(batch_id))
+    if spec.get("lease_generation") is not None:
+        # A fence: an attempt that lost the run's lease (another one took it over) computes nothing more.
+        check_current(root, run_id, int(spec["lease_generation"]), spec["attempt"])
     config = JobConfig.from_json(spec["config"])
     ctx = worker_context(config.model, resolve_device(device or config.device, gpu_index))
     if ctx.generator_sha256 != spec["generator"]["sha256"]:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from i2score.data import storage
 from i2score.data.cache import LatentCache, source_key
 from i2score.data.manifest import (
     Manifest,
@@ -95,7 +96,46 @@ def _batch_id(kind: str, index: int, members: Iterable[str]) -> str:
     return f"{kind}-{index:05d}-{digest(sorted(members))[:10]}"
 
 
-def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
+@dataclass(frozen=True)
+class RunIdentity:
+    """Which run a job is: its id and the digest of everything that changes its results."""
+
+    run_id: str
+    digest: str
+
+
+def run_identity(config: JobConfig, G: StyleGAN2 | None = None, manifest_bytes: bytes | None = None) -> RunIdentity:
+    """The run id of ``config`` (``config.run_id``, else ``<kind>-<digest[:12]>``) and its job
+    digest: manifest bytes, generator weights, job parameters and schedule. Computed before
+    anything of the run is written, so a caller can take the run's lease first (see
+    :mod:`i2score.runs.lease`). ``G`` is the job's generator and ``manifest_bytes`` the
+    manifest's bytes when already loaded."""
+    schedule = Schedule.parse(config.schedule, init=config.init)
+    if G is None:
+        # The weights hash is all that is needed; load on CPU.
+        G = load_generator(config.model or DEFAULT_MODEL, device="cpu")
+    assert G.weights_sha256 is not None, "load_generator sets the weights hash"
+    if manifest_bytes is None:
+        manifest_bytes = read_manifest_bytes(config.manifest)
+    job_digest = digest([b"i2score.job/1", manifest_bytes, G.weights_sha256, job_identity(config),
+                         schedule_identity(schedule)])
+    return RunIdentity(config.run_id or f"{config.kind}-{job_digest[:12]}", job_digest)
+
+
+def finished_summary(root: str, identity: RunIdentity) -> dict[str, Any] | None:
+    """The summary of the run when it is finished: ``summary.json`` of the same job digest with
+    no failed row (a run with failed rows is not finished: re-running retries those rows)."""
+    try:
+        summary: dict[str, Any] = read_json(RunPaths(root, identity.run_id).url("summary.json"))
+    except FileNotFoundError:
+        return None
+    if summary.get("digest") == identity.digest and not summary["rows"]["failed"]:
+        return summary
+    return None
+
+
+def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIdentity | None = None,
+             lease_generation: int | None = None) -> PlanResult:
     """Validate the manifest, hash every input, look up the cache and write the batch specs.
 
     Rows that already have an output in this run (an earlier, interrupted attempt) are
@@ -103,6 +143,11 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     them in larger batches). Returns a :class:`PlanResult`; when ``summary.json`` of the same
     job exists and no row failed, the run is finished and nothing is written (``noop``); when
     rows failed, only those are planned again.
+
+    ``identity`` is the run's :func:`run_identity` when the caller computed it (to take the
+    run's lease); ``attempt`` and ``lease_generation`` name the attempt and the lease
+    generation it holds. Batch specs carry both, so a batch of an attempt that lost its lease
+    refuses to run (:func:`i2score.runs.lease.check_current`).
     """
     attempt = attempt or uuid.uuid4().hex[:12]
     schedule = Schedule.parse(config.schedule, init=config.init)
@@ -119,17 +164,18 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     batch_size = resolve_batch_size(config, G, engine, device)
     manifest_bytes = read_manifest_bytes(config.manifest)
     inputs = config.input_policy()
-    job_digest = digest([b"i2score.job/1", manifest_bytes, gen["sha256"], job_identity(config),
-                         schedule_identity(schedule)])
-    run_id = config.run_id or f"{config.kind}-{job_digest[:12]}"
+    planned = run_identity(config, G, manifest_bytes)
+    if identity is not None and identity != planned:
+        # The lease was taken for the job as it was; planning another manifest under it would
+        # mix two jobs in one run folder.
+        raise RuntimeError(f"the manifest {storage.redact(config.manifest)} changed since run "
+                           f"{identity.run_id} was identified; run the job again")
+    identity = planned
+    run_id, job_digest = identity.run_id, identity.digest
     paths = RunPaths(config.root, run_id)
 
-    try:
-        summary = read_json(paths.url("summary.json"))
-    except FileNotFoundError:
-        summary = None
-    # A finished run is a no-op; one with failed rows retries those rows (the others are done).
-    if summary is not None and summary.get("digest") == job_digest and not summary["rows"]["failed"]:
+    summary = finished_summary(config.root, identity)
+    if summary is not None:
         return PlanResult(run_id, paths.run_url, job_digest, attempt, [], {}, noop=True, summary=summary)
 
     kind = "reconstruct" if config.kind == "augment" else config.kind
@@ -214,6 +260,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
         if src["key"] in warm:
             src["warm"] = warm[src["key"]]
     base = {"run_id": run_id, "root": config.root, "config": config.to_json(), "attempt": attempt,
+            "lease_generation": lease_generation,
             "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params, "init": init,
             "encoder": encoder, "engine": asdict(engine)}
 
@@ -261,9 +308,11 @@ def plan_run(config: JobConfig, *, attempt: str | None = None) -> PlanResult:
     write_json(paths.url("plan.json"), {"digest": job_digest, "config": config.to_json(), "generator": gen,
                                           "schedule": asdict(schedule), "init": init, "encoder": encoder,
                                           "engine": asdict(engine), "phases": phases,
-                                          "attempt": attempt, "counts": counts})
-    write_json(paths.record_url("validation"), {
-        "batch_id": "validation", "kind": "validation", "attempt": attempt, "outputs": [],
+                                          "attempt": attempt, "lease_generation": lease_generation,
+                                          "counts": counts})
+    # One validation record per attempt: it also marks that the attempt planned (summary "attempts").
+    write_json(paths.record_url(f"validation-{attempt}"), {
+        "batch_id": f"validation-{attempt}", "kind": "validation", "attempt": attempt, "outputs": [],
         "errors": [asdict(r) for r in rejected], "embedding_steps": 0, "edit_steps": 0,
         "embedded": 0, "cache_hits": 0, "seconds": 0.0})
     return PlanResult(run_id, paths.run_url, job_digest, attempt, phases, counts)

@@ -3,8 +3,10 @@
 One run of a job lives under ``<root>/runs/<run-id>/``::
 
     plan.json                  the plan: digest, job, generator, schedule, phases, counts
+    lease/<generation>.json    the run lease, one object per attempt (:mod:`i2score.runs.lease`)
     plan/<batch-id>.json       the batch specs (written by :func:`i2score.runs.plan.plan_run`)
     batches/<batch-id>.json    one record per finished batch: outputs, errors, steps run
+    batches/validation-<attempt>.json  the rows an attempt's validation rejected
     outputs/<id>.png           images (written before the record that points at them)
     manifest.parquet           output manifest with lineage (one row per output)
     errors.parquet             every rejected row with its reason (validation and execution)

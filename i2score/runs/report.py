@@ -15,6 +15,7 @@ from i2score.data import storage
 from i2score.data.inputs import InputPolicy
 from i2score.data.manifest import Rejection, validate_manifest
 from i2score.runs.config import JobConfig
+from i2score.runs.lease import lease_folder
 from i2score.runs.ops import CATALOG, OPS
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import RunPaths, batch_records, read_json
@@ -81,7 +82,9 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
         "batches_run": sum(1 for r in this if r["kind"] not in ("validation", "failed")),
         "batches_failed": sum(1 for r in this if r["kind"] == "failed"),
         "batches_total": sum(1 for r in records if r["kind"] not in ("validation", "failed")),
+        # Every attempt that planned the run (each writes its validation record) or ran a batch of it.
         "attempts": len({r.get("attempt") for r in records}),
+        "by_attempt": _by_attempt(records, lease_owners(root, run_id)),
         "batch_seconds": round(sum(float(r.get("seconds", 0.0)) for r in this), 3),
         # Batches of this attempt per worker process (host:pid/device).
         "workers": dict(Counter(r["worker"] for r in this if r.get("worker")).most_common()),
@@ -109,6 +112,36 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     # summary.json last: its presence marks the run finished.
     storage.write_bytes(paths.url("summary.json"), json.dumps(summary, indent=1, sort_keys=True).encode())
     return summary
+
+
+def lease_owners(root: str, run_id: str) -> dict[str, str]:
+    """``{attempt: "host:pid"}`` from the run's lease generations (:mod:`i2score.runs.lease`)."""
+    urls = storage.list_files(lease_folder(root, run_id), ".json")
+    owners: dict[str, str] = {}
+    for data in storage.read_many(urls).values():
+        if isinstance(data, BaseException):
+            raise data
+        rec = json.loads(data)
+        owners[rec["attempt"]] = f"{rec['host']}:{rec['pid']}"
+    return owners
+
+
+def _by_attempt(records: Sequence[Mapping[str, Any]], owners: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """What each attempt of the run did, from its batch records: batches run, images embedded,
+    embedding and edit steps, and the process that held the lease (when it had one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in records:
+        a = str(r.get("attempt"))
+        d = out.setdefault(a, {"owner": owners.get(a), "batches_run": 0, "batches_failed": 0, "embedded": 0,
+                               "embedding_steps": 0, "edit_steps": 0})
+        if r["kind"] == "failed":
+            d["batches_failed"] += 1
+        elif r["kind"] != "validation":
+            d["batches_run"] += 1
+        d["embedded"] += int(r.get("embedded", 0))
+        d["embedding_steps"] += int(r.get("embedding_steps", 0))
+        d["edit_steps"] += int(r.get("edit_steps", 0))
+    return dict(sorted(out.items()))
 
 
 def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> str:

@@ -165,8 +165,15 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     assert errors["unknown"]["reason_code"] == "unknown_op"
 
 
-def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefect_api):
+def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefect_api, monkeypatch):
+    # The killed process holds the run's lease: the next attempt waits for it to expire, takes it
+    # over (generation 2) and resumes. Short lease times, in the child and here.
     from flows.reconstruct import reconstruct
+    from i2score.runs.lease import lease_folder, newest_lease
+
+    lease_env = {"I2S_LEASE_TTL_S": "4", "I2S_LEASE_RENEW_S": "1", "I2S_LEASE_POLL_S": "0.2"}
+    for k, v in lease_env.items():
+        monkeypatch.setenv(k, v)
 
     root = str(tmp_path / "store")
     n = 4
@@ -175,7 +182,7 @@ def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefe
     schedule, steps = "15+15", 30
     rng = random.Random()
     kill_after = rng.randint(1, n - 2)
-    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(DEMO.parent.parent)}
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(DEMO.parent.parent), **lease_env}
     proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "reconstruct", manifest, "--root", root,
                              "--schedule", schedule, "--batch-size", "1", "--device", "cpu"],
                             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -193,8 +200,11 @@ def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefe
     done_before = len(finished())
     assert done_before < n, f"the run finished before it was killed (kill_after={kill_after})"
 
-    res = reconstruct(manifest, root=root, schedule=schedule, batch_size=1, device="cpu")
+    res = reconstruct(manifest, root=root, schedule=schedule, batch_size=1, device="cpu", wait_for_lease=True)
     s = _summary(res)
+    lease = newest_lease(root, res["run_id"])
+    assert lease is not None and (lease.generation, lease.pid, lease.released) == (2, os.getpid(), True)
+    assert len(storage.list_files(lease_folder(root, res["run_id"]), ".json")) == 2
     assert (s["rows"]["outputs"], s["rows"]["failed"]) == (n, 0)
     assert s["attempts"] == 2
     # Finished batches are not run again; a batch killed after its cache write is a cache hit.
@@ -207,6 +217,16 @@ def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefe
     cache = LatentCache(root)
     assert cache.verify().ok
     assert len(cache.ls()) == n
+    assert cache.ls(dedupe=False).num_rows == n  # no image indexed twice
+    # The same as one uninterrupted run, less the steps of a killed batch's embeddings that the
+    # resumed attempt found cached (its record was never written, so no attempt counts them).
+    ref_root = str(tmp_path / "ref")
+    ref_manifest = _manifest(ref_root, "m.csv", ["id", "image"], [[f"r{i}", _image(ref_root, f"heldout-0{i}.png")]
+                                                                   for i in range(n)])
+    ref = _summary(reconstruct(ref_manifest, root=ref_root, schedule=schedule, batch_size=1, device="cpu"))
+    assert (ref["rows"], ref["attempts"], ref["embedding_steps"]) == (s["rows"], 1, steps * n)
+    assert s["embedding_steps_all_attempts"] + steps * s["cache_hits"] == ref["embedding_steps"]
+    assert sum(a["embedding_steps"] for a in s["by_attempt"].values()) == s["embedding_steps_all_attempts"]
     for u in out.column("output_url").to_pylist():
         arr = np.asarray(Image.open(io.BytesIO(storage.read_bytes(u))))
         assert arr.shape == (64, 64, 3)

@@ -74,3 +74,12 @@ def test_pre_layout_cache_entries_are_hits(old_root: str) -> None:
     plan = plan_run(config)
     assert plan.run_id != EXPECTED["runs"]["reconstruct"]["run_id"]
     assert plan.counts["cache_hits"] == 4 and plan.counts["to_embed"] == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_run_id_is_known_before_planning(old_root: str, kind: str) -> None:
+    # The run lease is taken on this id before anything of the run is written.
+    from i2score.runs.plan import run_identity
+
+    ident = run_identity(_config(kind, old_root))
+    assert (ident.run_id, ident.digest) == (EXPECTED["runs"][kind]["run_id"], EXPECTED["runs"][kind]["digest"])
