@@ -4,6 +4,7 @@ worker killed mid-run costs only the batch it was running."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import threading
@@ -24,7 +25,11 @@ DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo"
 
 
 def _manifest(tmp_path: Path, n: int) -> str:
-    lines = ["id,image"] + [f"p{i},{DEMO / 'images' / f'heldout-{i:02d}.png'}" for i in range(n)]
+    """``n`` demo images copied next to the manifest (its folder is what rows may name)."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    for i in range(n):
+        shutil.copy(DEMO / "images" / f"heldout-{i:02d}.png", tmp_path / "images")
+    lines = ["id,image"] + [f"p{i},images/heldout-{i:02d}.png" for i in range(n)]
     path = tmp_path / "manifest.csv"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
