@@ -91,7 +91,7 @@ def sharded(manifest: str, deployment: str, root: str = DEFAULT_ROOT, rows_per_s
             totals["cache_hits"] += s["cache_hits"]
     result = {"digest": plan["digest"], "shards": len(runs), "shards_failed": sum(not r["completed"] for r in runs),
               "rejected_rows": plan["rejected"], "errors": plan["errors_url"], **totals, "runs": runs}
-    storage.write_bytes(storage.join(plan["prefix"], "summary.json"), json.dumps(result, indent=2).encode())
+    storage.write_json(storage.join(plan["prefix"], "summary.json"), result, indent=2)
     create_table_artifact([{k: r.get(k) for k in ("run_id", "state", "flow_run_id")} for r in runs],
                           key=f"sharded-{plan['digest']}", description=f"{deployment}: {len(runs)} shards")
     return result

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from i2score.data import storage
+from i2score.runs.inputs import restore_urls
 from i2score.runs.records import RunPaths, read_json, row_from_json
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,11 @@ def spec_input_urls(spec: Mapping[str, Any]) -> list[str]:
     return urls
 
 
-def _prefetch(paths: RunPaths, batch_id: str) -> None:
+def _prefetch(paths: RunPaths, batch_id: str, manifest_url: str | None) -> None:
     try:
         if storage.exists(paths.record_url(batch_id)):
             return
-        urls = spec_input_urls(read_json(paths.spec_url(batch_id)))
+        urls = spec_input_urls(restore_urls(read_json(paths.spec_url(batch_id)), manifest_url))
         got = storage.read_many(list(dict.fromkeys(urls)))
     except Exception:  # an optimisation only: the batch reads (and reports) its own inputs
         log.debug("prefetch of batch %s failed", batch_id, exc_info=True)
@@ -63,11 +64,12 @@ def _prefetch(paths: RunPaths, batch_id: str) -> None:
             _prefetched.pop(next(iter(_prefetched)))
 
 
-def start_prefetch(paths: RunPaths, batch_id: str | None) -> None:
-    """Read the inputs of batch ``batch_id`` in a background thread (see :func:`read_all`)."""
+def start_prefetch(paths: RunPaths, batch_id: str | None, manifest_url: str | None = None) -> None:
+    """Read the inputs of batch ``batch_id`` in a background thread (see :func:`read_all`);
+    ``manifest_url`` as :func:`i2score.runs.execute.run_batch` takes it."""
     global prefetch_thread
     if batch_id is None:
         return
-    prefetch_thread = threading.Thread(target=_prefetch, args=(paths, batch_id), daemon=True,
+    prefetch_thread = threading.Thread(target=_prefetch, args=(paths, batch_id, manifest_url), daemon=True,
                                        name=f"prefetch-{batch_id}")
     prefetch_thread.start()

@@ -98,10 +98,10 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     if sheet is None:
         summary["files"]["sheet"] = None
     md = report_markdown(summary, out_list, err_list)
-    storage.write_bytes(paths.url("report.md"), md.encode())
-    storage.write_bytes(paths.url("report.html"), _html(summary, out_list, err_list).encode())
+    storage.write_text(paths.url("report.md"), md)
+    storage.write_text(paths.url("report.html"), _html(summary, out_list, err_list))
     # summary.json last: its presence marks the run finished.
-    storage.write_bytes(paths.url("summary.json"), json.dumps(summary, indent=1, sort_keys=True).encode())
+    storage.write_json(paths.url("summary.json"), summary)
     return summary
 
 
@@ -124,7 +124,7 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
         w.writerow([o["id"], rel, o["source_ids"][0], partner, o["op"].split("/", 1)[-1],
                     json.dumps(o["params"], sort_keys=True)])
     url = paths.url("dataset.csv")
-    storage.write_bytes(url, buf.getvalue().encode())
+    storage.write_text(url, buf.getvalue())
     return url
 
 
