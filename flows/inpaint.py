@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
 @flow(name="inpaint", task_runner=local_task_runner(), validate_parameters=True)
-def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None, schedule: str = "fast",
+def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None,
+            schedule: str = "fast",
             batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
@@ -20,7 +22,8 @@ def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | No
     ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
     pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.
     """
-    return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k,
+    return run_job(JobConfig("inpaint", plain_url(manifest), root, model, schedule, batch_size, device, seed,
+                             run_id, k=k,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile),
                    runner)

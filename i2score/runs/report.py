@@ -13,6 +13,7 @@ from typing import Any
 
 from i2score.data import storage
 from i2score.data.manifest import Rejection, validate_manifest
+from i2score.runs.inputs import manifest_url_for
 from i2score.runs.ops import CATALOG, OPS
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import RunPaths, batch_records, read_json
@@ -29,9 +30,13 @@ def _quantiles(values: Sequence[float | None]) -> dict[str, float] | None:
     return {"n": len(vals), "min": q(0), "p10": q(0.1), "median": q(0.5), "p90": q(0.9), "max": q(1)}
 
 
-def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | None = None) -> dict[str, Any]:
+def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | None = None,
+               manifest_url: str | None = None) -> dict[str, Any]:
     """Merge every batch record of the run into ``manifest.parquet``, ``errors.parquet``,
-    ``summary.json``, ``report.md``/``report.html`` and ``sheet.png``. Returns the summary."""
+    ``summary.json``, ``report.md``/``report.html`` and ``sheet.png``. Returns the summary.
+    ``manifest_url``: the real manifest URL, which an augmentation run whose manifest URL
+    carries credentials needs (``dataset.csv`` lists the manifest's rows; ``plan.json`` holds the
+    URL redacted)."""
     from i2score.runs.outputs import RunOutputs
 
     paths = RunPaths(root, run_id)
@@ -93,7 +98,8 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
                   "sheet": storage.redact(paths.url("sheet.png"))},
     }
     if config["kind"] == "augment":
-        summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config))
+        source = manifest_url_for(config["manifest"], manifest_url)
+        summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config, source))
     sheet = _write_sheet(paths, out_list, gen["resolution"])
     if sheet is None:
         summary["files"]["sheet"] = None
@@ -105,7 +111,8 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     return summary
 
 
-def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> str:
+def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+                   manifest_url: str) -> str:
     """``dataset.csv`` of an augmentation run: a manifest (id, image + lineage columns) that a
     training job or another i2score run can read directly."""
     import csv
@@ -116,8 +123,8 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     # Not "op"/"params": those columns mean an edit to a manifest reader; these are lineage.
     w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params"])
     if config.get("include_originals", True):
-        for r in validate_manifest(config["manifest"], CATALOG, kind="reconstruct").rows:
-            w.writerow([r.id, storage.redact(r.image), r.id, "", "original", "{}"])
+        for r in validate_manifest(manifest_url, CATALOG, kind="reconstruct").rows:
+            w.writerow([r.id, r.image, r.id, "", "original", "{}"])
     for o in outs:
         rel = "outputs/" + storage.basename(o["output_url"])
         partner = o["source_ids"][1] if len(o["source_ids"]) > 1 else ""
