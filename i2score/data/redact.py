@@ -197,19 +197,24 @@ def redact_tree(obj: Any) -> Any:
     """``obj`` (JSON-like: mappings, lists, tuples, scalars) with every string, keys included,
     passed through :func:`redact`. The structure is kept, so a record field named ``key`` (a cache
     key) stays what it is; only the strings' contents change."""
-    return _redact_tree(obj, _current_secrets())
+    return _redact_tree(obj, _current_secrets(), {})
 
 
-def _redact_tree(obj: Any, secrets: tuple[str, ...]) -> Any:
+def _redact_tree(obj: Any, secrets: tuple[str, ...], seen: dict[str, str]) -> Any:
+    # ``seen``: each distinct string is redacted once per call (record keys and op names repeat
+    # in every row: a 100k-row plan would otherwise redact a million strings).
     if isinstance(obj, str):
-        return _redact_with(obj, secrets)
+        out = seen.get(obj)
+        if out is None:
+            out = seen[obj] = _redact_with(obj, secrets)
+        return out
     if isinstance(obj, Mapping):
-        return {_redact_tree(k, secrets): _redact_tree(v, secrets) for k, v in obj.items()}
+        return {_redact_tree(k, secrets, seen): _redact_tree(v, secrets, seen) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_redact_tree(v, secrets) for v in obj]
+        return [_redact_tree(v, secrets, seen) for v in obj]
     if isinstance(obj, tuple):
         # pyarrow gives map entries as (key, value) tuples
-        return tuple(_redact_tree(v, secrets) for v in obj)
+        return tuple(_redact_tree(v, secrets, seen) for v in obj)
     return obj
 
 
@@ -234,7 +239,7 @@ def redact_table(table: pa.Table) -> pa.Table:
         column = table.column(i)
         if _has_strings(field.type):
             values = column.to_pylist()
-            column = pa.chunked_array([pa.array(_redact_tree(values, secrets), type=field.type)],
+            column = pa.chunked_array([pa.array(_redact_tree(values, secrets, {}), type=field.type)],
                                       type=field.type)
         columns.append(column)
     return pa.Table.from_arrays(columns, schema=table.schema)
