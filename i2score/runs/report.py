@@ -56,7 +56,7 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     ro = RunOutputs(root, run_id)
     gen = plan["generator"]
     out_list = sorted(outputs.values(), key=lambda o: o["id"])
-    manifest_url = ro.write_manifest([
+    output_manifest_url = ro.write_manifest([
         {"id": o["id"], "op": o["op"], "output_url": o["output_url"], "source_ids": o["source_ids"],
          "source_urls": o["source_urls"], "cache_keys": o["cache_keys"], "params": o["params"],
          "generator_id": gen["id"], "generator_sha256": gen["sha256"], "psnr": o.get("psnr"),
@@ -92,7 +92,7 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
         "metrics": {"psnr": _quantiles([o.get("psnr") for o in out_list]),
                     "lpips": _quantiles([o.get("lpips") for o in out_list]),
                     "ssim": _quantiles([o.get("ssim") for o in out_list])},
-        "files": {"manifest": storage.redact(manifest_url), "errors": storage.redact(errors_url),
+        "files": {"manifest": storage.redact(output_manifest_url), "errors": storage.redact(errors_url),
                   "outputs": storage.redact(paths.url("outputs")), "report": storage.redact(paths.url("report.md")),
                   "report_html": storage.redact(paths.url("report.html")),
                   "sheet": storage.redact(paths.url("sheet.png"))},
