@@ -21,12 +21,18 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from pydantic import SecretStr
 
 from flows.runners import check_runner, local_task_runner, task_runner_for
 from i2score.data import storage
+from i2score.data.redact import install_log_redaction, redact_tree
 from i2score.runs import lease
 from i2score.runs.config import JobConfig
 from tasks import batches
+
+# Every log record of a process that runs flows is redacted, Prefect's own included (its API
+# handler ships them to the server): installed on import, before any flow run logs anything.
+install_log_redaction()
 
 #: Where runs and the latent cache go when no root is given (a local folder).
 DEFAULT_ROOT = "i2s-data"
@@ -58,6 +64,13 @@ def inputs_tuple(allowed: list[str] | None) -> tuple[str, ...] | None:
     """The ``allowed_inputs`` parameter as the job holds it: local prefixes absolute (relative to
     the caller's folder, so workers started elsewhere agree), None kept (the manifest's folder)."""
     return None if allowed is None else tuple(_absolute(a) for a in allowed)
+
+
+def plain_url(manifest: str | SecretStr) -> str:
+    """A flow's ``manifest`` parameter as a URL. A flow takes it as a ``SecretStr`` too, which
+    Prefect stores as ``**********`` with the flow run's parameters (the CLI passes a manifest
+    URL that carries credentials that way); a plain string is stored as it is."""
+    return manifest.get_secret_value() if isinstance(manifest, SecretStr) else manifest
 
 
 def _slug(text: str) -> str:
@@ -95,10 +108,12 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
                     ", ".join(f"{k} {v}" for k, v in counts.items()))
         # The batches run in a sub-flow because a flow's task runner is fixed when it starts, and the
         # runner is a parameter of the job.
+        manifest = SecretStr(config.manifest)
         run_batches.with_options(task_runner=task_runner_for(runner))(root, run_id, plan["phases"],
-                                                                      plan["attempt"], f"{config.kind} {run_id}")
+                                                                      plan["attempt"], f"{config.kind} {run_id}",
+                                                                      manifest)
         held.check()  # an attempt whose lease was taken over leaves the summary to the new owner
-        summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0)
+        summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0, manifest)
     _artifacts(summary, config.kind)
     logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
                 summary["rows"]["failed"], summary["files"]["report"])
@@ -109,26 +124,33 @@ def _noop(summary: dict[str, Any], kind: str) -> dict[str, Any]:
     """The result of a run that was already finished (nothing recomputed)."""
     get_run_logger().info("run %s is already finished (same manifest, model and settings): nothing to do",
                           summary["run_id"])
-    create_markdown_artifact(f"Run `{summary['run_id']}` was already finished; nothing was recomputed. "
-                             f"Report: {summary['files']['report']}", key=_slug(f"{kind}-noop"))
+    markdown_artifact(f"Run `{summary['run_id']}` was already finished; nothing was recomputed. "
+                      f"Report: {summary['files']['report']}", key=_slug(f"{kind}-noop"))
     return _result(summary, noop=True)
 
 
 @flow(name="run-batches", task_runner=local_task_runner())
-def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, label: str) -> int:
+def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, label: str,
+                manifest: SecretStr | None = None) -> int:
     """Run the batches of a planned run, phase after phase (an edit phase needs the latents its
     embed phase caches). A batch whose retries are exhausted has its rows recorded as errors and
-    the others go on. Returns the number of failed batches."""
+    the others go on. Returns the number of failed batches.
+
+    ``manifest`` is the real manifest URL (the batch specs hold it and the inputs with
+    credentials redacted; see :func:`tasks.batches.run_batch`). Prefect persists a flow run's
+    parameters in its database, so it is a ``SecretStr``: Prefect stores it as ``**********``.
+    """
     logger = get_run_logger()
     total = sum(len(p) for p in phases)
     progress = create_progress_artifact(0.0, description=f"{label}: batches done")
     done = failed = 0
     for phase in phases:
-        futures = {batches.run_batch.submit(root, run_id, bid): bid for bid in phase}
+        futures = {batches.run_batch.submit(root, run_id, bid, manifest): bid for bid in phase}
         for fut in as_completed(list(futures)):
             try:
                 info = fut.result()
             except Exception as e:  # noqa: BLE001 - retries are exhausted; the rows become errors
+                # Redacted before it is cut: a cut could split a secret so that redaction misses it.
                 message = storage.redact(f"{type(e).__name__}: {e}")[:500]
                 logger.error("batch %s failed: %s", futures[fut], message)
                 batches.record_batch_failure(root, run_id, futures[fut], attempt, message)
@@ -152,9 +174,21 @@ def _artifacts(summary: dict[str, Any], kind: str) -> None:
             table += [{"quantity": f"{name} {s}", "value": q[s]} for s in ("min", "median", "max")]
     for reason, n in summary["errors_by_reason"].items():
         table.append({"quantity": f"failed: {reason}", "value": n})
-    create_table_artifact(table, key=_slug(f"{kind}-summary"), description=f"run {summary['run_id']}")
-    create_markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(), key=_slug(f"{kind}-report"),
-                             description=f"run {summary['run_id']}")
+    table_artifact(table, key=_slug(f"{kind}-summary"), description=f"run {summary['run_id']}")
+    markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(), key=_slug(f"{kind}-report"),
+                      description=f"run {summary['run_id']}")
+
+
+def markdown_artifact(markdown: str, *, key: str, description: str | None = None) -> None:
+    """A Prefect Markdown artifact, its text redacted (artifacts are stored by the Prefect API)."""
+    create_markdown_artifact(storage.redact(markdown), key=key,
+                             description=None if description is None else storage.redact(description))
+
+
+def table_artifact(rows: list[dict[str, Any]], *, key: str, description: str | None = None) -> None:
+    """A Prefect table artifact, every string in it redacted."""
+    create_table_artifact(redact_tree(rows), key=key,
+                          description=None if description is None else storage.redact(description))
 
 
 def _result(summary: dict[str, Any], noop: bool = False) -> dict[str, Any]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
 @flow(name="augment", task_runner=local_task_runner(), validate_parameters=True)
-def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: list[str] | None = None,
+def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: list[str] | None = None,
             model: str | None = None, schedule: str = "fast", batch_size: int | str = 8, device: str = "auto",
             runner: str = "local", seed: int = 0, include_originals: bool = True,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
@@ -30,7 +31,7 @@ def augment(manifest: str, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: 
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
     or find the run finished) instead of failing with "run ... is active".
     """
-    return run_job(JobConfig("augment", manifest, root, model, schedule, batch_size, device, seed, run_id,
+    return run_job(JobConfig("augment", plain_url(manifest), root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
                              include_originals=include_originals,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
+from pydantic import SecretStr
 from rich.console import Console
 
 from i2score.cli.app import app
+from i2score.data import storage
+from i2score.runs.inputs import has_credentials
 from i2score.runs.lease import RunActiveError
 
 if TYPE_CHECKING:  # Prefect is imported after its settings are in the environment (_prefect_env)
@@ -78,6 +81,9 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     flows: dict[str, Flow[..., dict[str, Any]]] = {"reconstruct": reconstruct.reconstruct, "inpaint": inpaint.inpaint,
                                         "edit": edit.edit, "augment": augment.augment}
     flow = flows[flow_name]
+    if has_credentials(params["manifest"]):
+        # Prefect stores a flow run's parameters; a SecretStr is stored as "**********".
+        params = {**params, "manifest": SecretStr(params["manifest"])}
     console = Console(stderr=True)
     with Progress(TextColumn(f"[bold]{flow_name}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
                   TimeElapsedColumn(), console=console, transient=True) as bar:
@@ -98,7 +104,7 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
         if isinstance(exc, RunActiveError):
             typer.echo(str(exc), err=True)  # one line: run X is active (owner H:P, since T)
         else:
-            console.print(f"[red]{flow_name} failed:[/red] {type(exc).__name__}: {exc}")
+            console.print(f"[red]{flow_name} failed:[/red] {storage.redact(f'{type(exc).__name__}: {exc}')}")
         raise typer.Exit(2)
     return state.result()
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
 @flow(name="inpaint", task_runner=local_task_runner(), validate_parameters=True)
-def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None, schedule: str = "fast",
+def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None,
+            schedule: str = "fast",
             batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
@@ -26,7 +28,8 @@ def inpaint(manifest: str, root: str = DEFAULT_ROOT, k: int = 1, model: str | No
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
     or find the run finished) instead of failing with "run ... is active".
     """
-    return run_job(JobConfig("inpaint", manifest, root, model, schedule, batch_size, device, seed, run_id, k=k,
+    return run_job(JobConfig("inpaint", plain_url(manifest), root, model, schedule, batch_size, device, seed,
+                             run_id, k=k,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
                              max_input_bytes=max_input_bytes),

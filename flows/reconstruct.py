@@ -6,13 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, run_job
+from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
 @flow(name="reconstruct", task_runner=local_task_runner(), validate_parameters=True)
-def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
+def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
                 batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
                 run_id: str | None = None, init: str | None = None, encoder: str | None = None,
                 precision: str = "auto",
@@ -35,7 +36,8 @@ def reconstruct(manifest: str, root: str = DEFAULT_ROOT, model: str | None = Non
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
     or find the run finished) instead of failing with "run ... is active".
     """
-    return run_job(JobConfig("reconstruct", manifest, root, model, schedule, batch_size, device, seed, run_id,
+    return run_job(JobConfig("reconstruct", plain_url(manifest), root, model, schedule, batch_size, device, seed,
+                             run_id,
                              init=init, encoder=encoder, precision=precision, channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
                              max_input_bytes=max_input_bytes),

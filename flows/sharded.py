@@ -7,10 +7,9 @@ import json
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_table_artifact
 from prefect.futures import wait
 
-from flows._common import DEFAULT_ROOT, _absolute, local_task_runner
+from flows._common import DEFAULT_ROOT, _absolute, local_task_runner, table_artifact
 from flows.runners import thread_pool
 from i2score.data import storage
 from i2score.data.inputs import manifest_folder
@@ -96,7 +95,7 @@ def sharded(manifest: str, deployment: str, root: str = DEFAULT_ROOT, rows_per_s
             totals["cache_hits"] += s["cache_hits"]
     result = {"digest": plan["digest"], "shards": len(runs), "shards_failed": sum(not r["completed"] for r in runs),
               "rejected_rows": plan["rejected"], "errors": plan["errors_url"], **totals, "runs": runs}
-    storage.write_bytes(storage.join(plan["prefix"], "summary.json"), json.dumps(result, indent=2).encode())
-    create_table_artifact([{k: r.get(k) for k in ("run_id", "state", "flow_run_id")} for r in runs],
-                          key=f"sharded-{plan['digest']}", description=f"{deployment}: {len(runs)} shards")
+    storage.write_json(storage.join(plan["prefix"], "summary.json"), result, indent=2)
+    table_artifact([{k: r.get(k) for k in ("run_id", "state", "flow_run_id")} for r in runs],
+                   key=f"sharded-{plan['digest']}", description=f"{deployment}: {len(runs)} shards")
     return result

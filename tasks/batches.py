@@ -14,6 +14,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import SecretStr
 
 from i2score.data import storage
 from i2score.runs import execute, plan
@@ -56,16 +57,33 @@ def plan_run(config: dict[str, Any], identity: dict[str, Any] | None = None, att
                          lease_generation=lease_generation).to_json()
 
 
+def _secret_value(manifest: SecretStr | None) -> str | None:
+    return None if manifest is None else manifest.get_secret_value()
+
+
 @task(name="run-batch", task_run_name="{batch_id}", **_OPTIONS)
-def run_batch(root: str, run_id: str, batch_id: str) -> dict[str, Any]:
-    """Run one planned batch (the model is loaded once per worker process). Returns its counts."""
-    return execute.run_batch(root, run_id, batch_id, gpu_index=prepare_worker()).small()
+def run_batch(root: str, run_id: str, batch_id: str, manifest: SecretStr | None = None) -> dict[str, Any]:
+    """Run one planned batch (the model is loaded once per worker process). Returns its counts.
+
+    ``manifest`` is the run's real manifest URL, from which a batch reads the inputs whose URLs
+    carry credentials (its spec holds them redacted; :mod:`i2score.runs.inputs`). It travels as
+    a task parameter because Prefect 3.8 does not persist those: the API gets only the task
+    inputs' kinds (``TaskRunCreate.task_inputs``), results are not persisted
+    (``PREFECT_RESULTS_PERSIST_BY_DEFAULT`` is false and ``NO_CACHE``), and a Dask runner pickles
+    it to the worker in memory. It is a ``SecretStr`` all the same, so that a log line, a repr or
+    Prefect's serialisation of parameters (``jsonable_encoder``) shows ``**********``.
+    """
+    return execute.run_batch(root, run_id, batch_id, manifest_url=_secret_value(manifest),
+                             gpu_index=prepare_worker()).small()
 
 
 @task(name="finish-run", **_OPTIONS)
-def finish_run(root: str, run_id: str, attempt: str, wall_seconds: float) -> dict[str, Any]:
-    """Merge the batch records into the manifest, errors, summary and report."""
-    return reports.finish_run(root, run_id, attempt, wall_seconds=wall_seconds)
+def finish_run(root: str, run_id: str, attempt: str, wall_seconds: float,
+               manifest: SecretStr | None = None) -> dict[str, Any]:
+    """Merge the batch records into the manifest, errors, summary and report (``manifest``: the
+    real manifest URL, as :func:`run_batch` takes it)."""
+    return reports.finish_run(root, run_id, attempt, wall_seconds=wall_seconds,
+                              manifest_url=_secret_value(manifest))
 
 
 @task(name="record-batch-failure", **_OPTIONS)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from i2score.data.redact import install_log_redaction
+
 #: Torch CPU threads of a worker process. Dask starts workers with ``OMP_NUM_THREADS=1`` before
 #: Python runs, so the thread count is set from this variable when a batch starts instead.
 TORCH_THREADS_ENV = "I2S_TORCH_THREADS"
@@ -15,6 +17,8 @@ def prepare_worker() -> int | None:
     Dask worker, or with at most one GPU visible (``local-cuda`` workers see one each)."""
     import torch
 
+    # A Dask worker process imports no flow module: its log records are redacted from here on.
+    install_log_redaction()
     threads = os.environ.get(TORCH_THREADS_ENV)
     if threads and threads.isdigit() and int(threads) != torch.get_num_threads():
         torch.set_num_threads(int(threads))

@@ -15,6 +15,7 @@ from i2score.cli.models import models_app
 from i2score.cli.train import train_cmd
 from i2score.cli.train_encoder import train_encoder_cmd
 from i2score.cli.validate import validate_cmd
+from i2score.data.redact import install_log_redaction
 
 app = typer.Typer(
     name="i2s",
@@ -28,6 +29,8 @@ app.command("train")(train_cmd)
 app.command("train-encoder")(train_encoder_cmd)
 app.add_typer(cache_app, name="cache")
 app.add_typer(bench_app, name="bench")
+# Whatever a command logs (storage retries, Prefect's records) is redacted.
+install_log_redaction()
 
 if __name__ == "__main__":
     app()

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from i2score.data.redact import redact_tree
+
 
 @dataclass
 class Latents:
@@ -61,11 +63,12 @@ class Latents:
 
     # -- persistence ----------------------------------------------------------------------
     def to_npz_bytes(self, *, noise_dtype: np.dtype | type = np.float32) -> bytes:
-        """Serialise to NPZ bytes: ``w``, ``noise_00``.., and ``meta`` (JSON string)."""
+        """Serialise to NPZ bytes: ``w``, ``noise_00``.., and ``meta`` (JSON string, every string
+        in it redacted: cache entries carry source ids and generator ids, which may be URLs)."""
         arrays: dict[str, np.ndarray] = {"w": self.w.detach().cpu().float().numpy()}
         for i, n in enumerate(self.noise):
             arrays[f"noise_{i:02d}"] = n.detach().cpu().float().numpy().astype(noise_dtype)
-        arrays["meta"] = np.array(json.dumps(self.meta, sort_keys=True))
+        arrays["meta"] = np.array(json.dumps(redact_tree(self.meta), sort_keys=True))
         buf = io.BytesIO()
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         return buf.getvalue()

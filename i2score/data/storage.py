@@ -30,11 +30,15 @@ Retries
 
 Credentials
     Every error message and log line produced here goes through :func:`redact`
-    (:mod:`i2score.data.redact`). Exceptions leave this module as builtin types
-    (``FileNotFoundError``, ``PermissionError``, ``TimeoutError``, ``ConnectionError``,
-    ``OSError``, ...) with a redacted message, the URL (:func:`safe_url`) in ``exc.url``, the
-    number of attempts in ``exc.attempts``, ``exc.transient``, and no chained cause (a chained
-    botocore error could carry a signed URL or header).
+    (:mod:`i2score.data.redact`), and so does everything written through :func:`write_text`,
+    :func:`write_json` and :func:`parquet_bytes` (the writers of records, reports and tables):
+    callers do not redact what they hand to a writer. :func:`url_to_fs` remembers the
+    credentials of every URL it opens, so they are removed wherever they show up later.
+    Exceptions leave this module as builtin types (``FileNotFoundError``, ``PermissionError``,
+    ``TimeoutError``, ``ConnectionError``, ``OSError``, ...) with a redacted message, the URL
+    (:func:`safe_url`) in ``exc.url``, the number of attempts in ``exc.attempts``,
+    ``exc.transient``, and no chained cause (a chained botocore error could carry a signed URL
+    or header).
 
 :func:`redact`, :func:`safe_url`, :func:`is_transient` and :func:`configure_retries` are part of
 this module's interface (``__all__``), so callers need one import for everything storage.
@@ -45,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
+import io
 import json
 import os
 import posixpath
@@ -57,9 +62,11 @@ from typing import Any
 
 import fsspec
 import fsspec.config
+import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from i2score.data.redact import _remember_secrets_in, redact, safe_url
+from i2score.data.redact import _remember_secrets_in, redact, redact_table, redact_tree, remember_url_secrets, safe_url
 from i2score.data.retries import ENV_ATTEMPTS, _with_retries, configure_retries, is_transient
 
 __all__ = [
@@ -75,6 +82,7 @@ __all__ = [
     "is_transient",
     "join",
     "list_files",
+    "parquet_bytes",
     "read_bytes",
     "read_many",
     "read_stream",
@@ -84,6 +92,8 @@ __all__ = [
     "storage_options_for",
     "url_to_fs",
     "write_bytes",
+    "write_json",
+    "write_text",
 ]
 
 ENV_OPTIONS = "I2S_STORAGE_OPTIONS"
@@ -195,6 +205,7 @@ def storage_options_for(url: str, **storage_options: Any) -> dict[str, Any]:
 
 def url_to_fs(url: str, **storage_options: Any) -> tuple[AbstractFileSystem, str]:
     """Filesystem and path for ``url``, with :func:`storage_options_for` applied."""
+    remember_url_secrets(url)
     fs, path = fsspec.core.url_to_fs(url, **storage_options_for(url, **storage_options))
     return fs, path
 
@@ -395,6 +406,28 @@ def create_exclusive(url: str, data: bytes, *, attempts: int | None = None, **st
             raise
 
     _with_retries("create", url, _create, attempts)
+
+
+def write_text(url: str, text: str, *, attempts: int | None = None, **storage_options: Any) -> None:
+    """Write ``text`` (UTF-8) as :func:`write_bytes` does, redacted: reports, CSV, Markdown."""
+    write_bytes(url, redact(text).encode(), attempts=attempts, **storage_options)
+
+
+def write_json(url: str, obj: Any, *, indent: int = 1, attempts: int | None = None,
+               **storage_options: Any) -> None:
+    """Write ``obj`` as JSON (sorted keys, so equal objects give equal bytes) as
+    :func:`write_bytes` does, every string in it redacted (:func:`~i2score.data.redact.redact_tree`:
+    values change, the structure does not)."""
+    text = json.dumps(redact_tree(obj), indent=indent, sort_keys=True, default=lambda o: redact(str(o)))
+    write_bytes(url, text.encode(), attempts=attempts, **storage_options)
+
+
+def parquet_bytes(table: pa.Table, **write_options: Any) -> bytes:
+    """Parquet bytes of ``table`` with every string redacted (write them with
+    :func:`write_bytes`, in one PUT). ``write_options`` go to ``pyarrow.parquet.write_table``."""
+    buf = io.BytesIO()
+    pq.write_table(redact_table(table), buf, **write_options)
+    return buf.getvalue()
 
 
 def exists(url: str, *, attempts: int | None = None, **storage_options: Any) -> bool:

@@ -35,6 +35,7 @@ from i2score.method.applications.common import render
 from i2score.runs.augment import Augmentation, run_augmentations
 from i2score.runs.config import EngineOptions, JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
+from i2score.runs.inputs import restore_urls
 from i2score.runs.lease import check_current
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import DegenerateOutputError, RunOutputs
@@ -80,12 +81,15 @@ class BatchOutcome:
                 "seconds": round(self.seconds, 3), "worker": self.worker, "skipped": self.skipped}
 
 
-def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = None,
+def run_batch(root: str, run_id: str, batch_id: str, *, manifest_url: str | None = None, device: str | None = None,
               gpu_index: int | None = None) -> BatchOutcome:
     """Execute the batch ``batch_id`` of a planned run and write its record.
 
-    ``device`` overrides the job's device; ``gpu_index`` picks this worker's GPU when the device
-    is ``auto`` or ``cuda`` (see :func:`resolve_device`).
+    ``manifest_url`` is the run's real manifest URL: needed when inputs carry credentials (the
+    spec holds them redacted and the worker reads them from the manifest, see
+    :mod:`i2score.runs.inputs`; a ValueError without it, :class:`ManifestChangedError` when the
+    manifest is not the planned one). ``device`` overrides the job's device; ``gpu_index`` picks
+    this worker's GPU when the device is ``auto`` or ``cuda`` (see :func:`resolve_device`).
 
     Idempotent: when the record exists already (a retried task, a resumed run) nothing runs.
     A batch planned under a run lease runs only while its attempt holds the lease
@@ -104,13 +108,14 @@ def run_batch(root: str, run_id: str, batch_id: str, *, device: str | None = Non
     if spec.get("lease_generation") is not None:
         # A fence: an attempt that lost the run's lease (another one took it over) computes nothing more.
         check_current(root, run_id, int(spec["lease_generation"]), spec["attempt"])
+    spec = restore_urls(spec, manifest_url)
     config = JobConfig.from_json(spec["config"])
     ctx = worker_context(config.model, resolve_device(device or config.device, gpu_index))
     if ctx.generator_sha256 != spec["generator"]["sha256"]:
         raise RuntimeError(f"model {ctx.model!r} changed since the run was planned "
                            f"({ctx.generator_sha256[:12]} != {spec['generator']['sha256'][:12]})")
     t0 = time.perf_counter()
-    start_prefetch(paths, spec.get("next_batch"))
+    start_prefetch(paths, spec.get("next_batch"), manifest_url)
     out = BatchOutcome(batch_id, spec["kind"], spec["attempt"],
                        worker=f"{socket.gethostname()}:{os.getpid()}/{ctx.device}")
     runner = {"reconstruct": _run_embed, "embed": _run_embed, "edit": _run_edit,

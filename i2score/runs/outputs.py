@@ -179,9 +179,7 @@ def _redact_opt(url: str | None) -> str | None:
 
 
 def _table_to_bytes(table: pa.Table) -> bytes:
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
+    return storage.parquet_bytes(table)
 
 
 def read_table(url: str) -> pa.Table:

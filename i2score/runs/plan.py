@@ -49,6 +49,7 @@ from i2score.runs.config import (
     engine_options,
     resolve_device,
 )
+from i2score.runs.inputs import mark_secret_urls, source_json
 from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS, generator_limits
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
@@ -86,6 +87,12 @@ class PlanResult:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def spec_row(r: ManifestRow) -> dict[str, Any]:
+    """A row as a batch spec holds it, its URLs with credentials marked for the worker to read
+    from the manifest (:func:`i2score.runs.inputs.mark_secret_urls`)."""
+    return mark_secret_urls(row_to_json(r), r)
 
 
 def _chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
@@ -219,7 +226,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     todo = [r for r in good if r.id not in done]
     by_id = {r.id: r for r in good}
 
-    # Sources to embed: (key -> (url, id of the first row that uses it)).
+    # Sources to embed: (key -> (url, id of the first row that uses it, where the url comes from)).
     sources: dict[str, dict[str, Any]] = {}
     row_keys: dict[str, dict[str, str]] = {}
     for r in todo:
@@ -230,15 +237,17 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
                 url = r.image if role == "image" else r.ref
                 sid = r.id if role == "image" else f"{r.id}.ref"
                 assert url is not None, "validation requires a ref of every op whose roles name it"
+                origin, field = r, role
             elif r.params[role] in by_id:
                 other = by_id[r.params[role]]
                 url, sid = other.image, other.id
+                origin, field = other, "image"
             else:
                 rejected.append(Rejection(r.row, r.id, SOURCE_FAILED, f"params.{role} names row "
                                           f"{r.params[role]!r}, whose files cannot be used", "params"))
                 break
             keys[role] = embed_key(url)
-            sources.setdefault(keys[role], {"key": keys[role], "url": url, "id": sid})
+            sources.setdefault(keys[role], source_json(keys[role], url, sid, origin, field))
         else:
             row_keys[r.id] = keys
     todo = [r for r in todo if r.id in row_keys]
@@ -247,7 +256,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
         for r in good:
             k = embed_key(r.image)
             row_keys.setdefault(r.id, {"image": k})
-            sources.setdefault(k, {"key": k, "url": r.image, "id": r.id})
+            sources.setdefault(k, source_json(k, r.image, r.id, r, "image"))
 
     cache = LatentCache(config.root)
     hits = cache.lookup(list(sources)) if sources else {}
@@ -259,8 +268,12 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     for src in misses:
         if src["key"] in warm:
             src["warm"] = warm[src["key"]]
+    # Specs (like every record) are written redacted; inputs with credentials are referenced by
+    # manifest row, and the worker checks the manifest against manifest_sha256 (i2score.runs.inputs).
+    manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
     base = {"run_id": run_id, "root": config.root, "config": config.to_json(), "attempt": attempt,
             "lease_generation": lease_generation,
+            "manifest_sha256": manifest_sha256,
             "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params, "init": init,
             "encoder": encoder, "engine": asdict(engine)}
 
@@ -277,7 +290,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
             phases.append(ids)
 
     if config.kind == "reconstruct":
-        items = [{"row": row_to_json(r), "key": row_keys[r.id]["image"]} for r in todo]
+        items = [{"row": spec_row(r), "key": row_keys[r.id]["image"]} for r in todo]
         miss_keys = {s["key"] for s in misses}
         embed_items = [{**i, "warm": warm[i["key"]]} if i["key"] in warm else i for i in items
                        if i["key"] in miss_keys]
@@ -295,7 +308,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
             for r in todo:
                 params = OPS[r.op].resolve_params(r.params, config)
                 groups[json.dumps([r.op, params], sort_keys=True)].append(
-                    {"row": row_to_json(r), "keys": row_keys[r.id], "params": params})
+                    {"row": spec_row(r), "keys": row_keys[r.id], "params": params})
             add_phase("edit", [c for g in groups.values() for c in _chunks(g, batch_size)])
 
     counts = {"rows": validation.n_total, "valid": len(good), "rejected": len(rejected),
@@ -306,6 +319,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda s: write_json(paths.spec_url(s["batch_id"]), s), specs))
     write_json(paths.url("plan.json"), {"digest": job_digest, "config": config.to_json(), "generator": gen,
+                                          "manifest_sha256": manifest_sha256,
                                           "schedule": asdict(schedule), "init": init, "encoder": encoder,
                                           "engine": asdict(engine), "phases": phases,
                                           "attempt": attempt, "lease_generation": lease_generation,
@@ -327,8 +341,11 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
     defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
     added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes"}
-    return {k: v for k, v in config.to_json().items()
-            if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
+    identity = {k: v for k, v in config.to_json().items()
+                if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
+    # A presigned manifest URL changes with every signature; its bytes are in the digest anyway.
+    identity["manifest"] = storage.redact(identity["manifest"])
+    return identity
 
 
 def schedule_identity(schedule: Schedule) -> dict[str, Any]:
@@ -417,7 +434,7 @@ def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[Manif
             continue
         involved = [a.source_id] + ([a.partner_id] if a.partner_id else [])
         items.append({"augmentation": asdict(a),
-                      "sources": {i: {"row": row_to_json(by_id[i]), "key": row_keys[i]["image"]} for i in involved}})
+                      "sources": {i: {"row": spec_row(by_id[i]), "key": row_keys[i]["image"]} for i in involved}})
     # One source image's variants stay in one batch (its record then finishes it whole).
     per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for it in items:

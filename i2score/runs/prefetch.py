@@ -16,6 +16,7 @@ from typing import Any
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy
 from i2score.runs.config import JobConfig
+from i2score.runs.inputs import restore_urls
 from i2score.runs.records import RunPaths, read_json, row_from_json
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,11 @@ def spec_input_urls(spec: Mapping[str, Any]) -> list[str]:
     return urls
 
 
-def _prefetch(paths: RunPaths, batch_id: str) -> None:
+def _prefetch(paths: RunPaths, batch_id: str, manifest_url: str | None) -> None:
     try:
         if storage.exists(paths.record_url(batch_id)):
             return
-        spec = read_json(paths.spec_url(batch_id))
+        spec = restore_urls(read_json(paths.spec_url(batch_id)), manifest_url)
         inputs = JobConfig.from_json(spec["config"]).input_policy()
         got = inputs.read_many(spec_input_urls(spec))
     except Exception:  # an optimisation only: the batch reads (and reports) its own inputs
@@ -67,11 +68,12 @@ def _prefetch(paths: RunPaths, batch_id: str) -> None:
             _prefetched.pop(next(iter(_prefetched)))
 
 
-def start_prefetch(paths: RunPaths, batch_id: str | None) -> None:
-    """Read the inputs of batch ``batch_id`` in a background thread (see :func:`read_all`)."""
+def start_prefetch(paths: RunPaths, batch_id: str | None, manifest_url: str | None = None) -> None:
+    """Read the inputs of batch ``batch_id`` in a background thread (see :func:`read_all`);
+    ``manifest_url`` as :func:`i2score.runs.execute.run_batch` takes it."""
     global prefetch_thread
     if batch_id is None:
         return
-    prefetch_thread = threading.Thread(target=_prefetch, args=(paths, batch_id), daemon=True,
+    prefetch_thread = threading.Thread(target=_prefetch, args=(paths, batch_id, manifest_url), daemon=True,
                                        name=f"prefetch-{batch_id}")
     prefetch_thread.start()

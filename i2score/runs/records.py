@@ -77,8 +77,10 @@ class RunPaths:
 
 
 def write_json(url: str, obj: Any) -> None:
-    """Write ``obj`` as JSON in one PUT (sorted keys, so equal objects give equal bytes)."""
-    storage.write_bytes(url, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+    """Write ``obj`` as JSON in one PUT (sorted keys, so equal objects give equal bytes), every
+    string redacted (:func:`i2score.data.storage.write_json`): plans, batch specs and records
+    never hold a credential, whatever URLs or messages they carry."""
+    storage.write_json(url, obj)
 
 
 def read_json(url: str) -> Any:
@@ -110,12 +112,11 @@ def row_from_json(d: Mapping[str, Any]) -> ManifestRow:
 
 def error_record(row: Mapping[str, Any] | ManifestRow, code: str, message: str, fld: str | None = None,
                  url: str | None = None) -> dict[str, Any]:
-    """A row's error as batch records hold it (the message redacted)."""
+    """A row's error as batch records hold it (:func:`write_json` redacts it when it is written)."""
     if isinstance(row, ManifestRow):
-        return {"row": row.row, "id": row.id, "reason_code": code, "message": storage.redact(message),
-                "field": fld, "url": url}
-    return {"row": int(row.get("row", 0)), "id": row.get("id"), "reason_code": code,
-            "message": storage.redact(message), "field": fld, "url": url}
+        return {"row": row.row, "id": row.id, "reason_code": code, "message": message, "field": fld, "url": url}
+    return {"row": int(row.get("row", 0)), "id": row.get("id"), "reason_code": code, "message": message,
+            "field": fld, "url": url}
 
 
 def jsonable_metrics(m: Mapping[str, Any]) -> dict[str, Any]:

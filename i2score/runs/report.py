@@ -15,6 +15,7 @@ from i2score.data import storage
 from i2score.data.inputs import InputPolicy
 from i2score.data.manifest import Rejection, validate_manifest
 from i2score.runs.config import JobConfig
+from i2score.runs.inputs import manifest_url_for
 from i2score.runs.lease import lease_folder
 from i2score.runs.ops import CATALOG, OPS
 from i2score.runs.prefetch import read_all
@@ -32,9 +33,13 @@ def _quantiles(values: Sequence[float | None]) -> dict[str, float] | None:
     return {"n": len(vals), "min": q(0), "p10": q(0.1), "median": q(0.5), "p90": q(0.9), "max": q(1)}
 
 
-def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | None = None) -> dict[str, Any]:
+def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | None = None,
+               manifest_url: str | None = None) -> dict[str, Any]:
     """Merge every batch record of the run into ``manifest.parquet``, ``errors.parquet``,
-    ``summary.json``, ``report.md``/``report.html`` and ``sheet.png``. Returns the summary."""
+    ``summary.json``, ``report.md``/``report.html`` and ``sheet.png``. Returns the summary.
+    ``manifest_url``: the real manifest URL, which an augmentation run whose manifest URL
+    carries credentials needs (``dataset.csv`` lists the manifest's rows; ``plan.json`` holds the
+    URL redacted)."""
     from i2score.runs.outputs import RunOutputs
 
     paths = RunPaths(root, run_id)
@@ -54,7 +59,7 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     ro = RunOutputs(root, run_id)
     gen = plan["generator"]
     out_list = sorted(outputs.values(), key=lambda o: o["id"])
-    manifest_url = ro.write_manifest([
+    output_manifest_url = ro.write_manifest([
         {"id": o["id"], "op": o["op"], "output_url": o["output_url"], "source_ids": o["source_ids"],
          "source_urls": o["source_urls"], "cache_keys": o["cache_keys"], "params": o["params"],
          "generator_id": gen["id"], "generator_sha256": gen["sha256"], "psnr": o.get("psnr"),
@@ -92,13 +97,14 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
         "metrics": {"psnr": _quantiles([o.get("psnr") for o in out_list]),
                     "lpips": _quantiles([o.get("lpips") for o in out_list]),
                     "ssim": _quantiles([o.get("ssim") for o in out_list])},
-        "files": {"manifest": storage.redact(manifest_url), "errors": storage.redact(errors_url),
+        "files": {"manifest": storage.redact(output_manifest_url), "errors": storage.redact(errors_url),
                   "outputs": storage.redact(paths.url("outputs")), "report": storage.redact(paths.url("report.md")),
                   "report_html": storage.redact(paths.url("report.html")),
                   "sheet": storage.redact(paths.url("sheet.png"))},
     }
     if config["kind"] == "augment":
-        summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config))
+        source = manifest_url_for(config["manifest"], manifest_url)
+        summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config, source))
     job = JobConfig.from_json(config)
     # The sheet shows the run's inputs (under the job's own input policy) and its outputs.
     policy = job.input_policy()
@@ -107,10 +113,10 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     if sheet is None:
         summary["files"]["sheet"] = None
     md = report_markdown(summary, out_list, err_list)
-    storage.write_bytes(paths.url("report.md"), md.encode())
-    storage.write_bytes(paths.url("report.html"), _html(summary, out_list, err_list).encode())
+    storage.write_text(paths.url("report.md"), md)
+    storage.write_text(paths.url("report.html"), _html(summary, out_list, err_list))
     # summary.json last: its presence marks the run finished.
-    storage.write_bytes(paths.url("summary.json"), json.dumps(summary, indent=1, sort_keys=True).encode())
+    storage.write_json(paths.url("summary.json"), summary)
     return summary
 
 
@@ -144,7 +150,8 @@ def _by_attempt(records: Sequence[Mapping[str, Any]], owners: Mapping[str, str])
     return dict(sorted(out.items()))
 
 
-def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: Mapping[str, Any]) -> str:
+def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
+                   manifest_url: str) -> str:
     """``dataset.csv`` of an augmentation run: a manifest (id, image + lineage columns) that a
     training job or another i2score run can read directly."""
     import csv
@@ -156,15 +163,15 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params"])
     if config.get("include_originals", True):
         job = JobConfig.from_json(config)
-        for r in validate_manifest(config["manifest"], CATALOG, kind="reconstruct", inputs=job.input_policy()).rows:
-            w.writerow([r.id, storage.redact(r.image), r.id, "", "original", "{}"])
+        for r in validate_manifest(manifest_url, CATALOG, kind="reconstruct", inputs=job.input_policy()).rows:
+            w.writerow([r.id, r.image, r.id, "", "original", "{}"])
     for o in outs:
         rel = "outputs/" + storage.basename(o["output_url"])
         partner = o["source_ids"][1] if len(o["source_ids"]) > 1 else ""
         w.writerow([o["id"], rel, o["source_ids"][0], partner, o["op"].split("/", 1)[-1],
                     json.dumps(o["params"], sort_keys=True)])
     url = paths.url("dataset.csv")
-    storage.write_bytes(url, buf.getvalue().encode())
+    storage.write_text(url, buf.getvalue())
     return url
 
 

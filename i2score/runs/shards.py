@@ -11,14 +11,11 @@ they are returned (and written to ``errors.parquet`` beside the shards) with the
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import pyarrow.parquet as pq
 
 from i2score.data import storage
 from i2score.data.inputs import policy_for_manifest
@@ -128,7 +125,5 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
         counts.append(len(rows))
         run_ids.append(f"{kind}-shard-{digest[:12]}-{i:05d}")
     errors_url = storage.join(prefix, "errors.parquet")
-    buf = io.BytesIO()
-    pq.write_table(rejections_to_arrow(result.rejected, manifest_url), buf)
-    storage.write_bytes(errors_url, buf.getvalue())
+    storage.write_bytes(errors_url, storage.parquet_bytes(rejections_to_arrow(result.rejected, manifest_url)))
     return ShardPlan(digest, prefix, urls, counts, run_ids, result.rejected, errors_url)

@@ -4,8 +4,8 @@ worker killed mid-run costs only the batch it was running."""
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import threading
 import time

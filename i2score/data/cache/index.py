@@ -15,7 +15,6 @@ Several parts may hold rows for the same key (concurrent writers, adoption, re-p
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
@@ -117,12 +116,10 @@ def part_name() -> str:
 
 
 def table_bytes(table: pa.Table) -> bytes:
-    """Parquet bytes of an index part (one PUT)."""
-    buf = io.BytesIO()
+    """Parquet bytes of an index part (one PUT), its strings redacted (:func:`storage.parquet_bytes`)."""
     # w is float noise to a compressor; everything else compresses well.
     compression = {name: ("none" if name == "w" else "zstd") for name in table.column_names}
-    pq.write_table(table, buf, compression=compression)
-    return buf.getvalue()
+    return storage.parquet_bytes(table, compression=compression)
 
 
 def _rows_to_table(rows: Sequence[Mapping[str, Any]], num_ws: int, w_dim: int) -> pa.Table:
