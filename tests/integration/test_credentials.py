@@ -147,8 +147,10 @@ def test_inputs_with_credentials_run_and_no_secret_is_written(credential_server,
     root = tmp_path / "store"
     caplog.set_level(logging.INFO)
     try:
+        # The test server is a loopback host outside the manifest's folder: allowed by name.
+        allowed = [loopback_url(credential_server, "/"), str(tmp_path)]
         result = reconstruct(SecretStr(manifest), root=str(root), schedule="2+2", init="mean", batch_size=2,
-                             device="cpu")
+                             device="cpu", allowed_inputs=allowed)
     finally:
         storage.set_storage_options(None)
 
