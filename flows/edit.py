@@ -1,8 +1,8 @@
 """Edits from cached latents: crossover, scribbles, local style transfer, attribute transfer,
 morphing, style mixing, expression transfer and inpainting, one manifest row per edit."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a deployment run validates the parameters against
+# real annotations (a string "SecretStr" cannot be resolved where Prefect loads the flow).
 from typing import Any
 
 from prefect import flow

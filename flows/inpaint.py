@@ -1,7 +1,7 @@
 """Manifest-driven inpainting (paper Alg. 4): ``k`` solutions per image and mask."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a deployment run validates the parameters against
+# real annotations (a string "SecretStr" cannot be resolved where Prefect loads the flow).
 from typing import Any
 
 from prefect import flow

@@ -1,8 +1,8 @@
 """Bulk reconstruction: embed every image of a manifest (paper Alg. 2) into the latent cache and
 write its reconstruction."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: a deployment run validates the parameters against
+# real annotations (a string "SecretStr" cannot be resolved where Prefect loads the flow).
 from typing import Any
 
 from prefect import flow
