@@ -22,11 +22,13 @@ from i2score.data.inputs import policy_for_manifest
 from i2score.data.manifest import (
     Manifest,
     ManifestRow,
+    Reason,
     Rejection,
     read_manifest_bytes,
     rejections_to_arrow,
     validate_manifest,
 )
+from i2score.runs.inputs import has_credentials
 from i2score.runs.ops import CATALOG, OPS
 
 
@@ -106,12 +108,26 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
     inputs = policy_for_manifest(url, job_map.get("allowed_inputs"), job_map.get("max_input_bytes"))
     result = validate_manifest(manifest, CATALOG, kind="reconstruct" if kind == "augment" else kind,
                                inputs=inputs)
+    rejected = list(result.rejected)
+    rows_ok: list[ManifestRow] = []
+    for r in result.rows:
+        secret = next((f for f in ("image", "mask", "ref") if (v := getattr(r, f)) and has_credentials(v)), None)
+        if secret is None:
+            rows_ok.append(r)
+            continue
+        # A shard manifest is written to storage, and nothing written may hold a credential; an
+        # unsharded run keeps such URLs out of its files by referencing manifest rows instead.
+        rejected.append(Rejection(r.row, r.id, Reason.CREDENTIALS_IN_URL.value,
+                                  f"{secret} carries a credential, which a shard manifest would have to hold: "
+                                  "run this manifest unsharded, or give the store's credentials through the "
+                                  "environment or storage options", secret, storage.redact(getattr(r, secret))))
+    rejected.sort(key=lambda x: x.row)
     job_json = json.dumps(dict(job or {}), sort_keys=True, default=str)
     digest = hashlib.sha256(b"\0".join([data, job_json.encode(), kind.encode(),
                                         str(rows_per_shard).encode()])).hexdigest()[:16]
     prefix = storage.join(root, "shards", digest)
     shards: list[list[ManifestRow]] = []
-    for group in _groups(result.rows):
+    for group in _groups(rows_ok):
         if shards and len(shards[-1]) + len(group) <= rows_per_shard:
             shards[-1].extend(group)
         else:
@@ -120,10 +136,10 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
     for i, rows in enumerate(shards):
         url = storage.join(prefix, f"shard-{i:05d}-of-{len(shards):05d}.jsonl")
         text = "".join(json.dumps(_record(r), sort_keys=True, default=str) + "\n" for r in rows)
-        storage.write_bytes(url, text.encode())
+        storage.write_text(url, text)
         urls.append(url)
         counts.append(len(rows))
         run_ids.append(f"{kind}-shard-{digest[:12]}-{i:05d}")
     errors_url = storage.join(prefix, "errors.parquet")
-    storage.write_bytes(errors_url, storage.parquet_bytes(rejections_to_arrow(result.rejected, manifest_url)))
-    return ShardPlan(digest, prefix, urls, counts, run_ids, result.rejected, errors_url)
+    storage.write_bytes(errors_url, storage.parquet_bytes(rejections_to_arrow(rejected, manifest_url)))
+    return ShardPlan(digest, prefix, urls, counts, run_ids, rejected, errors_url)

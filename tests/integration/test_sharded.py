@@ -46,6 +46,23 @@ def test_split_manifest_is_stable_and_keeps_rows(tmp_path):
     assert os.path.isabs(first["image"])  # shards can live anywhere
 
 
+def test_split_manifest_never_writes_a_credential(tmp_path):
+    m = _manifest(tmp_path)
+    with m.open("a") as f:
+        f.write("signed,https://h.example.com/a.png?X-Amz-Signature=c0ffee1234567890&X-Amz-Credential=AKIAXYZ\n")
+        f.write("basic,https://bob:hunter2pass@h.example.com/b.png\n")
+    plan = split_manifest(str(m), str(tmp_path / "root"), kind="reconstruct", rows_per_shard=2,
+                          job={"allowed_inputs": [str(tmp_path), "https://h.example.com/"]})
+    reasons = {r.id: r.reason_code for r in plan.rejected}
+    assert set(reasons) == {"../escape", "signed", "basic"}
+    assert reasons["signed"] == reasons["basic"] == "credentials_in_url"
+    assert sum(plan.rows) == 5
+    for f in (tmp_path / "root").rglob("*"):
+        if f.is_file():
+            data = f.read_bytes()
+            assert b"hunter2pass" not in data and b"c0ffee1234567890" not in data, f
+
+
 @pytest.fixture()
 def served_reconstruct(prefect_api, tmp_path):
     """``reconstruct`` served as deployment ``reconstruct/shards`` by a separate process."""

@@ -63,6 +63,7 @@ class Reason(str, Enum):
     OUTSIDE_ALLOWED_INPUTS = "outside_allowed_inputs"
     NOT_A_REGULAR_FILE = "not_a_regular_file"
     FILE_TOO_LARGE = "file_too_large"
+    CREDENTIALS_IN_URL = "credentials_in_url"
 
 
 REASON_DESCRIPTIONS: dict[str, str] = {
@@ -99,6 +100,8 @@ REASON_DESCRIPTIONS: dict[str, str] = {
                               "private or link-local address",
     "not_a_regular_file": "a referenced path is a folder, named pipe, device or socket (only regular files "
                           "and objects are read)",
+    "credentials_in_url": "a URL carries its credential (user:password@, a signed query) where it would have "
+                          "to be written: a shard manifest of the sharded flow",
     "file_too_large": "a referenced file is larger than the input size limit (64 MiB by default, "
                       "--max-input-bytes)",
 }
