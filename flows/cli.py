@@ -20,8 +20,8 @@ from rich.console import Console
 
 from i2score.cli.app import app
 from i2score.data import storage
-from i2score.runs.inputs import has_credentials
 from i2score.runs.lease import RunActiveError
+from i2score.runs.secret_urls import has_credentials
 
 if TYPE_CHECKING:  # Prefect is imported after its settings are in the environment (_prefect_env)
     from prefect import Flow, State

@@ -66,7 +66,7 @@ def run_batch(root: str, run_id: str, batch_id: str, manifest: SecretStr | None 
     """Run one planned batch (the model is loaded once per worker process). Returns its counts.
 
     ``manifest`` is the run's real manifest URL, from which a batch reads the inputs whose URLs
-    carry credentials (its spec holds them redacted; :mod:`i2score.runs.inputs`). It travels as
+    carry credentials (its spec holds them redacted; :mod:`i2score.runs.secret_urls`). It travels as
     a task parameter because Prefect 3.8 does not persist those: the API gets only the task
     inputs' kinds (``TaskRunCreate.task_inputs``), results are not persisted
     (``PREFECT_RESULTS_PERSIST_BY_DEFAULT`` is false and ``NO_CACHE``), and a Dask runner pickles

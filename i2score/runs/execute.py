@@ -35,7 +35,6 @@ from i2score.method.applications.common import render
 from i2score.runs.augment import Augmentation, run_augmentations
 from i2score.runs.config import EngineOptions, JobConfig, Schedule, resolve_device
 from i2score.runs.context import WorkerContext, worker_context
-from i2score.runs.inputs import restore_urls
 from i2score.runs.lease import check_current
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import DegenerateOutputError, RunOutputs
@@ -51,6 +50,7 @@ from i2score.runs.records import (
     row_from_json,
     write_json,
 )
+from i2score.runs.secret_urls import restore_urls
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def run_batch(root: str, run_id: str, batch_id: str, *, manifest_url: str | None
 
     ``manifest_url`` is the run's real manifest URL: needed when inputs carry credentials (the
     spec holds them redacted and the worker reads them from the manifest, see
-    :mod:`i2score.runs.inputs`; a ValueError without it, :class:`ManifestChangedError` when the
+    :mod:`i2score.runs.secret_urls`; a ValueError without it, :class:`ManifestChangedError` when the
     manifest is not the planned one). ``device`` overrides the job's device; ``gpu_index`` picks
     this worker's GPU when the device is ``auto`` or ``cuda`` (see :func:`resolve_device`).
 

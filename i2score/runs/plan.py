@@ -49,7 +49,6 @@ from i2score.runs.config import (
     engine_options,
     resolve_device,
 )
-from i2score.runs.inputs import mark_secret_urls, source_json
 from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS, generator_limits
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
@@ -62,6 +61,7 @@ from i2score.runs.records import (
     row_to_json,
     write_json,
 )
+from i2score.runs.secret_urls import mark_secret_urls, source_json
 
 #: Rows whose files planning reads at a time (to hash them).
 PLAN_READ_CHUNK = 256
@@ -91,7 +91,7 @@ class PlanResult:
 
 def spec_row(r: ManifestRow) -> dict[str, Any]:
     """A row as a batch spec holds it, its URLs with credentials marked for the worker to read
-    from the manifest (:func:`i2score.runs.inputs.mark_secret_urls`)."""
+    from the manifest (:func:`i2score.runs.secret_urls.mark_secret_urls`)."""
     return mark_secret_urls(row_to_json(r), r)
 
 
@@ -269,7 +269,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
         if src["key"] in warm:
             src["warm"] = warm[src["key"]]
     # Specs (like every record) are written redacted; inputs with credentials are referenced by
-    # manifest row, and the worker checks the manifest against manifest_sha256 (i2score.runs.inputs).
+    # manifest row, and the worker checks the manifest against manifest_sha256 (i2score.runs.secret_urls).
     manifest_sha256 = hashlib.sha256(manifest_bytes).hexdigest()
     base = {"run_id": run_id, "root": config.root, "config": config.to_json(), "attempt": attempt,
             "lease_generation": lease_generation,

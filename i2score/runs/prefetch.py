@@ -16,8 +16,8 @@ from typing import Any
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy
 from i2score.runs.config import JobConfig
-from i2score.runs.inputs import restore_urls
 from i2score.runs.records import RunPaths, read_json, row_from_json
+from i2score.runs.secret_urls import restore_urls
 
 log = logging.getLogger(__name__)
 

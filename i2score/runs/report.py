@@ -15,11 +15,11 @@ from i2score.data import storage
 from i2score.data.inputs import InputPolicy
 from i2score.data.manifest import Rejection, validate_manifest
 from i2score.runs.config import JobConfig
-from i2score.runs.inputs import manifest_url_for
 from i2score.runs.lease import lease_folder
 from i2score.runs.ops import CATALOG, OPS
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import RunPaths, batch_records, read_json
+from i2score.runs.secret_urls import manifest_url_for
 
 
 def _quantiles(values: Sequence[float | None]) -> dict[str, float] | None:

@@ -28,8 +28,8 @@ from i2score.data.manifest import (
     rejections_to_arrow,
     validate_manifest,
 )
-from i2score.runs.inputs import has_credentials
 from i2score.runs.ops import CATALOG, OPS
+from i2score.runs.secret_urls import has_credentials
 
 
 @dataclass

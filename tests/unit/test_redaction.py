@@ -1,5 +1,5 @@
 """Redaction at the writers (records, tables, NPZ metadata, log records) and the worker's way back
-to input URLs that carry credentials (:mod:`i2score.runs.inputs`)."""
+to input URLs that carry credentials (:mod:`i2score.runs.secret_urls`)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from i2score.data import storage
 from i2score.data.latents import Latents
 from i2score.data.manifest import validate_manifest
 from i2score.data.redact import install_log_redaction, redact_table, redact_tree, remember_url_secrets
-from i2score.runs import inputs
+from i2score.runs import secret_urls
 from i2score.runs.ops import CATALOG
 from i2score.runs.plan import spec_row
 from i2score.runs.records import write_json
@@ -87,14 +87,14 @@ def test_worker_reads_urls_with_credentials_from_the_manifest(tmp_path):
     assert spec["items"][0]["row"]["secret_urls"] == ["image"] and "secret_urls" not in spec["items"][1]["row"]
     assert TOKEN not in json.dumps(spec)
     (tmp_path / "m.csv").write_text(text.replace("plain.png", "other.png"))
-    with pytest.raises(inputs.ManifestChangedError, match="changed since the run was planned"):
-        inputs.restore_urls(spec, manifest)
+    with pytest.raises(secret_urls.ManifestChangedError, match="changed since the run was planned"):
+        secret_urls.restore_urls(spec, manifest)
     (tmp_path / "m.csv").write_text(text)
     with pytest.raises(ValueError, match="pass its real URL"):  # a presigned manifest's URL, redacted
-        inputs.restore_urls({**spec, "config": {"manifest": "s3://b/m.csv?token=***"}}, None)
+        secret_urls.restore_urls({**spec, "config": {"manifest": "s3://b/m.csv?token=***"}}, None)
     with pytest.raises(ValueError, match="is not the run's"):
-        inputs.restore_urls(spec, str(tmp_path / "other.csv"))
-    restored = inputs.restore_urls(spec, manifest)
+        secret_urls.restore_urls(spec, str(tmp_path / "other.csv"))
+    restored = secret_urls.restore_urls(spec, manifest)
     assert [it["row"]["image"] for it in restored["items"]] == [SIGNED, str(tmp_path / "plain.png")]
     assert "secret_urls" not in restored["items"][0]["row"] and TOKEN not in json.dumps(spec)
 
@@ -104,4 +104,4 @@ def test_specs_without_credentials_never_read_the_manifest(tmp_path):
     (tmp_path / "m.csv").write_text("id,image\nb,plain.png\n")
     spec = _planned_spec(manifest, tmp_path)
     (tmp_path / "m.csv").unlink()
-    assert inputs.restore_urls(spec, None) is spec
+    assert secret_urls.restore_urls(spec, None) is spec
