@@ -307,13 +307,24 @@ def read_stream(url: str, *, limit: int, follow_redirects: bool = True, attempts
 _TMP_RE = re.compile(r"^\..+\.tmp-[0-9a-f]{32}$")
 
 
-def _write_local(path: str, data: bytes) -> None:
+def _complete_temp_file(path: str, data: bytes) -> str:
+    """A hidden temp file next to ``path`` holding all of ``data`` (listings skip it, _TMP_RE)."""
     directory = os.path.dirname(path) or "."
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _write_local(path: str, data: bytes) -> None:
+    tmp = _complete_temp_file(path, data)
+    try:
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -341,12 +352,8 @@ def write_bytes(
 def _create_local(path: str, data: bytes) -> None:
     # A complete temp file hard-linked to its name: link(2) fails with EEXIST when the name exists,
     # so creation is exclusive (like O_CREAT|O_EXCL) and a reader never sees a partial object.
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
+    tmp = _complete_temp_file(path, data)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
         os.link(tmp, path)
     finally:
         with contextlib.suppress(OSError):

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from i2score.data import storage
 from i2score.data.cache import LatentCache
 from i2score.runs import lease as leases
 from i2score.runs.lease import LeaseSettings, RunActiveError, RunLease
+from tests.unit.test_lease import acquire_together, race_to_create
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO = REPO / "manifests" / "demo"
@@ -26,24 +26,7 @@ DEMO = REPO / "manifests" / "demo"
 
 def test_s3_conditional_create_exactly_one_of_racing_writers_wins(s3_root):
     url = storage.join(s3_root, "race", "00000001.json")
-    start = threading.Barrier(12)
-    won: list[int] = []
-
-    def take(i: int) -> None:
-        start.wait()
-        try:
-            storage.create_exclusive(url, str(i).encode())
-            won.append(i)
-        except FileExistsError:
-            pass
-
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(12)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(won) == 1
-    assert storage.read_bytes(url) == str(won[0]).encode()
+    assert len(race_to_create(url, 12)) == 1
     with pytest.raises(FileExistsError):
         storage.create_exclusive(url, b"late")
 
@@ -56,23 +39,7 @@ def test_s3_lease_lifecycle_and_takers_of_an_expired_lease(s3_root):
         RunLease(s3_root, "run-a", settings).try_acquire()
     time.sleep(1.1)  # expired: never renewed
     takers = [RunLease(s3_root, "run-a", settings) for _ in range(6)]
-    start = threading.Barrier(len(takers))
-    results: list[str] = []
-
-    def take(t: RunLease) -> None:
-        start.wait()
-        try:
-            t.try_acquire()
-            results.append("won")
-        except RunActiveError:
-            results.append("active")
-
-    threads = [threading.Thread(target=take, args=(t,)) for t in takers]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert sorted(results) == ["active"] * 5 + ["won"]
+    assert sorted(acquire_together(takers)) == ["active"] * 5 + ["won"]
     winner = next(t for t in takers if t.record is not None)
     assert leases.newest_lease(s3_root, "run-a").attempt == winner.attempt  # type: ignore[union-attr]
     with pytest.raises(leases.LeaseLostError):

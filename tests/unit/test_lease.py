@@ -55,9 +55,10 @@ def test_create_exclusive_refuses_an_existing_object_and_keeps_it(root):
     assert storage.list_files(storage.join(root, "x")) == [url]
 
 
-def test_threads_racing_to_create_one_object_exactly_one_wins(root):
-    url = storage.join(root, "race", "00000001.json")
-    start = threading.Barrier(16)
+def race_to_create(url: str, writers: int) -> list[int]:
+    """``writers`` threads released together, each trying to create ``url`` holding its number;
+    returns the numbers of those that succeeded (after checking the object holds the winner's)."""
+    start = threading.Barrier(writers)
     won: list[int] = []
 
     def take(i: int) -> None:
@@ -68,13 +69,40 @@ def test_threads_racing_to_create_one_object_exactly_one_wins(root):
         except FileExistsError:
             pass
 
-    threads = [threading.Thread(target=take, args=(i,)) for i in range(16)]
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(writers)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(won) == 1
-    assert storage.read_bytes(url) == str(won[0]).encode()
+    if won:
+        assert storage.read_bytes(url) == str(won[0]).encode()
+    return won
+
+
+def acquire_together(takers: list[RunLease]) -> list[str]:
+    """Each lease tries to acquire at the same moment (threads behind a barrier): ``won`` or
+    ``active`` per taker, in the order they finished."""
+    start = threading.Barrier(len(takers))
+    results: list[str] = []
+
+    def take(t: RunLease) -> None:
+        start.wait()
+        try:
+            t.try_acquire()
+            results.append("won")
+        except RunActiveError:
+            results.append("active")
+
+    threads = [threading.Thread(target=take, args=(t,)) for t in takers]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return results
+
+
+def test_threads_racing_to_create_one_object_exactly_one_wins(root):
+    assert len(race_to_create(storage.join(root, "race", "00000001.json"), 16)) == 1
 
 
 def test_a_held_lease_refuses_a_second_attempt_with_its_owner(root):
@@ -141,23 +169,7 @@ def test_two_takers_of_an_expired_lease_exactly_one_wins(root):
     RunLease(root, "r", SHORT, clock=clock).try_acquire()
     clock.t += SHORT.ttl_s + 1
     takers = [RunLease(root, "r", SHORT, clock=clock) for _ in range(8)]
-    start = threading.Barrier(len(takers))
-    results: list[str] = []
-
-    def take(t: RunLease) -> None:
-        start.wait()
-        try:
-            t.try_acquire()
-            results.append("won")
-        except RunActiveError:
-            results.append("active")
-
-    threads = [threading.Thread(target=take, args=(t,)) for t in takers]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    assert sorted(results) == ["active"] * 7 + ["won"]
+    assert sorted(acquire_together(takers)) == ["active"] * 7 + ["won"]
     newest = leases.newest_lease(root, "r")
     assert newest is not None and newest.generation == 2
     assert [t.attempt for t in takers if t.record is not None] == [newest.attempt]
