@@ -22,7 +22,9 @@ MAX_LISTED = 50
 
 def validate_cmd(
     manifest: Annotated[str, typer.Argument(help="Manifest path or URL (.csv, .tsv, .parquet, .jsonl).")],
-    kind: Annotated[str, typer.Option(help="reconstruct | inpaint | edit")] = "reconstruct",
+    kind: Annotated[str | None, typer.Option(
+        help="reconstruct | inpaint | edit (default: from the columns: an op column is edit, else a mask "
+             "column is inpaint, else reconstruct)")] = None,
     check_files: Annotated[bool, typer.Option(
         "--check-files/--no-check-files",
         help="Also read and decode every image and mask (slower; same checks as a run).")] = True,
@@ -47,13 +49,13 @@ def validate_cmd(
     Exits 1 if any row is rejected, 2 if the manifest or the model cannot be read.
     """
     from i2score.data.inputs import policy_for_manifest
-    from i2score.data.manifest import ManifestError, absolute_url, validate_manifest, write_rejections
+    from i2score.data.manifest import Manifest, ManifestError, absolute_url, validate_manifest, write_rejections
     from i2score.generator.checkpoints import load_generator
     from i2score.generator.registry import DEFAULT_MODEL
-    from i2score.runs.ops import CATALOG, KINDS, generator_limits
+    from i2score.runs.ops import CATALOG, KINDS, generator_limits, infer_kind
 
     console = Console()
-    if kind not in KINDS:
+    if kind is not None and kind not in KINDS:
         console.print(f"[red]--kind must be one of {', '.join(KINDS)}[/red]")
         raise typer.Exit(2)
     if output is not None and output.rsplit(".", 1)[-1].lower() not in ("csv", "parquet", "jsonl"):
@@ -72,7 +74,15 @@ def validate_cmd(
         raise typer.Exit(2) from None
     catalog = CATALOG.for_generator(generator_limits(G, model_name))
     try:
-        result = validate_manifest(manifest, catalog, kind=kind, check_files=check_files,
+        parsed = Manifest.read(manifest)
+    except (ManifestError, OSError) as e:
+        console.print(Text("cannot read manifest: ", style="red") + Text(storage.redact(e)))
+        raise typer.Exit(2) from None
+    if kind is None:
+        kind = infer_kind(parsed.columns)
+        console.print(Text(f"kind {kind} (from the columns; --kind sets it)"))
+    try:
+        result = validate_manifest(parsed, catalog, kind=kind, check_files=check_files,
                                    resolution=(resolution or G.resolution) if check_files else None,
                                    inputs=inputs)
     except (ManifestError, OSError) as e:

@@ -15,7 +15,7 @@ registration below: a runner of a few lines and an ``Op(...)`` entry.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -324,6 +324,19 @@ KINDS: dict[str, ManifestKind] = {k.name: k for k in [
     ManifestKind("inpaint", columns=("id", "image", "mask"), default_op="inpaint", ops=("inpaint",)),
     ManifestKind("edit", columns=("id", "image", "op"), default_op=None, ops=tuple(OPS)),
 ]}
+
+def infer_kind(columns: Iterable[str]) -> str:
+    """The manifest kind of a manifest with ``columns``: one with an ``op`` column is ``edit``,
+    else one with a ``mask`` column is ``inpaint``, else ``reconstruct`` (each kind's own columns
+    beyond the ``id`` and ``image`` of :data:`KINDS`; a missing ``id``/``image`` is then the
+    validation's to report)."""
+    names = {c.strip().lower() for c in columns}
+    common = set(KINDS["reconstruct"].columns)
+    for name in ("edit", "inpaint"):  # the one needing the most columns first
+        if set(KINDS[name].columns) - common <= names:
+            return name
+    return "reconstruct"
+
 
 #: What a manifest may say: hand it to :func:`i2score.data.manifest.validate_manifest`, with the
 #: generator's limits when it is known (``CATALOG.for_generator(generator_limits(G, name))``).

@@ -427,3 +427,41 @@ def test_validation_is_fast(tmp_path):
     out = bench_validate(5000, str(tmp_path))
     assert time.perf_counter() - t0 < 5.0 and out["rows_per_s"] > 2000, out
     assert 45 <= out["rejected"] <= 70
+
+
+@pytest.mark.parametrize("name, kind, rows", [("reconstruct.csv", "reconstruct", 19), ("inpaint.csv", "inpaint", 32),
+                                              ("edit.csv", "edit", 12)])
+def test_cli_validate_infers_the_kind_of_the_demo_manifests(name, kind, rows):
+    import typer
+    from typer.testing import CliRunner
+
+    from i2score.cli.validate import validate_cmd
+
+    app = typer.Typer()
+    app.command("validate")(validate_cmd)
+    app.command("other")(lambda: None)  # keep "validate" a sub-command, as in i2s
+    res = CliRunner().invoke(app, ["validate", str(REPO / "manifests" / "demo" / name), "--no-check-files"],
+                             terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert f"kind {kind} (from the columns" in res.output
+    assert f"{rows} rows, {rows} valid, 0 rejected" in res.output
+    # --kind still decides when given: the edit rows are not reconstructions.
+    forced = CliRunner().invoke(app, ["validate", str(REPO / "manifests" / "demo" / name), "--no-check-files",
+                                      "--kind", "reconstruct"], terminal_width=200)
+    assert "from the columns" not in forced.output
+    assert (forced.exit_code == 0) == (kind == "reconstruct"), forced.output
+
+
+def test_infer_kind_from_jsonl_and_parquet_columns(tmp_path):
+    from i2score.runs.ops import infer_kind
+
+    jsonl = tmp_path / "m.jsonl"
+    jsonl.write_text(json.dumps({"id": "a", "image": "a.png", "op": "morph", "ref": "b.png"}) + "\n")
+    assert infer_kind(Manifest.read(str(jsonl)).columns) == "edit"
+    parquet = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "image": ["a.png"], "mask": ["m.png"]}), parquet)
+    assert infer_kind(Manifest.read(str(parquet)).columns) == "inpaint"
+    pq.write_table(pa.table({"ID": ["a"], "Image": ["a.png"]}), parquet)
+    assert infer_kind(Manifest.read(str(parquet)).columns) == "reconstruct"
+    # An op column wins over a mask column: an edit manifest names masks per op.
+    assert infer_kind([" Op ", "mask", "id", "image"]) == "edit"
