@@ -6,14 +6,15 @@ the tasks of :mod:`tasks.batches`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
-from prefect import flow, get_run_logger
+from prefect import Flow, State, flow, get_client, get_run_logger
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -21,6 +22,8 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.futures import as_completed
+from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Completed, Failed
 from pydantic import SecretStr
 
 from flows.runners import check_runner, local_task_runner, task_runner_for
@@ -73,13 +76,55 @@ def plain_url(manifest: str | SecretStr) -> str:
     return manifest.get_secret_value() if isinstance(manifest, SecretStr) else manifest
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")[:60]
+def artifact_key(run_id: str, what: str) -> str:
+    """The key of the run's ``what`` artifact (``summary``, ``report``, ``noop``): the run id made
+    a Prefect key (lowercase letters, digits, dashes), so each dataset and job has its own. A run
+    id the key rule changes (upper case, ``_``, ``.``) gets a hash of itself, so that two such ids
+    never share a key."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", run_id.lower()).strip("-")
+    if slug != run_id:
+        slug = f"{slug}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}".lstrip("-")
+    return f"{slug}-{what}"
 
 
-def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = False) -> dict[str, Any]:
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def called_for_state_data(job_flow: Flow[P, State[R]]) -> Flow[P, R]:
+    """``job_flow`` (whose function returns its final state, see :func:`final_state`) typed as
+    what calling it gives: Prefect's engine makes a returned state the flow run's state and a call
+    returns that state's data (``return_state=True`` gives the state); Prefect's types take the
+    function's return type for the call's."""
+    return cast("Flow[P, R]", job_flow)
+
+
+def final_state(result: dict[str, Any]) -> State[dict[str, Any]]:
+    """The state a flow run of ``result`` (see :func:`run_job`) ends in, holding ``result``:
+    Failed when rows failed and none produced an output; Completed named "Completed with
+    failures" when some rows failed; plain Completed when none did."""
+    failed, rows = result["failed"], result["rows"]
+    if not failed:
+        return Completed(data=result)
+    message = f"{failed} of {rows} rows failed; see {result['errors']}"
+    if result["outputs"] == 0:
+        return Failed(data=result, message=message)
+    return Completed(data=result, name="Completed with failures", message=message)
+
+
+def _name_flow_run(name: str) -> None:
+    """Rename the flow run this runs in (the UI lists flow runs by name; Prefect's default is a
+    random one, chosen before the run id is known)."""
+    flow_run_id = current_flow_run.id
+    assert flow_run_id is not None, "run_job runs inside a flow run"
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(UUID(flow_run_id), name=name)
+
+
+def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = False) -> State[dict[str, Any]]:
     """Take the run's lease, plan ``config``, run its batches on ``runner`` and finish the run.
-    Returns the summary's small part.
+    Returns the flow run's final state (:func:`final_state`) holding the summary's small part.
+    The flow run is renamed to the run id, its ``run-batches`` sub-flow run ``<run-id>-batches``.
 
     Another attempt holding the lease (a second process on the same job) raises
     :class:`i2score.runs.lease.RunActiveError`; with ``wait_for_lease`` this attempt waits until
@@ -92,8 +137,9 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
                                        "root": _absolute(config.root)})
     identity = batches.run_identity(config.to_json())
     run_id, root = identity["run_id"], config.root
+    _name_flow_run(run_id)
     if identity["finished"] is not None:  # finished: no lease needed, nothing is written
-        return _noop(identity["finished"], config.kind)
+        return final_state(_noop(identity["finished"]))
 
     def waiting(active: lease.RunActiveError) -> None:
         logger.info("%s: waiting for it to finish or expire", active)
@@ -102,30 +148,29 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
         t0 = time.perf_counter()  # the attempt's own time, not the wait
         plan = batches.plan_run(config.to_json(), identity, held.attempt, held.generation)
         if plan["noop"]:  # the attempt this one waited for finished the run
-            return _noop(plan["summary"], config.kind)
+            return final_state(_noop(plan["summary"]))
         counts = plan["counts"]
         logger.info("run %s (attempt %s, lease generation %d): %s", run_id, held.attempt, held.generation,
                     ", ".join(f"{k} {v}" for k, v in counts.items()))
         # The batches run in a sub-flow because a flow's task runner is fixed when it starts, and the
         # runner is a parameter of the job.
         manifest = SecretStr(config.manifest)
-        run_batches.with_options(task_runner=task_runner_for(runner))(root, run_id, plan["phases"],
-                                                                      plan["attempt"], f"{config.kind} {run_id}",
-                                                                      manifest)
+        run_batches.with_options(task_runner=task_runner_for(runner), flow_run_name=f"{run_id}-batches")(
+            root, run_id, plan["phases"], plan["attempt"], f"{config.kind} {run_id}", manifest)
         held.check()  # an attempt whose lease was taken over leaves the summary to the new owner
         summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0, manifest)
-    _artifacts(summary, config.kind)
+    _artifacts(summary)
     logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
                 summary["rows"]["failed"], summary["files"]["report"])
-    return _result(summary)
+    return final_state(_result(summary))
 
 
-def _noop(summary: dict[str, Any], kind: str) -> dict[str, Any]:
+def _noop(summary: dict[str, Any]) -> dict[str, Any]:
     """The result of a run that was already finished (nothing recomputed)."""
     get_run_logger().info("run %s is already finished (same manifest, model and settings): nothing to do",
                           summary["run_id"])
     markdown_artifact(f"Run `{summary['run_id']}` was already finished; nothing was recomputed. "
-                      f"Report: {summary['files']['report']}", key=_slug(f"{kind}-noop"))
+                      f"Report: {summary['files']['report']}", key=artifact_key(summary["run_id"], "noop"))
     return _result(summary, noop=True)
 
 
@@ -163,7 +208,7 @@ def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, l
     return failed
 
 
-def _artifacts(summary: dict[str, Any], kind: str) -> None:
+def _artifacts(summary: dict[str, Any]) -> None:
     table = [{"quantity": k, "value": v} for k, v in (
         ("outputs", summary["rows"]["outputs"]), ("failed rows", summary["rows"]["failed"]),
         ("images embedded", summary["embedded"]), ("embedding steps", summary["embedding_steps"]),
@@ -174,8 +219,9 @@ def _artifacts(summary: dict[str, Any], kind: str) -> None:
             table += [{"quantity": f"{name} {s}", "value": q[s]} for s in ("min", "median", "max")]
     for reason, n in summary["errors_by_reason"].items():
         table.append({"quantity": f"failed: {reason}", "value": n})
-    table_artifact(table, key=_slug(f"{kind}-summary"), description=f"run {summary['run_id']}")
-    markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(), key=_slug(f"{kind}-report"),
+    table_artifact(table, key=artifact_key(summary["run_id"], "summary"), description=f"run {summary['run_id']}")
+    markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(),
+                      key=artifact_key(summary["run_id"], "report"),
                       description=f"run {summary['run_id']}")
 
 
@@ -194,6 +240,9 @@ def table_artifact(rows: list[dict[str, Any]], *, key: str, description: str | N
 def _result(summary: dict[str, Any], noop: bool = False) -> dict[str, Any]:
     """The small return value of a flow: ids, counts and where things are."""
     return {"run_id": summary["run_id"], "noop": noop, "outputs": summary["rows"]["outputs"],
-            "failed": summary["rows"]["failed"], "embedding_steps": 0 if noop else summary["embedding_steps"],
+            "failed": summary["rows"]["failed"],
+            "rows": summary["rows"]["input_rows_done"] + summary["rows"]["failed"],
+            "errors": storage.join(summary["run_url"], "errors.parquet"),
+            "embedding_steps": 0 if noop else summary["embedding_steps"],
             "cache_hits": 0 if noop else summary["cache_hits"], "run_url": summary["run_url"],
             "report": summary["files"]["report"], "summary": storage.join(summary["run_url"], "summary.json")}

@@ -4,13 +4,14 @@
 # real annotations (a string "SecretStr" cannot be resolved where Prefect loads the flow).
 from typing import Any
 
-from prefect import flow
+from prefect import State, flow
 from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, plain_url, run_job
+from flows._common import DEFAULT_ROOT, called_for_state_data, inputs_tuple, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
+@called_for_state_data
 @flow(name="augment", task_runner=local_task_runner(), validate_parameters=True)
 def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: int = 4, ops: list[str] | None = None,
             model: str | None = None, schedule: str = "fast", batch_size: int | str = 8, device: str = "auto",
@@ -19,7 +20,7 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
                 precision: str = "auto",
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False) -> dict[str, Any]:
+        wait_for_lease: bool = False) -> State[dict[str, Any]]:
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
     mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see

@@ -4,8 +4,11 @@ Flow commands run the Prefect flow in this process (without ``PREFECT_API_URL`` 
 temporary local server for the run's bookkeeping), show a progress bar per batch and print
 where the outputs and the report are. Exit codes: 0 every row succeeded, 1 some rows failed
 (listed in ``errors.parquet`` and the report; the other rows are complete), 2 the job could not
-run (bad arguments, unreadable manifest, or another process is running the same job: one line
-``run X is active (owner H:P, since T)``; ``--wait`` waits for it instead).
+run (bad arguments, unreadable manifest, the temporary Prefect server did not start, or another
+process is running the same job: one line ``run X is active (owner H:P, since T)``; ``--wait``
+waits for it instead). The flow run's state says the same: Completed, "Completed with failures"
+(some rows failed) or Failed (every row failed: exit 1 too, the rows' errors are written; or the
+job could not run: exit 2).
 """
 
 from __future__ import annotations
@@ -63,16 +66,43 @@ Wait = Annotated[bool, typer.Option("--wait", help="When another process is runn
                                                   "the run or find it finished; without --wait exit 2 at once.")]
 
 
+#: Seconds the temporary Prefect server (no PREFECT_API_URL) may take to start; Prefect's 20 s
+#: default is missed on a busy machine.
+EPHEMERAL_SERVER_STARTUP_TIMEOUT_S = 120
+
+
 def _prefect_env(verbose: bool) -> None:
     # Set before Prefect is imported: its settings are read once.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_SERVER_STARTUP_TIMEOUT_S))
     if not verbose:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+def _start_temporary_server() -> None:
+    """Without PREFECT_API_URL, start Prefect's temporary server now (the one its client would
+    start for the flow run, a per-process singleton), so that its failure is exit 2 with one line
+    instead of a traceback from inside the flow call."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+    if PREFECT_API_URL.value():
+        return
+    try:
+        SubprocessASGIServer().start()
+    except Exception as e:  # noqa: BLE001 - any failure to start it means the job cannot run
+        first_line = (str(e).splitlines() or [""])[0][:200]
+        typer.echo(f"the temporary Prefect server did not start within "
+                   f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s ({type(e).__name__}: {first_line}); "
+                   "raise PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS or set PREFECT_API_URL to a running "
+                   "server", err=True)
+        raise typer.Exit(2) from None
 
 
 def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     """Run one flow with a progress bar; returns its result (exits 2 when it cannot run)."""
     _prefect_env(verbose)
+    _start_temporary_server()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from flows import augment, edit, inpaint, reconstruct
@@ -99,14 +129,17 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
             state = cast("State[dict[str, Any]]", flow(**params, return_state=True))
         finally:
             remove()
+    outcome = state.result(raise_on_failure=False)
+    if state.is_failed() and isinstance(outcome, dict):
+        return outcome  # a run whose rows all failed: its errors are written (exit 1, not 2)
     if not state.is_completed():
-        exc = state.result(raise_on_failure=False)
+        exc = outcome
         if isinstance(exc, RunActiveError):
             typer.echo(str(exc), err=True)  # one line: run X is active (owner H:P, since T)
         else:
             console.print(f"[red]{flow_name} failed:[/red] {storage.redact(f'{type(exc).__name__}: {exc}')}")
         raise typer.Exit(2)
-    return state.result()
+    return cast("dict[str, Any]", outcome)
 
 
 def _engine(batch_size: str, init: str | None, encoder: str | None, precision: str, channels_last: bool | None,

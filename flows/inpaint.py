@@ -4,13 +4,14 @@
 # real annotations (a string "SecretStr" cannot be resolved where Prefect loads the flow).
 from typing import Any
 
-from prefect import flow
+from prefect import State, flow
 from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, plain_url, run_job
+from flows._common import DEFAULT_ROOT, called_for_state_data, inputs_tuple, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
+@called_for_state_data
 @flow(name="inpaint", task_runner=local_task_runner(), validate_parameters=True)
 def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, model: str | None = None,
             schedule: str = "fast",
@@ -19,7 +20,7 @@ def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, mod
                 precision: str = "auto",
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False) -> dict[str, Any]:
+        wait_for_lease: bool = False) -> State[dict[str, Any]]:
     """Fill the white region of each row's mask (columns ``id``, ``image``, ``mask``; a row's
     ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
     pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.

@@ -5,13 +5,14 @@ write its reconstruction."""
 # real annotations (a string "SecretStr" cannot be resolved where Prefect loads the flow).
 from typing import Any
 
-from prefect import flow
+from prefect import State, flow
 from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, inputs_tuple, local_task_runner, plain_url, run_job
+from flows._common import DEFAULT_ROOT, called_for_state_data, inputs_tuple, local_task_runner, plain_url, run_job
 from i2score.runs.config import JobConfig
 
 
+@called_for_state_data
 @flow(name="reconstruct", task_runner=local_task_runner(), validate_parameters=True)
 def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
                 batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
@@ -19,7 +20,7 @@ def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str 
                 precision: str = "auto",
                 channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False) -> dict[str, Any]:
+        wait_for_lease: bool = False) -> State[dict[str, Any]]:
     """Embed the images of ``manifest`` (columns ``id``, ``image``) into ``(w, n)``.
 
     Validates the manifest, skips images already in the cache under ``root`` (same bytes,

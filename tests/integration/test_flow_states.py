@@ -1,0 +1,120 @@
+"""What a flow run tells Prefect and its UI: its final state from its rows (Failed when all
+failed, "Completed with failures" when some did, Completed when none did), its name (the run id)
+and artifact keys of its own; and the CLI's exit codes for the same runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+DEMO = Path(__file__).resolve().parents[2] / "manifests" / "demo"
+SCHEDULE = "2+2"
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _manifest(folder: Path, name: str, rows: list[tuple[str, str]]) -> str:
+    """A reconstruct manifest in ``folder`` (inputs must live in the manifest's folder)."""
+    path = folder / name
+    path.write_text("id,image\n" + "".join(f"{rid},{image}\n" for rid, image in rows))
+    return str(path)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> Path:
+    """A folder with two good demo images, a garbage one; no ``missing.png``."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for i in (0, 1):
+        shutil.copy(DEMO / "images" / f"heldout-1{i}.png", folder / f"good{i}.png")
+    (folder / "garbage.png").write_bytes(b"this is not an image")
+    return folder
+
+
+def _flow_run(state):
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_run(state.state_details.flow_run_id)
+
+
+def _flow_runs_named(name: str) -> list:
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+
+
+def _artifact_keys(flow_run_id: UUID) -> set[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key for a in artifacts if a.key is not None}
+
+
+def test_final_state_name_and_artifacts_follow_the_rows(tmp_path, inputs):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.reconstruct import reconstruct
+
+    root = str(tmp_path / "store")
+    run = {"root": root, "schedule": SCHEDULE, "device": "cpu", "return_state": True}
+
+    # Every row fails: Failed, and the state still holds the run's result.
+    all_failed = _manifest(inputs, "all-failed.csv", [("missing", "missing.png"), ("garbage", "garbage.png")])
+    state = reconstruct(all_failed, **run)
+    assert state.is_failed() and not state.is_completed()
+    result = state.result(raise_on_failure=False)
+    assert (result["outputs"], result["failed"]) == (0, 2)
+    assert state.message == f"2 of 2 rows failed; see {result['errors']}"
+    # The CLI says where the errors are and exits 1 (rows failed), not 2 (could not run).
+    cli = CliRunner().invoke(app, ["reconstruct", all_failed, "--root", root, "--schedule", SCHEDULE,
+                                   "--device", "cpu"], terminal_width=400)
+    assert cli.exit_code == 1, cli.output
+    assert "errors.parquet" in cli.output
+
+    # Some rows fail: a completed state whose name says so.
+    some_failed = _manifest(inputs, "some-failed.csv", [("good0", "good0.png"), ("missing", "missing.png")])
+    state = reconstruct(some_failed, **run)
+    assert state.is_completed() and state.name == "Completed with failures"
+    some = state.result()
+    assert (some["outputs"], some["failed"]) == (1, 1)
+    assert state.message == f"1 of 2 rows failed; see {some['errors']}"
+
+    # No row fails: the plain Completed.
+    none_failed = _manifest(inputs, "none-failed.csv", [("good0", "good0.png"), ("good1", "good1.png")])
+    state = reconstruct(none_failed, **run)
+    assert state.is_completed() and state.name == "Completed"
+    clean = state.result()
+    assert (clean["outputs"], clean["failed"]) == (2, 0)
+
+    # The flow run is named after the run id, its sub-flow run <run-id>-batches.
+    flow_run = _flow_run(state)
+    assert flow_run.name == clean["run_id"]
+    assert flow_run.state is not None and flow_run.state.name == "Completed"
+    batches = _flow_runs_named(f"{clean['run_id']}-batches")
+    assert len(batches) == 1 and batches[0].parent_task_run_id is not None
+    # Another manifest, another run: artifact keys of its own.
+    keys_clean = _artifact_keys(flow_run.id)
+    keys_some = _artifact_keys(_flow_run(reconstruct(some_failed, **run)).id)
+    assert keys_clean == {f"{clean['run_id']}-summary", f"{clean['run_id']}-report"}
+    assert keys_some and keys_some.isdisjoint(keys_clean)
+
+
+def test_artifact_keys_follow_prefect_key_rules():
+    import re
+
+    from flows._common import artifact_key
+
+    assert artifact_key("reconstruct-0123456789ab", "summary") == "reconstruct-0123456789ab-summary"
+    odd = [artifact_key(rid, "report") for rid in ("Nightly_Run.1", "nightly-run-1", "nightly_run_1")]
+    assert len(set(odd)) == 3, odd  # ids the key rule changes do not share a key
+    assert all(re.fullmatch(r"[a-z0-9-]+", k) for k in odd), odd
