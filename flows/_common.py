@@ -21,6 +21,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed
@@ -119,6 +120,9 @@ def _name_flow_run(name: str) -> None:
     assert flow_run_id is not None, "run_job runs inside a flow run"
     with get_client(sync_client=True) as client:
         client.update_flow_run(UUID(flow_run_id), name=name)
+    context = FlowRunContext.get()
+    if context is not None and context.flow_run is not None:
+        context.flow_run.name = name  # the run loggers made from now on say it too
 
 
 def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = False) -> State[dict[str, Any]]:
@@ -132,12 +136,12 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
     finished it). Lease times come from ``I2S_LEASE_TTL_S``/``I2S_LEASE_RENEW_S``/``I2S_LEASE_POLL_S``.
     """
     check_runner(runner)
-    logger = get_run_logger()
     config = JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
                                        "root": _absolute(config.root)})
     identity = batches.run_identity(config.to_json())
     run_id, root = identity["run_id"], config.root
     _name_flow_run(run_id)
+    logger = get_run_logger()  # after the rename: its lines carry the run id as the flow run's name
     if identity["finished"] is not None:  # finished: no lease needed, nothing is written
         return final_state(_noop(identity["finished"]))
 

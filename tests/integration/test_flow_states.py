@@ -4,6 +4,7 @@ and artifact keys of its own; and the CLI's exit codes for the same runs."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from uuid import UUID
@@ -126,3 +127,37 @@ def test_artifact_keys_follow_prefect_key_rules():
     odd = [artifact_key(rid, "report") for rid in ("Nightly_Run.1", "nightly-run-1", "nightly_run_1")]
     assert len(set(odd)) == 3, odd  # ids the key rule changes do not share a key
     assert all(re.fullmatch(r"[a-z0-9-]+", k) for k in odd), odd
+
+
+def test_a_temporary_server_that_does_not_start_exits_2_in_one_line(tmp_path, inputs, monkeypatch):
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    def time_out(self, timeout=None):  # what SubprocessASGIServer.start raises when the server is late
+        raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.\nstdout: ...")
+
+    monkeypatch.setattr(SubprocessASGIServer, "start", time_out)
+    manifest = _manifest(inputs, "m.csv", [("good0", "good0.png")])
+    store = tmp_path / "store"
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        res = CliRunner().invoke(app, ["reconstruct", manifest, "--root", str(store), "--device", "cpu"],
+                                 terminal_width=400)
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().count("\n") == 0, res.output
+    assert "the temporary Prefect server did not start within" in res.output
+    assert "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in res.output
+    assert not store.exists()
+
+
+def test_the_cli_gives_the_temporary_server_more_time_unless_told(monkeypatch):
+    from flows.cli import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, _prefect_env
+
+    monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
+    _prefect_env(verbose=True)
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == str(EPHEMERAL_SERVER_STARTUP_TIMEOUT_S)
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
+    _prefect_env(verbose=True)
+    assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"
