@@ -23,7 +23,6 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
-from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed
 from pydantic import SecretStr
 
@@ -116,13 +115,11 @@ def final_state(result: dict[str, Any]) -> State[dict[str, Any]]:
 def _name_flow_run(name: str) -> None:
     """Rename the flow run this runs in (the UI lists flow runs by name; Prefect's default is a
     random one, chosen before the run id is known)."""
-    flow_run_id = current_flow_run.id
-    assert flow_run_id is not None, "run_job runs inside a flow run"
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(UUID(flow_run_id), name=name)
     context = FlowRunContext.get()
-    if context is not None and context.flow_run is not None:
-        context.flow_run.name = name  # the run loggers made from now on say it too
+    assert context is not None and context.flow_run is not None, "run_job runs inside a flow run"
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(context.flow_run.id, name=name)
+    context.flow_run.name = name  # the run loggers made from now on say it too
 
 
 def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = False) -> State[dict[str, Any]]:
