@@ -65,3 +65,27 @@ def test_tasks_retry_only_transient_storage_errors(exc, transient):
 
     assert retry_on_transient(None, None, Failed(data=exc)) is transient
     assert run_batch.retries == plan_run.retries == 3
+
+
+def test_prefect_deploy_all_creates_the_four_deployments(prefect_api, tmp_path):
+    """`prefect deploy --all --prefect-file infra/prefect.yaml` (the README's command) against a
+    real Prefect server, with the pinned Prefect and FastAPI."""
+    import os
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name="gpu", type="process"))
+        except Exception:  # noqa: BLE001 - already there from an earlier run of this session's server
+            client.read_work_pool("gpu")
+    env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                           "infra/prefect.yaml"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with get_client(sync_client=True) as client:
+        names = {f"{client.read_flow(d.flow_id).name}/{d.name}" for d in client.read_deployments()}
+    assert {"reconstruct/nightly", "inpaint/inpaint", "edit/edit", "augment/augment"} <= names
