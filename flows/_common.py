@@ -10,7 +10,6 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 from uuid import UUID
 
@@ -29,7 +28,7 @@ from pydantic import SecretStr
 from flows.runners import check_runner, local_task_runner, task_runner_for
 from i2score.data import storage
 from i2score.data.redact import install_log_redaction, redact_tree
-from i2score.runs import lease
+from i2score.runs import lease, progress
 from i2score.runs.config import JobConfig
 from tasks import batches
 
@@ -39,24 +38,6 @@ install_log_redaction()
 
 #: Where runs and the latent cache go when no root is given (a local folder).
 DEFAULT_ROOT = "i2s-data"
-
-ProgressListener = Callable[[int, int, dict[str, Any]], None]
-_listeners: list[ProgressListener] = []
-
-
-def add_progress_listener(fn: ProgressListener) -> Callable[[], None]:
-    """Call ``fn(done, total, batch_counts)`` after each batch of flows run in this process (the
-    CLI's progress bar). Returns a function that removes it."""
-    _listeners.append(fn)
-    return lambda: _listeners.remove(fn)
-
-
-def _notify(done: int, total: int, info: dict[str, Any]) -> None:
-    # A module-level function, so that pickling the run-batches flow for a Dask worker refers to
-    # it by name instead of copying the listeners (a progress bar holds locks) into the payload.
-    for fn in _listeners:
-        fn(done, total, info)
-
 
 def _absolute(url: str) -> str:
     """Local paths become absolute, so workers started elsewhere agree on them."""
@@ -151,13 +132,27 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
         if plan["noop"]:  # the attempt this one waited for finished the run
             return final_state(_noop(plan["summary"]))
         counts = plan["counts"]
-        logger.info("run %s (attempt %s, lease generation %d): %s", run_id, held.attempt, held.generation,
-                    ", ".join(f"{k} {v}" for k, v in counts.items()))
+        tracker = progress.RunProgress(run_id, plan["phases"], plan["budgets"], plan["kinds"],
+                                       device=config.device, schedule=config.schedule,
+                                       warn_after_s=_long_run_warn_s(), on_warning=logger.warning)
+        logger.info("run %s (attempt %s, lease generation %d): %s; %s optimisation steps planned", run_id,
+                    held.attempt, held.generation, ", ".join(f"{k} {v}" for k, v in counts.items()),
+                    f"{tracker.total_steps:,}")
+        # On the main flow run, where the UI shows a run's artifacts; the batches' sub-flow updates it.
+        progress_id = create_progress_artifact(0.0, key=artifact_key(run_id, "progress"),
+                                               description=f"{config.kind} {run_id}: optimisation steps done")
+        assert isinstance(progress_id, UUID)  # called from a sync flow: the id, not a coroutine
         # The batches run in a sub-flow because a flow's task runner is fixed when it starts, and the
-        # runner is a parameter of the job.
+        # runner is a parameter of the job. A sub-flow runs in this process: it finds the tracker.
         manifest = SecretStr(config.manifest)
-        run_batches.with_options(task_runner=task_runner_for(runner), flow_run_name=f"{run_id}-batches")(
-            root, run_id, plan["phases"], plan["attempt"], f"{config.kind} {run_id}", manifest)
+        untrack = progress.track(tracker)
+        _run_loggers[run_id] = logger
+        try:
+            run_batches.with_options(task_runner=task_runner_for(runner), flow_run_name=f"{run_id}-batches")(
+                root, run_id, plan["phases"], plan["attempt"], f"{config.kind} {run_id}", manifest, str(progress_id))
+        finally:
+            untrack()
+            _run_loggers.pop(run_id, None)
         held.check()  # an attempt whose lease was taken over leaves the summary to the new owner
         summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0, manifest)
     _artifacts(summary)
@@ -175,22 +170,37 @@ def _noop(summary: dict[str, Any]) -> dict[str, Any]:
     return _result(summary, noop=True)
 
 
+#: The logger of each job's main flow run in this process, by run id: the batches' lines go to
+#: the main flow run, where the UI shows a run's logs (the sub-flow only runs them).
+_run_loggers: dict[str, Any] = {}
+
+
+def _long_run_warn_s() -> float:
+    """Seconds of estimated run time beyond which a run warns (``I2S_LONG_RUN_WARN_S``)."""
+    return float(os.environ.get("I2S_LONG_RUN_WARN_S", progress.LONG_RUN_WARN_S))
+
+
 @flow(name="run-batches", task_runner=local_task_runner())
 def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, label: str,
-                manifest: SecretStr | None = None) -> int:
+                manifest: SecretStr | None = None, progress_artifact: str | None = None) -> int:
     """Run the batches of a planned run, phase after phase (an edit phase needs the latents its
     embed phase caches). A batch whose retries are exhausted has its rows recorded as errors and
-    the others go on. Returns the number of failed batches.
+    the others go on. Returns the number of failed batches. Each finished batch is logged, and
+    the run's progress artifact (``progress_artifact``, an id) and tracker
+    (:func:`i2score.runs.progress.tracked`) are updated.
 
     ``manifest`` is the real manifest URL (the batch specs hold it and the inputs with
     credentials redacted; see :func:`tasks.batches.run_batch`). Prefect persists a flow run's
     parameters in its database, so it is a ``SecretStr``: Prefect stores it as ``**********``.
     """
-    logger = get_run_logger()
+    logger = _run_loggers.get(run_id) or get_run_logger()
     total = sum(len(p) for p in phases)
-    progress = create_progress_artifact(0.0, description=f"{label}: batches done")
+    tracker = progress.tracked(run_id)
     done = failed = 0
     for phase in phases:
+        for bid in phase:
+            if tracker is not None:
+                tracker.batch_started(bid)
         futures = {batches.run_batch.submit(root, run_id, bid, manifest): bid for bid in phase}
         for fut in as_completed(list(futures)):
             try:
@@ -203,10 +213,22 @@ def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, l
                 info = {"batch_id": futures[fut], "failed": True}
                 failed += 1
             done += 1
-            assert isinstance(progress, UUID)  # called from a sync flow: the id, not a coroutine
-            update_progress_artifact(progress, 100.0 * done / max(total, 1))
-            _notify(done, total, info)
+            _log_batch(logger, done, total, info)
+            if tracker is not None:
+                tracker.batch_done(futures[fut])
+            if progress_artifact is not None:
+                share = tracker.done_steps / tracker.total_steps if tracker and tracker.total_steps else done / total
+                update_progress_artifact(UUID(progress_artifact), 100.0 * share)
     return failed
+
+
+def _log_batch(logger: Any, done: int, total: int, info: dict[str, Any]) -> None:
+    if info.get("failed"):
+        return  # logged as an error where it failed
+    logger.info("batch %d/%d %s (%s): %d outputs, %d failed rows, %d embedded, %d cache hits, %d embedding "
+                "and %d edit steps, %.1f s%s", done, total, info["batch_id"], info["kind"], info["outputs"],
+                info["errors"], info["embedded"], info["cache_hits"], info["embedding_steps"], info["edit_steps"],
+                info["seconds"], " (already done)" if info.get("skipped") else "")
 
 
 def _artifacts(summary: dict[str, Any]) -> None:

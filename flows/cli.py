@@ -22,6 +22,7 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from i2score.cli.app import app
+from i2score.cli.progress_bar import StepProgressBar
 from i2score.data import storage
 from i2score.runs.lease import RunActiveError
 from i2score.runs.secret_urls import has_credentials
@@ -76,7 +77,10 @@ def _prefect_env(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_SERVER_STARTUP_TIMEOUT_S))
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # The run's INFO lines (planning, each batch, the summary) still reach the Prefect API and
+        # its UI; only the terminal is quiet: the progress bar, its warnings and the result are
+        # printed by this command.
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "ERROR")
 
 
 def _start_temporary_server() -> None:
@@ -103,10 +107,7 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     """Run one flow with a progress bar; returns its result (exits 2 when it cannot run)."""
     _prefect_env(verbose)
     _start_temporary_server()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from flows import augment, edit, inpaint, reconstruct
-    from flows._common import add_progress_listener
 
     flows: dict[str, Flow[..., dict[str, Any]]] = {"reconstruct": reconstruct.reconstruct, "inpaint": inpaint.inpaint,
                                         "edit": edit.edit, "augment": augment.augment}
@@ -115,20 +116,10 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
         # Prefect stores a flow run's parameters; a SecretStr is stored as "**********".
         params = {**params, "manifest": SecretStr(params["manifest"])}
     console = Console(stderr=True)
-    with Progress(TextColumn(f"[bold]{flow_name}"), BarColumn(), MofNCompleteColumn(), TextColumn("batches"),
-                  TimeElapsedColumn(), console=console, transient=True) as bar:
-        task = bar.add_task(flow_name, total=None)
-
-        def on_batch(done: int, total: int, info: dict[str, Any]) -> None:
-            bar.update(task, completed=done, total=total)
-
-        remove = add_progress_listener(on_batch)
-        try:
-            # Flow.__call__'s overloads match return_state=True into **kwargs of a Flow[..., T]
-            # (typed T, not State[T]); at run time it is the state.
-            state = cast("State[dict[str, Any]]", flow(**params, return_state=True))
-        finally:
-            remove()
+    with StepProgressBar(flow_name, console):
+        # Flow.__call__'s overloads match return_state=True into **kwargs of a Flow[..., T]
+        # (typed T, not State[T]); at run time it is the state.
+        state = cast("State[dict[str, Any]]", flow(**params, return_state=True))
     outcome = state.result(raise_on_failure=False)
     if state.is_failed() and isinstance(outcome, dict):
         return outcome  # a run whose rows all failed: its errors are written (exit 1, not 2)

@@ -24,6 +24,7 @@ from i2score.data.latents import Latents
 from i2score.features import VGG16Features, load_vgg16
 from i2score.generator.network import StyleGAN2
 from i2score.method.applications.common import algorithm_meta, as_images, check_batch
+from i2score.method.blocks import StepCallback
 from i2score.runs.ops import AUGMENT_OPS, AUGMENTATIONS, AugmentBatch, DrawContext
 
 # Mixed into every per-augmentation seed so these streams never coincide with another module's
@@ -198,8 +199,8 @@ def _validate(augs: Sequence[Augmentation], latents: Mapping[str, Latents], imag
 
 
 def _run_group(group: Sequence[Augmentation], latents: Mapping[str, Latents], images: Mapping[str, Tensor],
-               G: StyleGAN2, *, steps_w: int, steps_n: int, vgg: VGG16Features | None
-               ) -> tuple[Latents, Tensor, list[dict[str, Any]]]:
+               G: StyleGAN2, *, steps_w: int, steps_n: int, vgg: VGG16Features | None,
+               callback: StepCallback | None = None) -> tuple[Latents, Tensor, list[dict[str, Any]]]:
     """One batch of augmentations sharing op (and batch parameters): (latents, images, metrics)."""
     op = AUGMENTATIONS[group[0].op]
     source_ids = [a.source_id for a in group]
@@ -211,7 +212,7 @@ def _run_group(group: Sequence[Augmentation], latents: Mapping[str, Latents], im
         partner=Latents.stack([latents[x] for x in partner_ids]).to(G.device) if op.partner else src,
         source_images=as_images(torch.stack([images[x] for x in source_ids]), G, "images") if op.pixels else None,
         partner_images=as_images(torch.stack([images[x] for x in partner_ids]), G, "images") if op.pixels else None,
-        steps_w=steps_w, steps_n=steps_n)
+        steps_w=steps_w, steps_n=steps_n, callback=callback)
     res = op.run(batch)
     lat = res.latents
     change = (lat.w.detach() - src.w).square().flatten(1).mean(1).sqrt().cpu()
@@ -221,7 +222,7 @@ def _run_group(group: Sequence[Augmentation], latents: Mapping[str, Latents], im
 
 def run_augmentations(augs: Sequence[Augmentation], latents: Mapping[str, Latents], images: Mapping[str, Tensor],
                       G: StyleGAN2, *, steps_w: int = 1000, steps_n: int = 1000, vgg: VGG16Features | None = None,
-                      max_batch: int | None = None) -> AugmentResult:
+                      max_batch: int | None = None, callback: StepCallback | None = None) -> AugmentResult:
     """Render a plan from cached codes, batched by op, returned in the plan's order.
 
     Augmentations are grouped by op (and by the parameters an edit takes as one value for a
@@ -239,6 +240,7 @@ def run_augmentations(augs: Sequence[Augmentation], latents: Mapping[str, Latent
         steps_w, steps_n: crossover's optimisation steps (W+ stage, noise stage).
         vgg: VGG16 features for crossover's perceptual loss (loaded once if None and needed).
         max_batch: largest batch run at once (None = a whole group), to bound memory.
+        callback: ``callback(step, loss)`` per optimisation step of the ops that optimise.
 
     Returns:
         :class:`AugmentResult` with ``N = len(augs)`` rows on ``G.device``.
@@ -272,7 +274,7 @@ def run_augmentations(augs: Sequence[Augmentation], latents: Mapping[str, Latent
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
             lat, out, met = _run_group([augs[n] for n in chunk], latents, images, G, steps_w=steps_w,
-                                       steps_n=steps_n, vgg=vgg)
+                                       steps_n=steps_n, vgg=vgg, callback=callback)
             order += chunk
             lats.append(lat)
             outs.append(out)

@@ -39,6 +39,7 @@ from i2score.runs.lease import check_current
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import DegenerateOutputError, RunOutputs
 from i2score.runs.prefetch import read_all, start_prefetch
+from i2score.runs.progress import step_callback
 from i2score.runs.records import (
     DEGENERATE_OUTPUT,
     FAILED,
@@ -243,7 +244,8 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
                               autocast_dtype=engine.autocast_dtype if engine else None,
                               channels_last=engine.channels_last if engine else False,
                               compile=engine.compile if engine else False,
-                              resume=resume if any(r is not None for r in resume) else None)
+                              resume=resume if any(r is not None for r in resume) else None,
+                              callback=step_callback(spec["batch_id"]))
             sources = []
             for k in ukeys:
                 key, src = make_source(image_bytes=unique[k].image_bytes, mask_bytes=None,
@@ -327,7 +329,8 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
         return
     batch = OpBatch(G=ctx.G, vgg=ctx.vgg, rows=[lr for _, lr in ok],
                     latents={role: Latents.stack([lat[items[i]["keys"][role]] for i, _ in ok]) for role in op.latents},
-                    params=params, schedule=Schedule(**spec["schedule"]), cache=cache, generator=spec["generator"])
+                    params=params, schedule=Schedule(**spec["schedule"]), cache=cache, generator=spec["generator"],
+                    callback=step_callback(spec["batch_id"]))
     id_params = CATALOG.id_params(op.name)
 
     def edit() -> None:
@@ -390,7 +393,8 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
     def augment() -> None:
         res = run_augmentations(augs, {i: lat_by_key[s["key"]] for i, s in srcs.items() if s["key"] in lat_by_key},
                                 {i: lr.image for i, lr in loaded.items() if lr is not None}, ctx.G,
-                                steps_w=sched.edit_steps_w, steps_n=sched.edit_steps_n, vgg=ctx.vgg)
+                                steps_w=sched.edit_steps_w, steps_n=sched.edit_steps_n, vgg=ctx.vgg,
+                                callback=step_callback(spec["batch_id"]))
         for j, a in enumerate(augs):
             m = res.metrics[j]
             out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ from i2score.method.applications import (
     style_mix,
 )
 from i2score.method.applications.common import algorithm_id, render
+from i2score.method.blocks import StepCallback
 from i2score.runs.config import JobConfig, Schedule
 
 #: Latent roles: the cached embedding of the row's ``image`` or ``ref``, or of the row that an
@@ -78,6 +79,7 @@ class OpBatch:
         schedule: the optimisation steps of edits and inpainting.
         cache, generator: the latent cache and the generator record (``id``, ``sha256``), for ops
             that cache results of their own (inpainting).
+        callback: called once per optimisation step of ops that optimise (progress), or None.
     """
 
     G: StyleGAN2
@@ -88,6 +90,7 @@ class OpBatch:
     schedule: Schedule
     cache: LatentCache
     generator: Mapping[str, Any]
+    callback: StepCallback | None = None
 
     def image(self) -> Tensor:
         """The rows' images, ``[B, 3, R, R]`` in [-1, 1] on G's device."""
@@ -131,6 +134,17 @@ def _edited(result: EditResult) -> OpOutput:
 
 
 Runner = Callable[[OpBatch], OpOutput]
+#: A schedule stage an op optimises with (see :attr:`Op.optimises`).
+Stage = Literal["edit", "inpaint"]
+
+
+def stage_steps(stage: Stage | None, schedule: Schedule) -> int:
+    """W+ plus noise steps of ``stage`` in ``schedule`` (0 for None: a forward-only op)."""
+    if stage is None:
+        return 0
+    if stage == "edit":
+        return schedule.edit_steps_w + schedule.edit_steps_n
+    return schedule.inpaint_steps_w + schedule.inpaint_steps_n
 
 
 @dataclass(frozen=True)
@@ -147,6 +161,9 @@ class Op:
             parameter); they are embedded (or found in the cache) before the op runs.
         run: applies the op to a batch.
         metric: what goes to the ``psnr`` column, or None.
+        optimises: which of the schedule's stages it runs (``edit``: the edit steps, ``inpaint``:
+            the inpainting steps), None for forward-only ops: a batch's step budget
+            (:meth:`planned_steps`) and the steps a progress bar counts.
     """
 
     name: str
@@ -157,6 +174,11 @@ class Op:
     latents: tuple[Role, ...]
     run: Runner
     metric: ReportMetric | None = None
+    optimises: Stage | None = None
+
+    def planned_steps(self, schedule: Schedule) -> int:
+        """Optimisation steps one batch of this op runs at most under ``schedule``."""
+        return stage_steps(self.optimises, schedule)
 
     @property
     def algorithm(self) -> str:
@@ -198,7 +220,8 @@ def _run_inpaint(b: OpBatch) -> OpOutput:
     need = [i for i in range(len(b.rows)) if any(keys[i * k + j] not in cached for j in range(k))]
     metrics: list[dict[str, Any]] = [{} for _ in keys]
     if need:
-        res = inpaint(x[need], masks[need], b.G, k=k, seed=seed, steps_w=steps_w, steps_n=steps_n, vgg=b.vgg)
+        res = inpaint(x[need], masks[need], b.G, k=k, seed=seed, steps_w=steps_w, steps_n=steps_n, vgg=b.vgg,
+                      callback=b.callback)
         idx = [i * k + j for i in need for j in range(k)]
         b.cache.put_many([keys[i] for i in idx], res.latents.to("cpu"), sources=[sources[i] for i in idx],
                          metrics=[{} for _ in idx],
@@ -218,19 +241,20 @@ def _run_inpaint(b: OpBatch) -> OpOutput:
 
 def _run_crossover(b: OpBatch) -> OpOutput:
     return _edited(crossover(b.image(), b.ref(), b.mask(), b.latents["ref"], b.G, blur_sigma=b.params["blur_sigma"],
-                             steps_w=b.schedule.edit_steps_w, steps_n=b.schedule.edit_steps_n, vgg=b.vgg))
+                             steps_w=b.schedule.edit_steps_w, steps_n=b.schedule.edit_steps_n, vgg=b.vgg,
+                             callback=b.callback))
 
 
 def _run_scribble(b: OpBatch) -> OpOutput:
     return _edited(scribble_edit(b.latents["image"], b.ref(), b.mask(), b.G, layers=b.params["layers"],
                                  reg=b.params["reg"], steps_w=b.schedule.edit_steps_w,
-                                 steps_n=b.schedule.edit_steps_n, vgg=b.vgg))
+                                 steps_n=b.schedule.edit_steps_n, vgg=b.vgg, callback=b.callback))
 
 
 def _run_style_transfer(b: OpBatch) -> OpOutput:
     return _edited(local_style_transfer(b.latents["image"], b.image(), b.ref(), b.mask(), b.G,
                                         steps_w=b.schedule.edit_steps_w, steps_n=b.schedule.edit_steps_n,
-                                        vgg=b.vgg))
+                                        vgg=b.vgg, callback=b.callback))
 
 
 def _run_attribute_transfer(b: OpBatch) -> OpOutput:
@@ -270,14 +294,14 @@ OPS: dict[str, Op] = {op.name: op for op in [
         "seed": Param("int", 0, minimum=0, maximum=ROW_SEED_MAX,
                       doc="seed of the w_ini offsets, in [0, 2^63): a signed 64-bit integer, which every "
                           "manifest format and torch's seeding carry exactly"),
-    }, latents=(), run=_run_inpaint,
+    }, latents=(), run=_run_inpaint, optimises="inpaint",
         metric=ReportMetric("psnr_known", "PSNR of the known pixels (outside the grown, blurred hole)")),
     Op("crossover", "Mask region from image, the rest from ref (Alg. 3).", mask="required", ref="required",
        params={"blur_sigma": Param("float", 2.0, minimum=0.0, maximum=BLUR_SIGMA_MAX,
                                    doc="Gaussian blur of the mask, pixels at the generator resolution, in "
                                        "[0, 64]: 3 sigma = 192 px spreads the seam over a fifth of a 1024 px "
                                        "image already")},
-       latents=("ref",), run=_run_crossover,
+       latents=("ref",), run=_run_crossover, optimises="edit",
        metric=ReportMetric("psnr_base_region", "PSNR outside the blurred mask band, vs ref (the base)")),
     Op("scribble", "image = original, ref = scribbled image, mask = scribble region (Alg. 5).",
        mask="required", ref="required", params={
@@ -287,10 +311,10 @@ OPS: dict[str, Op] = {op.name: op for op in [
            "reg": Param("float", 0.1, minimum=0.0, maximum=100.0,
                         doc="weight of ||w* - w||^2, in [0, 100]: on the demo model 0.1 makes the strokes "
                             "a visible edit and 1 mostly dissolves them, so beyond 100 nothing moves"),
-       }, latents=("image",), run=_run_scribble, metric=_PSNR_OUTSIDE),
+       }, latents=("image",), run=_run_scribble, metric=_PSNR_OUTSIDE, optimises="edit"),
     Op("style_transfer", "Restyle the mask region of image with the style image ref (Alg. 6).",
        mask="required", ref="required", params={}, latents=("image",), run=_run_style_transfer,
-       metric=_PSNR_OUTSIDE),
+       metric=_PSNR_OUTSIDE, optimises="edit"),
     Op("attribute_transfer", "Blend ref's activations into image inside the mask (Sec. 7.6).",
        mask="required", ref="required", params={
            "layer": Param("int", 4, minimum=0, maximum_of="last_layer",
@@ -382,6 +406,7 @@ class AugmentBatch:
             ``partner`` is ``source`` for ops without a partner.
         source_images, partner_images: ``[B, 3, R, R]`` in [-1, 1] for ops that need pixels, else None.
         steps_w, steps_n: crossover's optimisation steps.
+        callback: called once per optimisation step (progress), or None.
     """
 
     G: StyleGAN2
@@ -393,6 +418,7 @@ class AugmentBatch:
     partner_images: Tensor | None
     steps_w: int
     steps_n: int
+    callback: StepCallback | None = None
 
 
 @dataclass(frozen=True)
@@ -410,6 +436,8 @@ class AugmentOp:
         batch_params: parameters the edit takes as one value for a whole batch.
         pixels: it needs the original images of the source and the partner.
         run: renders a batch.
+        optimises: the schedule stage it optimises with, None for forward-only ops (see
+            :attr:`Op.optimises`).
     """
 
     name: str
@@ -420,6 +448,7 @@ class AugmentOp:
     run: Callable[[AugmentBatch], EditResult]
     batch_params: tuple[str, ...] = ()
     pixels: bool = False
+    optimises: Stage | None = None
 
 
 def style_mix_range(num_ws: int) -> tuple[int, int]:
@@ -461,7 +490,7 @@ def _augment_crossover(b: AugmentBatch) -> EditResult:
     # The partner's region pasted on the source: the source is the crossover's base.
     return crossover(b.partner_images, b.source_images, masks, b.source, b.G,
                      blur_sigma=float(b.params[0].get("blur_sigma", CROSSOVER_BLUR_SIGMA)),
-                     steps_w=b.steps_w, steps_n=b.steps_n, vgg=b.vgg)
+                     steps_w=b.steps_w, steps_n=b.steps_n, vgg=b.vgg, callback=b.callback)
 
 
 def _augment_noise(b: AugmentBatch) -> EditResult:
@@ -488,7 +517,8 @@ AUGMENTATIONS: dict[str, AugmentOp] = {op.name: op for op in [
               "and blended by the paper's crossover: seam-free occlusions and part swaps.", partner=True,
               params={"mask_seed": _SEED, "mask": Param("str", choices=MASK_KINDS),
                       "blur_sigma": Param("float", CROSSOVER_BLUR_SIGMA, minimum=0.0, maximum=BLUR_SIGMA_MAX)},
-              draw=_draw_crossover, run=_augment_crossover, batch_params=("blur_sigma",), pixels=True),
+              draw=_draw_crossover, run=_augment_crossover, batch_params=("blur_sigma",), pixels=True,
+              optimises="edit"),
     AugmentOp("noise", "The source's w with fresh noise maps: new hair strands, skin pores and background "
               "grain, the cheapest 'same content, new pixels' variant.", partner=False,
               params={"noise_seed": _SEED}, draw=_draw_noise, run=_augment_noise),

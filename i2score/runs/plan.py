@@ -17,7 +17,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from i2score.data import storage
@@ -49,7 +49,7 @@ from i2score.runs.config import (
     engine_options,
     resolve_device,
 )
-from i2score.runs.ops import AUGMENT_OPS, CATALOG, OPS, generator_limits
+from i2score.runs.ops import AUGMENT_OPS, AUGMENTATIONS, CATALOG, OPS, generator_limits, stage_steps
 from i2score.runs.prefetch import read_all
 from i2score.runs.records import (
     SOURCE_FAILED,
@@ -84,6 +84,9 @@ class PlanResult:
     counts: dict[str, int]
     noop: bool = False
     summary: dict[str, Any] | None = None
+    #: batch id -> its step budget (:func:`planned_steps`) and its kind, for progress displays.
+    budgets: dict[str, int] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -277,14 +280,18 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
             "generator": gen, "schedule": asdict(schedule), "embed_params": embed_params, "init": init,
             "encoder": encoder, "engine": asdict(engine)}
 
-    def add_phase(kind_: str, groups: list[list[dict[str, Any]]], extra: dict[str, Any] | None = None) -> None:
+    def add_phase(kind_: str, groups: list[list[dict[str, Any]]], extra: dict[str, Any] | None = None,
+                  render_only: int = 0) -> None:
+        """``render_only``: how many of the last groups only render (cache hits)."""
         ids: list[str] = []
-        for items in groups:
+        for g, items in enumerate(groups):
             bid = _batch_id(kind_, len(specs), [json.dumps(i, sort_keys=True) for i in items])
             if ids:
                 specs[-1]["next_batch"] = bid  # what the worker prefetches while this one runs
             specs.append({**base, **(extra or {}), "batch_id": bid, "kind": kind_, "items": items,
-                          "next_batch": None})
+                          "next_batch": None,
+                          "planned_steps": planned_steps(kind_, items, schedule,
+                                                         embeds=g < len(groups) - render_only)})
             ids.append(bid)
         if ids:
             phases.append(ids)
@@ -296,8 +303,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
                        if i["key"] in miss_keys]
         render_items = [i for i in items if i["key"] not in miss_keys]
         # Hits only render (one forward each), so they travel in larger batches.
-        add_phase("reconstruct", _chunks(embed_items, batch_size)
-                  + _chunks(render_items, batch_size * 8))
+        render_groups = _chunks(render_items, batch_size * 8)
+        add_phase("reconstruct", _chunks(embed_items, batch_size) + render_groups, render_only=len(render_groups))
     else:
         if misses:
             add_phase("embed", _chunks([{"source": s} for s in misses], batch_size))
@@ -329,7 +336,24 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
         "batch_id": f"validation-{attempt}", "kind": "validation", "attempt": attempt, "outputs": [],
         "errors": [asdict(r) for r in rejected], "embedding_steps": 0, "edit_steps": 0,
         "embedded": 0, "cache_hits": 0, "seconds": 0.0})
-    return PlanResult(run_id, paths.run_url, job_digest, attempt, phases, counts)
+    return PlanResult(run_id, paths.run_url, job_digest, attempt, phases, counts,
+                      budgets={s["batch_id"]: s["planned_steps"] for s in specs},
+                      kinds={s["batch_id"]: s["kind"] for s in specs})
+
+
+def planned_steps(kind: str, items: Sequence[Mapping[str, Any]], schedule: Schedule, *, embeds: bool = True) -> int:
+    """The optimisation steps a batch of ``items`` runs at most (its progress budget): the
+    embedding stages for a batch that embeds (``embeds``), the op's stage (:attr:`Op.optimises`)
+    for edits and augmentations; 0 for batches that only render (cache hits, forward-only ops).
+    A batch runs its images together, so this does not grow with the batch size;
+    converge-stopping and warm starts end sooner."""
+    if kind in ("reconstruct", "embed"):
+        return schedule.steps_w + schedule.steps_n if embeds and items else 0
+    if kind == "edit":
+        return max(OPS[i["row"]["op"]].planned_steps(schedule) for i in items)
+    if kind == "augment":
+        return max(stage_steps(AUGMENTATIONS[i["augmentation"]["op"]].optimises, schedule) for i in items)
+    return 0
 
 
 #: Job fields that do not change what a run computes (where, how fast, under which id).

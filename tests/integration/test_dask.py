@@ -51,26 +51,33 @@ def _summary(result: dict) -> dict:
 
 
 def test_two_worker_dask_cluster_equals_single_process(tmp_path):
-    from flows._common import add_progress_listener
     from flows.reconstruct import reconstruct
+    from i2score.runs import progress
 
     manifest = _manifest(tmp_path, 4)
     kw: dict[str, Any] = {"schedule": "6+6", "batch_size": 2, "device": "cpu", "seed": 3}
     local = reconstruct(manifest, root=str(tmp_path / "local"), runner="local", **kw)
-    # A progress listener holding a lock, as the CLI's progress bar does: it must not be pickled
-    # into what the workers receive.
+    # A progress display holding a lock, as the CLI's progress bar does: it must not be pickled
+    # into what the workers receive. Steps run in the workers, so only finished batches count.
     lock, seen = threading.RLock(), []
 
-    def on_batch(done: int, total: int, info: dict) -> None:
-        with lock:
-            seen.append(done)
+    class Display:
+        def planned(self, run: progress.RunProgress) -> None:
+            pass
 
-    remove = add_progress_listener(on_batch)
+        def changed(self, run: progress.RunProgress) -> None:
+            with lock:
+                seen.append((run.phases[0].batches_done, run.done_steps, run.total_steps))
+
+        def warning(self, run: progress.RunProgress, text: str) -> None:
+            pass
+
+    stop = progress.show(Display())
     try:
         dask = reconstruct(manifest, root=str(tmp_path / "dask"), runner="dask-local:2", **kw)
     finally:
-        remove()
-    assert seen == [1, 2]
+        stop()
+    assert seen == [(1, 12, 24), (2, 24, 24)]
     s_local, s_dask = _summary(local), _summary(dask)
     assert s_local["rows"]["outputs"] == s_dask["rows"]["outputs"] == 4
     assert s_dask["rows"]["failed"] == 0 and s_dask["batches_run"] == 2

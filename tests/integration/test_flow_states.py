@@ -57,7 +57,7 @@ def _artifacts_of(flow_run_id: UUID, run_id: str) -> set[str]:
     """Keys of the artifacts of flow run ``flow_run_id`` among those keyed by ``run_id``."""
     from prefect import get_client
 
-    keys = [f"{run_id}-{what}" for what in ("summary", "report", "noop")]
+    keys = [f"{run_id}-{what}" for what in ("summary", "report", "noop", "progress")]
     # The filter request without the client's read_artifacts: it sends null flow-run and task-run
     # filters, which the pinned fastapi rejects (issue 16), and empty ones join the task runs (an
     # artifact of a flow has none).
@@ -112,10 +112,12 @@ def test_final_state_name_and_artifacts_follow_the_rows(tmp_path, inputs):
     batches = _flow_runs_named(f"{clean['run_id']}-batches")
     assert len(batches) == 1 and batches[0].parent_task_run_id is not None
     # Another manifest, another run: artifact keys of its own.
-    assert _artifacts_of(flow_run.id, clean["run_id"]) == {f"{clean['run_id']}-summary", f"{clean['run_id']}-report"}
+    # Progress, summary and report on the main flow run (where the UI shows them), keyed by run.
+    what = ("summary", "report", "progress")
+    assert _artifacts_of(flow_run.id, clean["run_id"]) == {f"{clean['run_id']}-{w}" for w in what}
     again = _flow_run(reconstruct(some_failed, **run, return_state=True))
     assert some["run_id"] != clean["run_id"]
-    assert _artifacts_of(again.id, some["run_id"]) == {f"{some['run_id']}-summary", f"{some['run_id']}-report"}
+    assert _artifacts_of(again.id, some["run_id"]) == {f"{some['run_id']}-{w}" for w in what}
 
 
 def test_artifact_keys_follow_prefect_key_rules():
@@ -161,3 +163,39 @@ def test_the_cli_gives_the_temporary_server_more_time_unless_told(monkeypatch):
     monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "7")
     _prefect_env(verbose=True)
     assert os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] == "7"
+
+
+def test_a_cli_run_logs_to_the_ui_and_keeps_the_terminal_quiet(tmp_path, inputs, prefect_api):
+    """The ``i2s`` command in its own process, against a Prefect server: the planning, every
+    batch and the summary reach the flow run's logs at INFO; the terminal shows no Prefect line;
+    the progress artifact ends at 100 %."""
+    import subprocess
+    import sys
+
+    from prefect import get_client
+
+    manifest = _manifest(inputs, "cli.csv", [("good0", "good0.png"), ("good1", "good1.png")])
+    env = {**os.environ, "PREFECT_API_URL": prefect_api}
+    env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)
+    env.pop("PREFECT_LOGGING_LEVEL", None)
+    proc = subprocess.run([sys.executable, "-m", "flows.cli", "reconstruct", manifest, "--root",
+                           str(tmp_path / "store"), "--schedule", SCHEDULE, "--device", "cpu", "--batch-size", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    terminal = proc.stdout + proc.stderr
+    assert " | INFO " not in terminal and "Flow run" not in terminal, terminal
+    run_id = next(w for w in proc.stdout.split() if w.startswith("reconstruct-")).rstrip(":")
+    (flow_run,) = _flow_runs_named(run_id)
+    with get_client(sync_client=True) as client:
+        logs = client.request("POST", "/logs/filter", json={
+            "logs": {"flow_run_id": {"any_": [str(flow_run.id)]}}, "limit": 200, "offset": 0,
+            "sort": "TIMESTAMP_ASC"}).json()
+        progress = client.request("POST", "/artifacts/filter", json={
+            "artifacts": {"key": {"any_": [f"{run_id}-progress"]}}, "limit": 5, "offset": 0,
+            "sort": "ID_DESC"}).json()
+    lines = [entry["message"] for entry in logs if entry["level"] == 20]  # INFO
+    assert any("optimisation steps planned" in m for m in lines), lines
+    assert sum(m.startswith("batch ") and "/2 " in m for m in lines) == 2, lines
+    assert any(m.startswith(f"run {run_id} finished: 2 outputs") for m in lines), lines
+    assert len(progress) == 1 and progress[0]["flow_run_id"] == str(flow_run.id)
+    assert progress[0]["data"] == 100.0
