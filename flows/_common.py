@@ -1,7 +1,7 @@
 """What every flow does: plan, run the batches phase by phase, report.
 
 The flows differ only in their parameters; the work is in :mod:`i2score.runs`, reached through
-the tasks of :mod:`tasks.batches`.
+the tasks of :mod:`i2score.tasks.batches`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ from prefect.futures import as_completed
 from prefect.states import Completed, Failed
 from pydantic import SecretStr
 
-from flows.runners import check_runner, local_task_runner, task_runner_for
 from i2score.data import storage
 from i2score.data.redact import install_log_redaction, redact_tree
+from i2score.flows.runners import check_runner, local_task_runner, task_runner_for
 from i2score.runs import lease, progress
 from i2score.runs.config import JobConfig
-from tasks import batches
+from i2score.tasks import batches
 
 # Every log record of a process that runs flows is redacted, Prefect's own included (its API
 # handler ships them to the server): installed on import, before any flow run logs anything.
@@ -190,7 +190,7 @@ def run_batches(root: str, run_id: str, phases: list[list[str]], attempt: str, l
     (:func:`i2score.runs.progress.tracked`) are updated.
 
     ``manifest`` is the real manifest URL (the batch specs hold it and the inputs with
-    credentials redacted; see :func:`tasks.batches.run_batch`). Prefect persists a flow run's
+    credentials redacted; see :func:`i2score.tasks.batches.run_batch`). Prefect persists a flow run's
     parameters in its database, so it is a ``SecretStr``: Prefect stores it as ``**********``.
     """
     logger = _run_loggers.get(run_id) or get_run_logger()

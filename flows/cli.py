@@ -14,6 +14,7 @@ job could not run: exit 2).
 from __future__ import annotations
 
 import os
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -30,7 +31,9 @@ from i2score.runs.secret_urls import has_credentials
 if TYPE_CHECKING:  # Prefect is imported after its settings are in the environment (_prefect_env)
     from prefect import Flow, State
 
-DEMO_DIR = Path(__file__).resolve().parent.parent / "manifests" / "demo"
+#: The demo's manifests and images: package data (i2score/demo/data, a link to manifests/demo in
+#: a clone), resolved so that a clone's run ids and input confinement see manifests/demo.
+DEMO_DIR = Path(str(files("i2score.demo") / "data")).resolve()
 
 Root = Annotated[str, typer.Option("--root", help="Storage root URL: a local folder, s3://bucket/prefix, ... "
                                                   "(the latent cache and runs/ live below it).")]
@@ -107,7 +110,7 @@ def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     """Run one flow with a progress bar; returns its result (exits 2 when it cannot run)."""
     _prefect_env(verbose)
     _start_temporary_server()
-    from flows import augment, edit, inpaint, reconstruct
+    from i2score.flows import augment, edit, inpaint, reconstruct
 
     flows: dict[str, Flow[..., dict[str, Any]]] = {"reconstruct": reconstruct.reconstruct, "inpaint": inpaint.inpaint,
                                         "edit": edit.edit, "augment": augment.augment}
@@ -264,7 +267,8 @@ def demo_cmd(
     reconstruct_manifest, edit_manifest = DEMO_DIR / "demo-reconstruct.csv", DEMO_DIR / "demo-edit.csv"
     for m in (reconstruct_manifest, edit_manifest):
         if not m.is_file():
-            Console(stderr=True).print(f"[red]{m} not found[/red]: run the demo from a clone of the repository")
+            Console(stderr=True).print(f"[red]{m} not found[/red]: the package's demo data is missing; reinstall "
+                                       "i2score")
             raise typer.Exit(2)
     console = Console()
     console.print("[bold]1/2[/bold] reconstruct: embed the demo portraits into W+ and noise space")
@@ -307,7 +311,7 @@ def shard_cmd(
             params[key] = json.loads(value)
         except ValueError:
             params[key] = value
-    from flows.sharded import sharded
+    from i2score.flows.sharded import sharded
 
     state = sharded(manifest, deployment, root=root, rows_per_shard=rows_per_shard, max_concurrent=max_concurrent,
                     parameters=params, return_state=True)
@@ -338,7 +342,7 @@ def serve_cmd(
     _prefect_env(True)
     from prefect import serve
 
-    from flows.deployments import deployments
+    from i2score.flows.deployments import deployments
 
     allowed = _inputs(allow, None)["allowed_inputs"]
     serve(*deployments(manifest=manifest, root=root, cron=cron, model=model, schedule=schedule, device=device,
@@ -346,5 +350,5 @@ def serve_cmd(
 
 
 __all__ = ["app"]
-if __name__ == "__main__":  # python -m flows.cli (what `i2s` runs)
+if __name__ == "__main__":  # python -m i2score.flows.cli (what `i2s` runs)
     app()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flows.augment import augment
-from flows.edit import edit
-from flows.inpaint import inpaint
-from flows.reconstruct import reconstruct
+from i2score.flows.augment import augment
+from i2score.flows.edit import edit
+from i2score.flows.inpaint import inpaint
+from i2score.flows.reconstruct import reconstruct
 
 
 def deployments(*, manifest: str, root: str, cron: str = "0 3 * * *", model: str | None = None,

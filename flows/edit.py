@@ -8,7 +8,14 @@ from typing import Any
 from prefect import State, flow
 from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, called_for_state_data, inputs_tuple, local_task_runner, plain_url, run_job
+from i2score.flows._common import (
+    DEFAULT_ROOT,
+    called_for_state_data,
+    inputs_tuple,
+    local_task_runner,
+    plain_url,
+    run_job,
+)
 from i2score.runs.config import JobConfig
 
 
@@ -23,7 +30,7 @@ def edit(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None 
         wait_for_lease: bool = False) -> State[dict[str, Any]]:
     """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
     as each op needs; see ``manifests/README.md``). Source images missing from the cache are
-    embedded first, through the same batches as :func:`flows.reconstruct.reconstruct` (so a
+    embedded first, through the same batches as :func:`i2score.flows.reconstruct.reconstruct` (so a
     dataset reconstructed before costs no embedding steps); then one task per batch of rows with
     the same op and parameters. Returns ids, counts and the report's URL.
     ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's

@@ -8,7 +8,14 @@ from typing import Any
 from prefect import State, flow
 from pydantic import SecretStr
 
-from flows._common import DEFAULT_ROOT, called_for_state_data, inputs_tuple, local_task_runner, plain_url, run_job
+from i2score.flows._common import (
+    DEFAULT_ROOT,
+    called_for_state_data,
+    inputs_tuple,
+    local_task_runner,
+    plain_url,
+    run_job,
+)
 from i2score.runs.config import JobConfig
 
 

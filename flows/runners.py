@@ -25,7 +25,7 @@ from typing import Any, cast
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
-from tasks.workers import TORCH_THREADS_ENV
+from i2score.tasks.workers import TORCH_THREADS_ENV
 
 RUNNER_HELP = "local | dask-local[:N] | local-cuda | dask://HOST:PORT"
 

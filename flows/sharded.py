@@ -9,11 +9,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.futures import wait
 
-from flows._common import DEFAULT_ROOT, _absolute, local_task_runner, table_artifact
-from flows.runners import thread_pool
 from i2score.data import storage
 from i2score.data.inputs import manifest_folder
-from tasks import shards
+from i2score.flows._common import DEFAULT_ROOT, _absolute, local_task_runner, table_artifact
+from i2score.flows.runners import thread_pool
+from i2score.tasks import shards
 
 KINDS = ("reconstruct", "inpaint", "edit", "augment")
 

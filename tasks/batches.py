@@ -20,7 +20,7 @@ from i2score.data import storage
 from i2score.runs import execute, plan
 from i2score.runs import report as reports
 from i2score.runs.config import JobConfig
-from tasks.workers import prepare_worker
+from i2score.tasks.workers import prepare_worker
 
 RETRY_DELAYS = [2, 10, 30]
 

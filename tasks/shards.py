@@ -10,7 +10,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
 
 from i2score.runs import shards
-from tasks.batches import _OPTIONS
+from i2score.tasks.batches import _OPTIONS
 
 
 @task(name="split-manifest", **_OPTIONS)

@@ -2,7 +2,7 @@
 
 Each area is a typer sub-app or command in its own module, registered here; commands parse
 arguments, call one library function and format the result. No logic lives here. The flows'
-commands (``i2s reconstruct``, ``i2s demo``, ...) are added by :mod:`flows.cli`.
+commands (``i2s reconstruct``, ``i2s demo``, ...) are added by :mod:`i2score.flows.cli`.
 """
 
 from __future__ import annotations

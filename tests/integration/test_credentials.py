@@ -126,7 +126,7 @@ def test_inputs_with_credentials_run_and_no_secret_is_written(credential_server,
     from prefect.logging.handlers import APILogHandler
     from pydantic import SecretStr
 
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", ENV_SECRET)
     monkeypatch.setenv("FSSPEC_S3_SECRET", FSSPEC_SECRET)

@@ -51,7 +51,7 @@ def _summary(result: dict) -> dict:
 
 
 def test_two_worker_dask_cluster_equals_single_process(tmp_path):
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
     from i2score.runs import progress
 
     manifest = _manifest(tmp_path, 4)
@@ -95,7 +95,7 @@ def test_worker_killed_mid_run_costs_only_its_batch(tmp_path):
     that batch on a fresh worker, and every other batch runs exactly once."""
     from distributed import Client, LocalCluster
 
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
 
     root = tmp_path / "root"
     manifest = _manifest(tmp_path, 6)
@@ -135,7 +135,7 @@ def test_worker_killed_mid_run_costs_only_its_batch(tmp_path):
 def test_runner_names_are_checked_and_map_to_task_runners():
     from prefect_dask import DaskTaskRunner
 
-    from flows.runners import RunnerError, task_runner_for
+    from i2score.flows.runners import RunnerError, task_runner_for
 
     for bad in ("dask", "dask-local:0", "dask-local:x", "dask://nohostport", "ray"):
         with pytest.raises(RunnerError):
@@ -158,7 +158,7 @@ def test_runner_names_are_checked_and_map_to_task_runners():
 def test_unknown_runner_fails_the_cli_with_exit_2(tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from i2score.flows.cli import app
 
     result = CliRunner().invoke(app, ["reconstruct", _manifest(tmp_path, 1), "--root", str(tmp_path / "r"),
                                       "--runner", "ray"])

@@ -45,7 +45,7 @@ def test_prefect_yaml_is_valid_and_matches_the_flows():
 
 
 def test_serve_builds_a_nightly_schedule_and_on_demand_deployments():
-    from flows.deployments import deployments
+    from i2score.flows.deployments import deployments
 
     deps = deployments(manifest="s3://bucket/m.csv", root="s3://bucket/i2s", cron="30 2 * * *")
     assert [d.name for d in deps] == ["nightly", "inpaint", "edit", "augment"]
@@ -61,7 +61,7 @@ def test_serve_builds_a_nightly_schedule_and_on_demand_deployments():
 def test_tasks_retry_only_transient_storage_errors(exc, transient):
     from prefect.states import Failed
 
-    from tasks.batches import plan_run, retry_on_transient, run_batch
+    from i2score.tasks.batches import plan_run, retry_on_transient, run_batch
 
     assert retry_on_transient(None, None, Failed(data=exc)) is transient
     assert run_batch.retries == plan_run.retries == 3

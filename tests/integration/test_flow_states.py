@@ -70,8 +70,8 @@ def _artifacts_of(flow_run_id: UUID, run_id: str) -> set[str]:
 def test_final_state_name_and_artifacts_follow_the_rows(tmp_path, inputs):
     from typer.testing import CliRunner
 
-    from flows.cli import app
-    from flows.reconstruct import reconstruct
+    from i2score.flows.cli import app
+    from i2score.flows.reconstruct import reconstruct
 
     root = str(tmp_path / "store")
     run = {"root": root, "schedule": SCHEDULE, "device": "cpu"}
@@ -123,7 +123,7 @@ def test_final_state_name_and_artifacts_follow_the_rows(tmp_path, inputs):
 def test_artifact_keys_follow_prefect_key_rules():
     import re
 
-    from flows._common import artifact_key
+    from i2score.flows._common import artifact_key
 
     assert artifact_key("reconstruct-0123456789ab", "summary") == "reconstruct-0123456789ab-summary"
     odd = [artifact_key(rid, "report") for rid in ("Nightly_Run.1", "nightly-run-1", "nightly_run_1")]
@@ -136,7 +136,7 @@ def test_a_temporary_server_that_does_not_start_exits_2_in_one_line(tmp_path, in
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from i2score.flows.cli import app
 
     def time_out(self, timeout=None):  # what SubprocessASGIServer.start raises when the server is late
         raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.\nstdout: ...")
@@ -155,7 +155,7 @@ def test_a_temporary_server_that_does_not_start_exits_2_in_one_line(tmp_path, in
 
 
 def test_the_cli_gives_the_temporary_server_more_time_unless_told(monkeypatch):
-    from flows.cli import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, _prefect_env
+    from i2score.flows.cli import EPHEMERAL_SERVER_STARTUP_TIMEOUT_S, _prefect_env
 
     monkeypatch.delenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", raising=False)
     _prefect_env(verbose=True)
@@ -178,7 +178,7 @@ def test_a_cli_run_logs_to_the_ui_and_keeps_the_terminal_quiet(tmp_path, inputs,
     env = {**os.environ, "PREFECT_API_URL": prefect_api}
     env.pop("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", None)
     env.pop("PREFECT_LOGGING_LEVEL", None)
-    proc = subprocess.run([sys.executable, "-m", "flows.cli", "reconstruct", manifest, "--root",
+    proc = subprocess.run([sys.executable, "-m", "i2score.flows.cli", "reconstruct", manifest, "--root",
                            str(tmp_path / "store"), "--schedule", SCHEDULE, "--device", "cpu", "--batch-size", "1"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -53,8 +53,8 @@ def _table(url: str):
 
 
 def test_reconstruct_then_edit_embeds_nothing_twice(storage_root):
-    from flows.edit import edit
-    from flows.reconstruct import reconstruct
+    from i2score.flows.edit import edit
+    from i2score.flows.reconstruct import reconstruct
 
     imgs = {f"p{i}": _image(storage_root, f"heldout-0{i}.png") for i in range(3)}
     mask = _upload(storage_root, "face.png", (DEMO / "masks" / "region-face-01.png").read_bytes())
@@ -89,7 +89,7 @@ def test_reconstruct_then_edit_embeds_nothing_twice(storage_root):
 
 
 def test_same_reconstruct_twice_is_a_noop(tmp_path):
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
 
     root = str(tmp_path / "store")
     manifest = _manifest(root, "m.csv", ["id", "image"], [["a", _image(root, "heldout-04.png")]])
@@ -109,7 +109,7 @@ def test_same_reconstruct_twice_is_a_noop(tmp_path):
 def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from i2score.flows.cli import app
 
     root = str(tmp_path / "store")
     good = [_image(root, f"heldout-1{i}.png") for i in range(3)]
@@ -136,7 +136,7 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
     assert "truncated_image" in report and "g2" in report
     # Re-running retries only the failed rows; after fixing one file, it succeeds.
     storage.write_bytes(truncated, (DEMO / "images" / "heldout-13.png").read_bytes())
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
 
     again = reconstruct(manifest, root=root, schedule=SCHEDULE, batch_size=2, device="cpu")
     s = _summary(again)
@@ -155,7 +155,7 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
         ["morph", "morph", good[0], good[1], ""],
         ["unknown", "sharpen", good[0], "", ""],
     ])
-    from flows.edit import edit
+    from i2score.flows.edit import edit
 
     res = edit(edit_manifest, root=root, schedule=SCHEDULE, device="cpu")
     assert (res["outputs"], res["failed"], res["embedding_steps"]) == (1, 2, 0)
@@ -168,7 +168,7 @@ def test_bad_rows_are_reported_and_good_rows_finish(tmp_path, monkeypatch):
 def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefect_api, monkeypatch):
     # The killed process holds the run's lease: the next attempt waits for it to expire, takes it
     # over (generation 2) and resumes. Short lease times, in the child and here.
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
     from i2score.runs.lease import lease_folder, newest_lease
 
     lease_env = {"I2S_LEASE_TTL_S": "4", "I2S_LEASE_RENEW_S": "1", "I2S_LEASE_POLL_S": "0.2"}
@@ -183,7 +183,7 @@ def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefe
     rng = random.Random()
     kill_after = rng.randint(1, n - 2)
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PYTHONPATH": str(DEMO.parent.parent), **lease_env}
-    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "reconstruct", manifest, "--root", root,
+    proc = subprocess.Popen([sys.executable, "-m", "i2score.flows.cli", "reconstruct", manifest, "--root", root,
                              "--schedule", schedule, "--batch-size", "1", "--device", "cpu"],
                             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
@@ -233,8 +233,8 @@ def test_killed_run_resumes_without_recomputing_finished_batches(tmp_path, prefe
 
 
 def test_inpaint_and_augment_flows(tmp_path):
-    from flows.augment import augment
-    from flows.inpaint import inpaint
+    from i2score.flows.augment import augment
+    from i2score.flows.inpaint import inpaint
 
     root = str(tmp_path / "store")
     img = _image(root, "heldout-05.png")
@@ -266,7 +266,7 @@ def test_inpaint_and_augment_flows(tmp_path):
 def test_demo_command_writes_its_reports(tmp_path):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from i2score.flows.cli import app
 
     root = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--root", str(root), "--schedule", "3+3/2+2", "--device", "cpu"])
@@ -283,7 +283,7 @@ def test_demo_command_writes_its_reports(tmp_path):
 
 
 def test_the_encoder_schedule_and_engine_options_through_the_flow(storage_root):
-    from flows.reconstruct import reconstruct
+    from i2score.flows.reconstruct import reconstruct
 
     imgs = {f"p{i}": _image(storage_root, f"heldout-0{i}.png") for i in range(2)}
     manifest = _manifest(storage_root, "enc.csv", ["id", "image"], [[k, v] for k, v in imgs.items()])

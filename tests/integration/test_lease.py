@@ -49,7 +49,7 @@ def test_s3_lease_lifecycle_and_takers_of_an_expired_lease(s3_root):
 
 
 def _cli(manifest: str, root: str, *extra: str, env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "flows.cli", "reconstruct", manifest, "--root", root,
+    return subprocess.Popen([sys.executable, "-m", "i2score.flows.cli", "reconstruct", manifest, "--root", root,
                              "--schedule", "15+15", "--batch-size", "2", "--device", "cpu", *extra],
                             env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)

@@ -68,7 +68,7 @@ def served_reconstruct(prefect_api, tmp_path):
     """``reconstruct`` served as deployment ``reconstruct/shards`` by a separate process."""
     env = {**os.environ, "PREFECT_API_URL": prefect_api, "PREFECT_RUNNER_POLL_FREQUENCY": "1",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
-    code = "from flows.reconstruct import reconstruct; reconstruct.serve(name='shards', limit=4)"
+    code = "from i2score.flows.reconstruct import reconstruct; reconstruct.serve(name='shards', limit=4)"
     with open(tmp_path / "serve.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=env, stdout=log,
                                 stderr=subprocess.STDOUT)
@@ -93,7 +93,7 @@ def served_reconstruct(prefect_api, tmp_path):
 def test_sharded_flow_runs_one_bounded_deployment_run_per_shard(tmp_path, served_reconstruct):
     from prefect.client.orchestration import get_client
 
-    from flows.sharded import sharded
+    from i2score.flows.sharded import sharded
 
     m = _manifest(tmp_path)
     root = tmp_path / "root"
