@@ -16,6 +16,7 @@ runs, and this module changes nothing a run computes or how its job is identifie
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import os
 import time
@@ -37,10 +38,6 @@ from i2score.runs.runner_spec import RunnerError, check_runner, missing_packages
 S3_CREDENTIALS_HINT = ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or FSSPEC_S3_KEY and "
                        "FSSPEC_S3_SECRET; for a server other than AWS also FSSPEC_S3_ENDPOINT_URL "
                        "(or I2S_STORAGE_OPTIONS='{\"s3\": {\"endpoint_url\": ...}}')")
-
-#: The parameters of a job that are not :class:`JobConfig` fields (they do not define the run).
-_NOT_CONFIG = ("runner", "wait_for_lease")
-
 
 class PreflightError(ValueError):
     """A check before a run failed. ``str(e)`` is one line: what is wrong and how to fix it.
@@ -174,7 +171,10 @@ def check_arguments(kind: str, params: Mapping[str, Any]) -> JobConfig:
         if unknown or not ops:
             raise PreflightError("arguments", f"augmentation ops {unknown or list(ops)!r}: each one of "
                                               f"{', '.join(AUGMENT_OPS)}")
-    fields = {k: v for k, v in params.items() if k not in _NOT_CONFIG}
+    # Only what defines the run: other flow parameters (the runner, waiting for a lease, ...)
+    # are the flow's own, and a parameter added to a flow later must not make every run fail here.
+    known = {f.name for f in dataclasses.fields(JobConfig)} - {"kind"}
+    fields = {k: v for k, v in params.items() if k in known}
     for name in ("ops", "allowed_inputs"):
         if fields.get(name) is not None:
             fields[name] = tuple(fields[name])

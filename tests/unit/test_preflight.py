@@ -39,6 +39,9 @@ def test_the_demo_jobs_pass_and_write_nothing(tmp_path):
         assert set(report.found) >= {"device", "root", "manifest", "model", "encoder", "vgg16"}
         assert report.found["encoder"] == "demo-faces-64-e4e"  # the fast schedule starts from the encoder
     assert list(tmp_path.iterdir()) == []  # the root is not created
+    # Flow parameters that do not define the run pass through (wait_for_lease, a later one).
+    extra = _params(tmp_path, wait_for_lease=True, some_future_flow_option=1)
+    assert preflight("reconstruct", extra).config.schedule == "demo"
 
 
 @pytest.mark.parametrize(("over", "check", "words"), [
