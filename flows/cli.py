@@ -4,9 +4,10 @@ Flow commands run the Prefect flow in this process (without ``PREFECT_API_URL`` 
 temporary local server for the run's bookkeeping), show a progress bar per batch and print
 where the outputs and the report are. Exit codes: 0 every row succeeded, 1 some rows failed
 (listed in ``errors.parquet`` and the report; the other rows are complete), 2 the job could not
-run (bad arguments, unreadable manifest, the temporary Prefect server did not start, or another
-process is running the same job: one line ``run X is active (owner H:P, since T)``; ``--wait``
-waits for it instead). The flow run's state says the same: Completed, "Completed with failures"
+run (bad arguments, device, root, manifest, model or weights, found by the checks before the
+run, :mod:`i2score.runs.preflight`, before Prefect starts; the temporary Prefect server did not
+start, or another process is running the same job: one line ``run X is active (owner H:P, since
+T)``; ``--wait`` waits for it instead). The flow run's state says the same: Completed, "Completed with failures"
 (some rows failed) or Failed (every row failed: exit 1 too, the rows' errors are written; or the
 job could not run: exit 2).
 """
@@ -14,6 +15,9 @@ job could not run: exit 2).
 from __future__ import annotations
 
 import os
+import sys
+import time
+import traceback
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, cast
@@ -60,7 +64,8 @@ Runner = Annotated[str, typer.Option(help="Task runner: local (one batch at a ti
 Seed = Annotated[int, typer.Option(help="Seed of initial latents and random draws.")]
 RunId = Annotated[str | None, typer.Option(help="Run id (default: derived from the job, so re-running "
                                                 "resumes an interrupted run or does nothing).")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines.")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's log lines, tracebacks and the time "
+                                                               "of the checks before the run.")]
 Allow = Annotated[list[str] | None, typer.Option(
     "--allow", help="URL prefix the manifest's files may come from (repeatable: a folder, s3://bucket/prefix/, "
                     "https://host/path/). Default: the manifest's own folder only.")]
@@ -106,8 +111,40 @@ def _start_temporary_server() -> None:
         raise typer.Exit(2) from None
 
 
+#: perf_counter() when :func:`main` started the command (after the imports); -v reports the
+#: checks' time from it.
+_CLI_START: float | None = None
+
+
+def _preflight(flow_name: str, verbose: bool, params: dict[str, Any]) -> None:
+    """The checks before a run (:mod:`i2score.runs.preflight`), before Prefect is imported or
+    any server, flow run or folder exists: a failure is one line on stderr and exit 2 (with
+    ``-v`` the traceback and the checks' time first)."""
+    from i2score.runs.preflight import PreflightError, preflight
+
+    t0 = time.perf_counter()
+    try:
+        report = preflight(flow_name, params)
+    except PreflightError as e:
+        if verbose:
+            traceback.print_exc()
+            typer.echo(_timing("checks before the run failed", t0), err=True)
+        typer.echo(f"{flow_name}: {e}", err=True)
+        raise typer.Exit(2) from None
+    if verbose:
+        typer.echo(_timing("checks before the run passed", t0) + ": " +
+                   "; ".join(f"{k}: {v}" for k, v in report.found.items()), err=True)
+
+
+def _timing(what: str, t0: float) -> str:
+    now = time.perf_counter()
+    since = f", {now - _CLI_START:.3f} s since the command started" if _CLI_START is not None else ""
+    return f"{what} in {now - t0:.3f} s{since}"
+
+
 def _run(flow_name: str, verbose: bool, **params: Any) -> dict[str, Any]:
     """Run one flow with a progress bar; returns its result (exits 2 when it cannot run)."""
+    _preflight(flow_name, verbose, params)
     _prefect_env(verbose)
     _start_temporary_server()
     from i2score.flows import augment, edit, inpaint, reconstruct
@@ -270,14 +307,16 @@ def demo_cmd(
             Console(stderr=True).print(f"[red]{m} not found[/red]: the package's demo data is missing; reinstall "
                                        "i2score")
             raise typer.Exit(2)
+    jobs = {kind: {"manifest": str(m), "root": root, "schedule": schedule, "batch_size": 8, "device": device}
+            for kind, m in (("reconstruct", reconstruct_manifest), ("edit", edit_manifest))}
+    for kind, params in jobs.items():  # both, before the first starts
+        _preflight(kind, verbose, params)
     console = Console()
     console.print("[bold]1/2[/bold] reconstruct: embed the demo portraits into W+ and noise space")
-    rec = _run("reconstruct", verbose, manifest=str(reconstruct_manifest), root=root, schedule=schedule,
-               batch_size=8, device=device)
+    rec = _run("reconstruct", verbose, **jobs["reconstruct"])
     _report(rec)
     console.print("[bold]2/2[/bold] edit: edits that start from the cached latents")
-    ed = _run("edit", verbose, manifest=str(edit_manifest), root=root, schedule=schedule, batch_size=8,
-              device=device)
+    ed = _run("edit", verbose, **jobs["edit"])
     _report(ed)
     console.print(f"\nOpen [bold]{ed['run_url']}/report.html[/bold] (or report.md) and "
                   f"{rec['run_url']}/report.html.")
@@ -349,6 +388,30 @@ def serve_cmd(
                        allowed_inputs=allowed), limit=limit)
 
 
-__all__ = ["app"]
+#: Set (to anything but "" or 0) to print the traceback of an unexpected error of any command.
+TRACEBACK_ENV = "I2S_TRACEBACK"
+
+
+def main() -> None:
+    """The ``i2s`` command. An unexpected exception (outside a flow run, whose failures the
+    commands report themselves) is one line and exit 2; ``-v``/``--verbose`` or
+    ``I2S_TRACEBACK=1`` print its traceback too."""
+    global _CLI_START
+    _CLI_START = time.perf_counter()
+    verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:]) or \
+        os.environ.get(TRACEBACK_ENV, "") not in ("", "0")
+    app.pretty_exceptions_enable = False  # not 100 lines of rich traceback: one line, or Python's with -v
+    try:
+        app()
+    except Exception as e:  # noqa: BLE001 - the last resort of the command line
+        if verbose:
+            traceback.print_exc()
+        first = (storage.redact(str(e)).splitlines() or [""])[0][:300]
+        typer.echo(f"error: {type(e).__name__}: {first}" + ("" if verbose else " (-v or I2S_TRACEBACK=1 for the "
+                                                                              "traceback)"), err=True)
+        sys.exit(2)
+
+
+__all__ = ["app", "main"]
 if __name__ == "__main__":  # python -m i2score.flows.cli (what `i2s` runs)
-    app()
+    main()

@@ -25,13 +25,10 @@ from typing import Any, cast
 from prefect.futures import PrefectFuture
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
+from i2score.runs.runner_spec import RUNNER_HELP, RunnerError, check_runner
 from i2score.tasks.workers import TORCH_THREADS_ENV
 
-RUNNER_HELP = "local | dask-local[:N] | local-cuda | dask://HOST:PORT"
-
-
-class RunnerError(ValueError):
-    """An unknown runner, or one whose packages are not installed."""
+__all__ = ["RUNNER_HELP", "RunnerError", "check_runner", "local_task_runner", "task_runner_for", "thread_pool"]
 
 
 def _require_prefect_dask() -> Any:
@@ -46,24 +43,6 @@ def _gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def check_runner(runner: str) -> None:
-    """Raise :class:`RunnerError` when ``runner`` is not one of :data:`RUNNER_HELP`'s forms."""
-    if runner == "local":
-        return
-    if runner.startswith("dask://"):
-        if ":" not in runner[len("dask://"):]:
-            raise RunnerError(f"runner {runner!r}: expected dask://HOST:PORT")
-        return
-    if runner == "local-cuda" or runner == "dask-local":
-        return
-    if runner.startswith("dask-local:"):
-        n = runner.split(":", 1)[1]
-        if not n.isdigit() or int(n) < 1:
-            raise RunnerError(f"runner {runner!r}: the number of workers must be a positive integer")
-        return
-    raise RunnerError(f"runner {runner!r}: supported runners are {RUNNER_HELP}")
 
 
 def thread_pool(max_workers: int) -> TaskRunner[PrefectFuture[Any]]:

