@@ -124,3 +124,23 @@ def test_the_cli_runs_a_glob_and_refuses_an_edit_of_a_folder(tmp_path, monkeypat
                         terminal_width=300)
     assert res.exit_code == 2, res.output
     assert "an edit job needs a manifest" in " ".join(res.output.split())
+
+
+def test_augment_of_a_folder_lists_its_images_as_the_originals(tmp_path):
+    from flows.augment import augment
+    from i2score.data.manifest import validate_manifest
+    from i2score.runs.ops import CATALOG
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in IMAGES[:2]:
+        (photos / name).write_bytes((DEMO / "images" / name).read_bytes())
+    (photos / "heldout-01_mask.png").write_bytes((DEMO / "masks" / "hole-rect-05.png").read_bytes())
+    res = augment(str(photos), root=str(tmp_path / "store"), n_per_image=1, ops=["noise"], schedule=SCHEDULE,
+                  device="cpu")
+    assert (res["outputs"], res["failed"]) == (2, 0), res
+    dataset = validate_manifest(storage.join(res["run_url"], "dataset.csv"), CATALOG, kind="reconstruct",
+                                check_files=True)
+    assert dataset.ok
+    originals = [r for r in dataset.rows if r.extra.get("augmentation") == "original"]
+    assert [(r.id, r.image) for r in originals] == [(n[:-4], str(photos / n)) for n in IMAGES[:2]]
