@@ -58,6 +58,6 @@ def init_cmd(
         console.print(Text(f"  {len(written.bad_ids)} file names are not valid ids (e.g. {message}): edit the id "
                            "column before a run, or those rows are rejected", style="yellow"))
     if written.outside:
-        folder = storage.redact(source_folder(found.source))
+        allow = " ".join(f"--allow {storage.redact(source_folder(f))}" for f in (found.source, found.masks) if f)
         console.print(Text(f"  {written.outside} files are outside the manifest's folder (written as full paths); "
-                           f"a run reads them only with --allow {folder}", style="yellow"))
+                           f"a run reads them only with {allow}", style="yellow"))

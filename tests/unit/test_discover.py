@@ -159,6 +159,9 @@ def test_empty_missing_and_file_sources_are_clear_errors(tmp_path):
         discover(str(tmp_path / "one" / "*.png"))  # a glob matching nothing
     with pytest.raises(DiscoveryError, match="is a manifest"):
         discover(str(tmp_path / "m.csv"))
+    with pytest.raises(DiscoveryError, match="cannot carry a credential") as e:
+        discover("s3://user:pw@bucket/faces/")
+    assert "pw" not in str(e.value)
     # Every caller reading a "manifest" gets the same errors.
     with pytest.raises(FileNotFoundError):
         Manifest.read(str(tmp_path / "nope"))
@@ -174,7 +177,7 @@ def test_globs_match_files_and_find_masks_next_to_them(tmp_path):
                                    "c.png": png(), "c_mask.png": mask_png(), "sub/d.jpg": png(fmt="JPEG")})
     found = discover(str(folder / "*.jpg"))
     assert ids(found) == ["a", "b"]
-    assert Path(found.rows[0].mask).name == "a_mask.png"  # found next to it, though the glob matches jpg only
+    assert Path(str(found.rows[0].mask)).name == "a_mask.png"  # found next to it, though the glob matches jpg only
     everything = discover(str(folder / "**" / "*.jpg"))
     assert ids(everything) == ["a", "b", "d"]
     assert ids(discover(str(folder / "[ab]*"))) == ["a", "b"]  # a_mask.png matches, as a's mask
@@ -183,8 +186,8 @@ def test_globs_match_files_and_find_masks_next_to_them(tmp_path):
     assert ids(pngs) == ["c"]
     assert [(Path(u).name, why) for u, why in pngs.skipped] == [
         ("a_mask.png", "the mask of a, an image the input does not match")]
-    partial = discover(str(folder / "*_mask.png").replace("*_mask", "c*"))  # c.png and c_mask.png
-    assert ids(partial) == ["c"] and partial.rows[0].mask.endswith("c_mask.png")
+    partial = discover(str(folder / "c*.png"))  # c.png and c_mask.png
+    assert ids(partial) == ["c"] and str(partial.rows[0].mask).endswith("c_mask.png")
     make(folder, {"sub/a.png": png()})
     with pytest.raises(DiscoveryError, match="two images would have the id 'a'"):
         discover(str(folder / "**" / "*"))
@@ -282,7 +285,7 @@ def test_manifest_init_writes_a_relative_csv_and_never_overwrites_without_force(
     assert text == "id,image,mask\na,photos/a.jpg,photos/a_mask.png\nb,photos/b.png,\n"
     # What it wrote is a manifest a run reads: same rows as the folder itself.
     from_csv = Manifest.read(str(tmp_path / "photos.csv"))
-    assert [r["id"] for r in from_csv.records] == ["a", "b"]
+    assert [r["id"] for r in from_csv.records if isinstance(r, dict)] == ["a", "b"]
 
     (tmp_path / "photos.csv").write_text("edited\n")
     again = runner.invoke(app, ["manifest", "init", "photos", "-o", "photos.csv", "--kind", "reconstruct"])
