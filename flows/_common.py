@@ -115,7 +115,8 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
     """
     check_runner(runner)
     config = JobConfig.from_json({**config.to_json(), "manifest": _absolute(config.manifest),
-                                       "root": _absolute(config.root)})
+                                  "root": _absolute(config.root),
+                                  "masks": None if config.masks is None else _absolute(config.masks)})
     identity = batches.run_identity(config.to_json())
     run_id, root = identity["run_id"], config.root
     _name_flow_run(run_id)

@@ -28,8 +28,8 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
         wait_for_lease: bool = False) -> State[dict[str, Any]]:
-    """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest): style
-    mixing and interpolation with other images of the set, crossover with a random partner
+    """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest, or a folder
+    or glob of images): style mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
     :mod:`i2score.method.applications.augment`). Writes ``runs/<run-id>/dataset.csv``, a manifest of the new
     dataset (the originals too unless ``include_originals`` is False) with each image's source,

@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from i2score.cli.app import app
+from i2score.cli.manifest import MASKS_HELP
 from i2score.cli.progress_bar import StepProgressBar
 from i2score.data import storage
 from i2score.runs.lease import RunActiveError
@@ -68,7 +69,8 @@ Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's l
                                                                "of the checks before the run.")]
 Allow = Annotated[list[str] | None, typer.Option(
     "--allow", help="URL prefix the manifest's files may come from (repeatable: a folder, s3://bucket/prefix/, "
-                    "https://host/path/). Default: the manifest's own folder only.")]
+                    "https://host/path/). Default: the manifest's own folder only (a folder or glob input: "
+                    "its folder and the --masks folder).")]
 MaxInputBytes = Annotated[int | None, typer.Option(help="Largest input file read, in bytes (default 64 MiB).")]
 Wait = Annotated[bool, typer.Option("--wait", help="When another process is running the same job (its run lease is "
                                                   "held), wait until it finishes or its lease expires, then resume "
@@ -220,7 +222,8 @@ def _finish(result: dict[str, Any]) -> None:
 
 @app.command("reconstruct")
 def reconstruct_cmd(
-    manifest: Annotated[str, typer.Argument(help="Manifest (CSV/TSV/Parquet/JSONL) with id, image.")],
+    manifest: Annotated[str, typer.Argument(help="Manifest (CSV/TSV/Parquet/JSONL) with id, image, or a folder or "
+                                                 "glob of png/jpg/jpeg/webp images (./photos, 'photos/*.jpg').")],
     root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8",
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
@@ -237,7 +240,8 @@ def reconstruct_cmd(
 
 @app.command("inpaint")
 def inpaint_cmd(
-    manifest: Annotated[str, typer.Argument(help="Manifest with id, image, mask (white = missing).")],
+    manifest: Annotated[str, typer.Argument(help="Manifest with id, image, mask (white = missing), or a folder or "
+                                                 "glob of images with their masks (name_mask.png, or --masks).")],
     root: Root = "i2s-data", k: Annotated[int, typer.Option(help="Solutions per row (a row's params may "
                                                                    "override).")] = 1,
     model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
@@ -245,10 +249,12 @@ def inpaint_cmd(
     init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
+    masks: Annotated[str | None, typer.Option("--masks", help=MASKS_HELP)] = None,
 ) -> None:
     """Fill the masked region of every row, k solutions each."""
     _finish(_run("inpaint", verbose, manifest=manifest, root=root, k=k, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
+                 masks=masks,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  **_inputs(allow, max_input_bytes)))
 
@@ -272,7 +278,8 @@ def edit_cmd(
 
 @app.command("augment")
 def augment_cmd(
-    manifest: Annotated[str, typer.Argument(help="Manifest with id, image (the dataset to augment).")],
+    manifest: Annotated[str, typer.Argument(help="Manifest with id, image (the dataset to augment), or a folder or "
+                                                 "glob of images.")],
     root: Root = "i2s-data",
     n_per_image: Annotated[int, typer.Option(help="Variants per image.")] = 4,
     ops: Annotated[str, typer.Option(help="Comma-separated: style_mix, crossover, noise, jitter, "

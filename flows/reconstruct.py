@@ -28,7 +28,8 @@ def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str 
                 channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
         wait_for_lease: bool = False) -> State[dict[str, Any]]:
-    """Embed the images of ``manifest`` (columns ``id``, ``image``) into ``(w, n)``.
+    """Embed the images of ``manifest`` (columns ``id``, ``image``; or a folder or glob of images,
+    README "Your own images") into ``(w, n)``.
 
     Validates the manifest, skips images already in the cache under ``root`` (same bytes,
     weights and schedule), embeds the rest one batch per task, renders every reconstruction to

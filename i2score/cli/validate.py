@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from i2score.cli.manifest import MASKS_HELP
 from i2score.data import storage
 
 #: Rejected rows listed in full without ``--all``; the rest are only counted by reason.
@@ -21,7 +22,9 @@ MAX_LISTED = 50
 
 
 def validate_cmd(
-    manifest: Annotated[str, typer.Argument(help="Manifest path or URL (.csv, .tsv, .parquet, .jsonl).")],
+    manifest: Annotated[str, typer.Argument(help="Manifest path or URL (.csv, .tsv, .parquet, .jsonl), or a folder "
+                                                 "or glob of png/jpg/jpeg/webp images (./photos, 'photos/*.jpg', "
+                                                 "s3://bucket/faces/).")],
     kind: Annotated[str | None, typer.Option(
         help="reconstruct | inpaint | edit (default: from the columns: an op column is edit, else a mask "
              "column is inpaint, else reconstruct)")] = None,
@@ -43,13 +46,16 @@ def validate_cmd(
                         "as in a run.")] = None,
     max_input_bytes: Annotated[int | None, typer.Option(
         help="Largest input file read, in bytes (default 64 MiB).")] = None,
+    masks: Annotated[str | None, typer.Option("--masks", help=MASKS_HELP)] = None,
 ) -> None:
-    """Validate a manifest: print the valid count and a table of rejected rows with reasons.
+    """Validate a manifest, or the rows of a folder or glob of images: print the valid count and
+    a table of rejected rows with reasons.
 
     Exits 1 if any row is rejected, 2 if the manifest or the model cannot be read.
     """
     from i2score.data.inputs import policy_for_manifest
     from i2score.data.manifest import Manifest, ManifestError, absolute_url, validate_manifest, write_rejections
+    from i2score.data.manifest.discover import discover, is_manifest_source
     from i2score.generator.checkpoints import load_generator
     from i2score.generator.registry import DEFAULT_MODEL
     from i2score.runs.ops import CATALOG, KINDS, generator_limits, infer_kind
@@ -63,7 +69,8 @@ def validate_cmd(
         raise typer.Exit(2)
     model_name = model or DEFAULT_MODEL
     try:
-        inputs = policy_for_manifest(absolute_url(manifest), allow or None, max_input_bytes)
+        inputs = policy_for_manifest(absolute_url(manifest), allow or None, max_input_bytes,
+                                     None if masks is None else absolute_url(masks))
     except ValueError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
@@ -74,7 +81,13 @@ def validate_cmd(
         raise typer.Exit(2) from None
     catalog = CATALOG.for_generator(generator_limits(G, model_name))
     try:
-        parsed = Manifest.read(manifest)
+        if is_manifest_source(manifest):
+            parsed = Manifest.read(manifest, masks=masks)
+        else:
+            found = discover(manifest, masks)
+            console.print(Text(found.describe()))
+            # Masks are rows' inputs of inpaint jobs only: another kind's rows would reject them.
+            parsed = Manifest.from_bytes(found.to_csv(mask_column=kind in (None, "inpaint")), absolute_url(manifest))
     except (ManifestError, OSError) as e:
         console.print(Text("cannot read manifest: ", style="red") + Text(storage.redact(e)))
         raise typer.Exit(2) from None

@@ -147,7 +147,14 @@ def _locate(url: str) -> _Location:
 
 def manifest_folder(manifest_url: str) -> str:
     """The folder of a manifest as an allowed prefix: the absolute local folder, or the URL up
-    to its last ``/`` (``s3://b/p/m.csv`` -> ``s3://b/p/``), without credentials or query."""
+    to its last ``/`` (``s3://b/p/m.csv`` -> ``s3://b/p/``), without credentials or query. A
+    folder or glob of images (no manifest extension) is its own folder: ``photos/`` and
+    ``photos/*.jpg`` give ``photos`` (:func:`~i2score.data.manifest.discover.source_folder`)."""
+    # Imported here: the manifest package reads inputs through this module.
+    from i2score.data.manifest.discover import is_manifest_source, source_folder
+
+    if not is_manifest_source(manifest_url):
+        return source_folder(manifest_url)
     scheme = _scheme(manifest_url)
     if scheme in _LOCAL:
         return os.path.dirname(_locate(manifest_url).path)
@@ -374,8 +381,16 @@ def _resolve_host(host: str) -> list[str]:
 
 
 def policy_for_manifest(manifest_url: str, allowed: Sequence[str] | None = None,
-                        max_bytes: int | None = None) -> InputPolicy:
+                        max_bytes: int | None = None, masks: str | None = None) -> InputPolicy:
     """The policy of a run: inputs from ``allowed`` prefixes, or (None) from the manifest's own
-    folder only (:func:`manifest_folder`); ``max_bytes`` None = :data:`DEFAULT_MAX_INPUT_BYTES`."""
-    prefixes = tuple(allowed) if allowed is not None else (manifest_folder(manifest_url),)
+    folder only (:func:`manifest_folder`; for a folder or glob of images, that folder and the
+    ``masks`` folder when given); ``max_bytes`` None = :data:`DEFAULT_MAX_INPUT_BYTES`."""
+    if allowed is not None:
+        prefixes = tuple(allowed)
+    else:
+        prefixes = (manifest_folder(manifest_url),)
+        if masks is not None:
+            from i2score.data.manifest.discover import source_folder
+
+            prefixes += (source_folder(masks),)
     return InputPolicy(prefixes, max_bytes if max_bytes is not None else DEFAULT_MAX_INPUT_BYTES)

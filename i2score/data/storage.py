@@ -77,11 +77,13 @@ __all__ = [
     "create_exclusive",
     "delete",
     "exists",
+    "glob",
     "info",
     "is_remote",
     "is_transient",
     "join",
     "list_files",
+    "list_folder",
     "parquet_bytes",
     "read_bytes",
     "read_many",
@@ -476,6 +478,60 @@ def list_files(
         return sorted(urls)
 
     return _with_retries("list", prefix_url, _list, attempts)
+
+
+def _url_form(protocol: str, path: str) -> str:
+    """``path`` as fsspec lists it (no protocol for most stores) in the form of the URL that was
+    listed (``protocol`` ``""``, ``file://``, ``s3://``...)."""
+    if not protocol or path.startswith(protocol):
+        return path
+    return protocol + path if protocol == "file://" else protocol + path.lstrip("/")
+
+
+def _entries(found: Any, protocol: str) -> list[tuple[str, str]]:
+    items = found.values() if isinstance(found, dict) else found
+    out = []
+    for entry in items:
+        name = str(entry["name"]).rstrip("/")
+        kind = "directory" if entry.get("type") == "directory" else "file"
+        out.append((_url_form(protocol, name), kind))
+    return sorted(set(out))
+
+
+def list_folder(url: str, *, attempts: int | None = None, **storage_options: Any) -> list[tuple[str, str]]:
+    """The entries directly inside the folder (or prefix) ``url``, not recursive: sorted
+    ``(url, type)`` pairs, ``type`` ``"file"`` or ``"directory"``, URLs in the form of ``url``.
+
+    Raises:
+        FileNotFoundError: nothing at ``url``.
+        NotADirectoryError: ``url`` is a file.
+    """
+    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
+
+    def _list() -> list[tuple[str, str]]:
+        fs, path = url_to_fs(url, **storage_options)
+        fs.invalidate_cache(path)
+        if fs.info(path).get("type") != "directory":
+            raise NotADirectoryError(f"{safe_url(url)} is a file, not a folder")
+        self_path = path.rstrip("/")
+        return [e for e in _entries(fs.ls(path, detail=True), protocol)
+                if e[0].rstrip("/") != _url_form(protocol, self_path)]
+
+    return _with_retries("list", url, _list, attempts)
+
+
+def glob(url: str, *, attempts: int | None = None, **storage_options: Any) -> list[tuple[str, str]]:
+    """What the glob pattern ``url`` matches (``*``, ``?``, ``[...]``, ``**`` for any depth, as
+    fsspec matches them): sorted ``(url, type)`` pairs as :func:`list_folder` gives them; no
+    match is ``[]``."""
+    protocol = url.split("://", 1)[0] + "://" if "://" in url else ""
+
+    def _glob() -> list[tuple[str, str]]:
+        fs, path = url_to_fs(url, **storage_options)
+        fs.invalidate_cache()
+        return _entries(fs.glob(path, detail=True), protocol)
+
+    return _with_retries("glob", url, _glob, attempts)
 
 
 def delete(url: str, *, attempts: int | None = None, **storage_options: Any) -> None:

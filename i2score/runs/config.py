@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from i2score.data import storage
 from i2score.data.inputs import InputPolicy, policy_for_manifest
+from i2score.data.manifest import Manifest, absolute_url, read_manifest_bytes
+from i2score.data.manifest.discover import is_manifest_source
 from i2score.method.blocks import EarlyStop
 
 #: The ``fast`` schedule, chosen on the demo model (README, "Embedding: the quality-time frontier"):
@@ -166,6 +169,13 @@ class JobConfig:
             the manifest's own folder only.
         max_input_bytes: the largest input file read; None = 64 MiB
             (:data:`i2score.data.inputs.DEFAULT_MAX_INPUT_BYTES`).
+        masks: the masks folder of a folder or glob ``manifest`` (``<masks>/<id>.<ext>`` is the
+            mask of image ``<id>``; :mod:`i2score.data.manifest.discover`); None = the
+            ``name_mask.<ext>`` rule. Inpaint jobs only.
+
+    ``manifest`` may be a folder or a glob of images instead of a manifest file (reconstruct,
+    inpaint and augment jobs): the job's manifest is then the CSV of its images
+    (:meth:`manifest_bytes`).
     """
 
     kind: str
@@ -188,6 +198,7 @@ class JobConfig:
     compile: bool = False
     allowed_inputs: tuple[str, ...] | None = None
     max_input_bytes: int | None = None
+    masks: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -208,11 +219,32 @@ class JobConfig:
         if self.allowed_inputs is not None:
             # the policy checks each prefix (no chained URLs, none empty)
             InputPolicy(tuple(self.allowed_inputs))
+        folder = not is_manifest_source(self.manifest)
+        if folder and self.kind == "edit":
+            raise ValueError(f"an edit job needs a manifest (an op and its inputs per row), not the folder or glob "
+                             f"{storage.redact(self.manifest)}: `i2s manifest init SRC -o edits.csv` writes one "
+                             "to add the op column to (manifests/README.md)")
+        if self.masks is not None and not (folder and self.kind == "inpaint"):
+            raise ValueError("masks (a masks folder) goes with an inpaint job of a folder or glob of images; "
+                             f"the {self.kind} job of {storage.redact(self.manifest)} takes none")
 
     def input_policy(self) -> InputPolicy:
         """What this job's rows may name and how their files are read: the ``allowed_inputs``
-        prefixes, or only the manifest's folder when None (:func:`policy_for_manifest`)."""
-        return policy_for_manifest(self.manifest, self.allowed_inputs, self.max_input_bytes)
+        prefixes, or only the manifest's folder when None (:func:`policy_for_manifest`; a
+        folder or glob input's folder and its masks folder)."""
+        return policy_for_manifest(self.manifest, self.allowed_inputs, self.max_input_bytes, self.masks)
+
+    def manifest_bytes(self, url: str | None = None) -> bytes:
+        """The bytes of the job's manifest (``url``: the real manifest URL when ``manifest`` is
+        the redacted one). For a folder or glob input, the CSV of its images
+        (:func:`~i2score.data.manifest.read_manifest_bytes`): with their masks for inpaint jobs,
+        without for the others."""
+        return read_manifest_bytes(url or self.manifest, masks=self.masks, mask_column=self.kind == "inpaint")
+
+    def read_manifest(self, url: str | None = None) -> Manifest:
+        """The job's manifest parsed (see :meth:`manifest_bytes`)."""
+        source = absolute_url(url or self.manifest)
+        return Manifest.from_bytes(self.manifest_bytes(source), source)
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -29,9 +29,9 @@ from i2score.data.manifest import (
     RowError,
     absolute_url,
     load_row,
-    read_manifest_bytes,
     validate_manifest,
 )
+from i2score.data.manifest.discover import is_glob, is_manifest_source
 from i2score.encoders.checkpoints import load_encoder
 from i2score.encoders.registry import default_encoder_for
 from i2score.features import load_vgg16
@@ -116,7 +116,8 @@ class RunIdentity:
 
 def run_identity(config: JobConfig, G: StyleGAN2 | None = None, manifest_bytes: bytes | None = None) -> RunIdentity:
     """The run id of ``config`` (``config.run_id``, else ``<kind>-<digest[:12]>``) and its job
-    digest: manifest bytes, generator weights, job parameters and schedule. Computed before
+    digest: manifest bytes (of a folder or glob input, the CSV of its images, so an image added
+    there makes a new run), generator weights, job parameters and schedule. Computed before
     anything of the run is written, so a caller can take the run's lease first (see
     :mod:`i2score.runs.lease`). ``G`` is the job's generator and ``manifest_bytes`` the
     manifest's bytes when already loaded."""
@@ -126,7 +127,7 @@ def run_identity(config: JobConfig, G: StyleGAN2 | None = None, manifest_bytes: 
         G = load_generator(config.model or DEFAULT_MODEL, device="cpu")
     assert G.weights_sha256 is not None, "load_generator sets the weights hash"
     if manifest_bytes is None:
-        manifest_bytes = read_manifest_bytes(config.manifest)
+        manifest_bytes = config.manifest_bytes()
     job_digest = digest([b"i2score.job/1", manifest_bytes, G.weights_sha256, job_identity(config),
                          schedule_identity(schedule)])
     return RunIdentity(config.run_id or f"{config.kind}-{job_digest[:12]}", job_digest)
@@ -172,7 +173,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     device = resolve_device(config.device)
     engine = engine_options(config, device)
     batch_size = resolve_batch_size(config, G, engine, device)
-    manifest_bytes = read_manifest_bytes(config.manifest)
+    manifest_bytes = config.manifest_bytes()
     inputs = config.input_policy()
     planned = run_identity(config, G, manifest_bytes)
     if identity is not None and identity != planned:
@@ -364,11 +365,15 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     """The job fields that make a run's id: everything that changes its results. Fields added
     later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
     defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
-    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes"}
+    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks"}
     identity = {k: v for k, v in config.to_json().items()
                 if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
     # A presigned manifest URL changes with every signature; its bytes are in the digest anyway.
     identity["manifest"] = storage.redact(identity["manifest"])
+    if not is_manifest_source(config.manifest) and not is_glob(config.manifest):
+        identity["manifest"] = identity["manifest"].rstrip("/")  # photos/ and photos: one folder, one job
+    if identity.get("masks"):
+        identity["masks"] = identity["masks"].rstrip("/")
     return identity
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from i2score.data import storage
-from i2score.data.manifest import Manifest, ManifestError
+from i2score.data.manifest import ManifestError
 from i2score.features.weights import VGGWeightsError, locate_vgg16_weights
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import BUNDLED_SCHEME, MODELS, RegistryEntry, model_cache_path
@@ -103,7 +103,7 @@ def preflight(kind: str, params: Mapping[str, Any]) -> PreflightReport:
     timed("root", t0)
 
     t0 = time.perf_counter()
-    found["manifest"] = check_manifest(config.manifest, kind)
+    found["manifest"] = check_manifest(config)
     timed("manifest", t0)
 
     with _one_thread():
@@ -273,12 +273,14 @@ def check_root(root: str) -> str:
     return f"{storage.redact(root)} (will be created)"
 
 
-def check_manifest(url: str, kind: str) -> str:
-    """That the manifest reads (the reader the flows use) and has the columns ``kind`` needs; a
-    missing column names the closest column present (``column 'image' missing (did you mean
-    'imgae'?)``). Rows are not checked here: a bad row is rejected by the run, which goes on."""
+def check_manifest(config: JobConfig) -> str:
+    """That the job's manifest (or folder or glob of images) reads, through the reader the flows
+    use, and has the columns its kind needs; a missing column names the closest column present
+    (``column 'image' missing (did you mean 'imgae'?)``). Rows are not checked here: a bad row is
+    rejected by the run, which goes on."""
+    url, kind = config.manifest, config.kind
     try:
-        manifest = Manifest.read(url)
+        manifest = config.read_manifest()
     except FileNotFoundError as e:
         raise PreflightError("manifest", f"manifest {storage.redact(url)} not found") from e
     except IsADirectoryError as e:

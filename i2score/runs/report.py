@@ -163,7 +163,8 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params"])
     if config.get("include_originals", True):
         job = JobConfig.from_json(config)
-        for r in validate_manifest(manifest_url, CATALOG, kind="reconstruct", inputs=job.input_policy()).rows:
+        originals = job.read_manifest(manifest_url)
+        for r in validate_manifest(originals, CATALOG, kind="reconstruct", inputs=job.input_policy()).rows:
             w.writerow([r.id, r.image, r.id, "", "original", "{}"])
     for o in outs:
         rel = "outputs/" + storage.basename(o["output_url"])

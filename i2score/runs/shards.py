@@ -102,7 +102,7 @@ def split_manifest(manifest_url: str, root: str, *, kind: str, rows_per_shard: i
     if rows_per_shard < 1:
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     url = manifest_url if "://" in manifest_url else os.path.abspath(manifest_url)
-    data = read_manifest_bytes(url)
+    data = read_manifest_bytes(url, mask_column=kind == "inpaint")  # a folder input's CSV: masks for inpaint
     manifest = Manifest.from_bytes(data, url)
     job_map = dict(job or {})
     inputs = policy_for_manifest(url, job_map.get("allowed_inputs"), job_map.get("max_input_bytes"))

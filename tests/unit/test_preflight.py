@@ -54,7 +54,8 @@ def test_the_demo_jobs_pass_and_write_nothing(tmp_path):
     ({"device": "gpu"}, "device", ["device 'gpu'", "cuda:N"]),
     ({"model": "ffhq-1025"}, "model", ["'ffhq-1025'", "did you mean 'ffhq-1024'", "i2s models list"]),
     ({"manifest": "missing.csv"}, "manifest", ["missing.csv not found"]),
-    ({"manifest": str(DEMO)}, "manifest", ["cannot tell the manifest format"]),
+    # A folder is an input (its images); one without images is a mistake.
+    ({"manifest": str(DEMO)}, "manifest", ["no images (png, jpg, jpeg, webp) in", "skipped 14 other entries"]),
 ])
 def test_each_mistake_is_one_line_naming_it(tmp_path, over, check, words):
     if over.get("manifest") == "missing.csv":
@@ -63,6 +64,11 @@ def test_each_mistake_is_one_line_naming_it(tmp_path, over, check, words):
     assert err.check == check
     for w in words:
         assert w in str(err), str(err)
+
+
+def test_a_folder_of_images_passes_as_the_flows_read_it(tmp_path):
+    report = preflight("reconstruct", _params(tmp_path, manifest=str(DEMO / "images")))
+    assert report.found["manifest"].endswith("(18 rows, csv)")
 
 
 def test_a_misspelt_column_is_named_with_its_close_match(tmp_path):

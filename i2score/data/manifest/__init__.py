@@ -1,7 +1,8 @@
-"""Input manifests: the language of a row (:mod:`.schema`), reading (:mod:`.read`), validation
-against the op catalog (:mod:`.validate`), loading a row's files (:mod:`.load`) and the JSON
-Schema of a row (:mod:`.jsonschema`)."""
+"""Input manifests: the language of a row (:mod:`.schema`), reading (:mod:`.read`), the rows of a
+folder or glob of images (:mod:`.discover`), validation against the op catalog (:mod:`.validate`),
+loading a row's files (:mod:`.load`) and the JSON Schema of a row (:mod:`.jsonschema`)."""
 
+from i2score.data.manifest.discover import Discovery, DiscoveryError, discover, is_manifest_source
 from i2score.data.manifest.jsonschema import row_json_schema
 from i2score.data.manifest.load import LoadedRow, load_row
 from i2score.data.manifest.read import Manifest, absolute_url, read_manifest, read_manifest_bytes
@@ -30,6 +31,8 @@ from i2score.data.manifest.schema import (
 from i2score.data.manifest.validate import validate_manifest
 
 __all__ = [
+    "Discovery",
+    "DiscoveryError",
     "ERRORS_SCHEMA",
     "KNOWN_COLUMNS",
     "REASON_DESCRIPTIONS",
@@ -51,6 +54,8 @@ __all__ = [
     "ValidationResult",
     "absolute_url",
     "check_id",
+    "discover",
+    "is_manifest_source",
     "load_row",
     "read_manifest",
     "read_manifest_bytes",

@@ -23,6 +23,7 @@ from typing import Any
 
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy
+from i2score.data.manifest.discover import discover, is_manifest_source
 from i2score.data.manifest.schema import SUPPORTED_SCHEMES, ManifestError
 
 #: Largest manifest read, compressed and decompressed (1 GiB: about ten million rows).
@@ -59,7 +60,8 @@ def _format_of(url: str) -> tuple[str, bool]:
     if ext not in _FORMATS:
         raise ManifestError(
             f"cannot tell the manifest format of {storage.redact(url)!r} from its extension; use "
-            ".csv, .tsv, .parquet (.pq) or .jsonl (.ndjson), optionally followed by .gz")
+            ".csv, .tsv, .parquet (.pq) or .jsonl (.ndjson), optionally followed by .gz (a folder or a "
+            "glob of images must be local or in an fsspec store such as s3://, not on a web server)")
     return _FORMATS[ext], gz
 
 
@@ -149,7 +151,11 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, url: str, format: str | None = None) -> Manifest:
-        """Parse ``data``; ``url`` names the manifest (relative paths resolve against it)."""
+        """Parse ``data``; ``url`` names the manifest (relative paths resolve against it). The
+        format comes from ``url``'s extension unless given; a folder or glob ``url`` is the CSV
+        that :func:`read_manifest_bytes` writes of it."""
+        if format is None and not is_manifest_source(url):
+            format = "csv"
         fmt, gz = (format, False) if format else _format_of(url)
         if gz or data[:2] == b"\x1f\x8b":
             try:
@@ -176,28 +182,46 @@ class Manifest:
         return cls(url=url, format=fmt, columns=columns, records=records)
 
     @classmethod
-    def read(cls, url: str) -> Manifest:
-        """Read and parse the manifest at ``url`` (a local path or any supported URL).
+    def read(cls, url: str, *, masks: str | None = None, mask_column: bool = True) -> Manifest:
+        """Read and parse the manifest at ``url`` (a local path or any supported URL), or the
+        rows of a folder or glob of images (``masks``, ``mask_column``: see
+        :func:`read_manifest_bytes`).
 
         Raises:
-            FileNotFoundError: no manifest at ``url``.
+            FileNotFoundError: no manifest (or folder) at ``url``.
             OSError: not a regular file, or larger than :data:`MAX_MANIFEST_BYTES`
                 (:class:`~i2score.data.inputs.InputRejected`), or a storage error.
-            ManifestError: the format is unknown or the file cannot be parsed.
+            ManifestError: the format is unknown or the file cannot be parsed; a folder or
+                glob without images (:class:`~i2score.data.manifest.discover.DiscoveryError`).
         """
         url = absolute_url(url)
-        fmt, _ = _format_of(url)
-        return cls.from_bytes(read_manifest_bytes(url), url, fmt)
+        fmt = _format_of(url)[0] if is_manifest_source(url) else "csv"
+        return cls.from_bytes(read_manifest_bytes(url, masks=masks, mask_column=mask_column), url, fmt)
 
     def __len__(self) -> int:
         return len(self.records)
 
 
-def read_manifest_bytes(url: str) -> bytes:
+def read_manifest_bytes(url: str, *, masks: str | None = None, mask_column: bool = True) -> bytes:
     """The manifest file's bytes: a regular file (a named pipe given as a manifest cannot block)
     of at most :data:`MAX_MANIFEST_BYTES`. The manifest itself is the operator's choice, so it
-    is not confined; the files it names are."""
-    return _MANIFEST_READER.read(absolute_url(url))
+    is not confined; the files it names are.
+
+    A folder or glob ``url`` (:func:`~i2score.data.manifest.discover.is_manifest_source`) gives
+    the CSV manifest of its images instead (:func:`~i2score.data.manifest.discover.discover`,
+    full URLs, rows sorted): ``masks`` is its masks folder (None: the ``name_mask`` rule), and
+    ``mask_column=False`` leaves the masks out (a reconstruct job's rows take none).
+
+    Raises:
+        ManifestError: ``masks`` given with a manifest file (its ``mask`` column names the masks).
+    """
+    url = absolute_url(url)
+    if not is_manifest_source(url):
+        return discover(url, masks).to_csv(mask_column=mask_column)
+    if masks is not None:
+        raise ManifestError(f"masks {storage.redact(masks)}: a masks folder goes with a folder or glob of images; "
+                            f"the manifest {storage.redact(url)} names its masks in its mask column")
+    return _MANIFEST_READER.read(url)
 
 
 _MANIFEST_READER = InputPolicy(None, MAX_MANIFEST_BYTES)
