@@ -27,7 +27,8 @@ def report_cmd(
         typer.echo(f"error: {storage.redact(e)}", err=True)
         raise typer.Exit(2) from None
     files = summary["files"]
-    typer.echo(f"run {summary['run_id']}: {summary['rows']['outputs']} outputs, {summary['rows']['failed']} failed rows")
+    rows = summary["rows"]
+    typer.echo(f"run {summary['run_id']}: {rows['outputs']} outputs, {rows['failed']} failed rows")
     for name in ("report_html", "report", "sheet", "metrics_plot"):
         if files.get(name):
             typer.echo(f"  {files[name]}")

@@ -262,7 +262,10 @@ def public_url(url: str, expires_s: int = MAX_SIGNED_EXPIRY_S) -> str:
         return pathlib.Path(path).resolve().as_uri()
     if proto in ("http", "https"):
         return url
-    fs, path = url_to_fs(url)
+    # botocore presigns S3 with the legacy Signature Version 2 unless told; SigV4 is what every
+    # AWS region accepts (and what the 7-day limit is about).
+    extra = {"config_kwargs": {"signature_version": "s3v4"}} if proto in ("s3", "s3a") else {}
+    fs, path = url_to_fs(url, **extra)
     try:
         signed = fs.sign(path, expiration=expires_s)
     except NotImplementedError:
