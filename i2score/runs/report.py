@@ -399,8 +399,12 @@ def config_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     if s.get("seed") is not None:
         lines.append(("seed", str(s["seed"])))
     if s.get("finished_at"):
-        wall = f", {s['wall_seconds']:.1f} s" if s.get("wall_seconds") is not None else ""
-        lines.append(("dates (UTC)", f"{s.get('started_at') or '?'} to {s['finished_at']}{wall}"))
+        end = _when(s["finished_at"])
+        start = _when(s["started_at"]) if s.get("started_at") else "?"
+        if start[:10] == end[:10]:
+            end = end[11:]  # the same day: the time alone
+        wall = f" ({s['wall_seconds']:.0f} s)" if s.get("wall_seconds") is not None else ""
+        lines.append(("dates", f"{start} to {end} UTC{wall}"))
     lines += [
         ("counts", f"{s['rows']['outputs']} outputs, {s['rows']['failed']} failed rows, {s['cache_hits']} cache hits"),
         ("this attempt", f"{s['batches_run']} batches, {s['embedded']} images embedded ({s['embedding_steps']} steps), "
@@ -409,16 +413,33 @@ def config_lines(summary: Mapping[str, Any]) -> list[tuple[str, str]]:
     return lines
 
 
+def _metrics_in_order(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The summary's metric quantiles that have values: PSNR, LPIPS, SSIM first (``summary.json``
+    has its keys sorted)."""
+    m = summary["metrics"]
+    names = [*(k for k in METRIC_COLUMNS if k in m), *sorted(k for k in m if k not in METRIC_COLUMNS)]
+    return [(k, m[k]) for k in names if m[k]]
+
+
+def _when(iso: str) -> str:
+    """``2026-12-03T04:18:20+00:00`` -> ``2026-12-03 04:18:20`` (UTC, as the summary writes it)."""
+    return datetime.datetime.fromisoformat(iso).astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _same(name: str) -> str:
     return name
 
 
 def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]],
                     errors: Sequence[Mapping[str, Any]], *, max_links: int = 50,
-                    link: Callable[[str], str] = _same) -> str:
+                    link: Callable[[str], str] = _same, image: Callable[[str, str], str] | None = None) -> str:
     """The run report as Markdown (also the flows' Markdown artifact): configuration, metrics,
     failed rows, and the outputs worst first. ``link`` maps a file's path in the run folder
-    (``outputs/x.png``, ``sheet.png``) to the URL written (default: the path, relative)."""
+    (``outputs/x.png``, ``sheet.png``) to the URL written (default: the path, relative);
+    ``image(alt, path)`` writes the Markdown of a picture (default: ``![alt](link(path))``)."""
+    def picture(alt: str, rel: str) -> str:
+        return image(alt, rel) if image is not None else f"![{alt}]({link(rel)})"
+
     s = summary
     files = s["files"]
     dataset = f", [dataset.csv]({link('dataset.csv')})" if "dataset" in files else ""
@@ -431,14 +452,13 @@ def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]
         "",
     ]
     if files.get("sheet"):
-        lines += [f"![contact sheet, worst first]({link('sheet.png')})", ""]
+        lines += [picture("contact sheet, worst first", "sheet.png"), ""]
     lines += ["| metric | n | min | p10 | median | p90 | max |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, q in s["metrics"].items():
-        if q:
-            lines.append(f"| {name} | {q['n']} | {q['min']} | {q['p10']} | {q['median']} | {q['p90']} | {q['max']} |")
+    for name, q in _metrics_in_order(s):
+        lines.append(f"| {name} | {q['n']} | {q['min']} | {q['p10']} | {q['median']} | {q['p90']} | {q['max']} |")
     lines.append("")
     if files.get("metrics_plot"):
-        lines += [f"![metric histograms]({link(METRICS_PLOT)})", ""]
+        lines += [picture("metric histograms", METRICS_PLOT), ""]
     meanings = psnr_meanings(outs)
     if meanings:
         lines += ["psnr, by op: " + "; ".join(f"{op}: {what} (`{key}`)" for op, what, key in meanings) + ".", ""]
@@ -505,7 +525,9 @@ def report_html(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]], e
     env.filters["code"] = code
     reasons = [(code_, n, _reason_text(code_)) for code_, n in (summary.get("errors_by_reason") or {}).items()]
     return env.get_template("report.html.j2").render(
-        s=summary, config=config_lines(summary), metrics=[(k, q) for k, q in summary["metrics"].items() if q],
+        s=summary, config=config_lines(summary),
+        finished=_when(summary["finished_at"]) + " UTC" if summary.get("finished_at") else None,
+        metrics=_metrics_in_order(summary),
         meanings=psnr_meanings(outs), cards=cards, rows=rows, n_outputs=len(outs), errors=list(errors[:500]),
         n_errors=len(errors), reasons=reasons,
         metric_plot=METRICS_PLOT if summary["files"].get("metrics_plot") else None,
@@ -527,9 +549,21 @@ def thumbnail_strip(images: Sequence[bytes], size: int = 64, gap: int = 2) -> by
             tile.thumbnail((size, size), Image.Resampling.LANCZOS)
             strip.paste(tile, (i * (size + gap) + (size - tile.width) // 2, (size - tile.height) // 2))
     buf = io.BytesIO()
-    # A 128-colour palette: a quarter of the bytes of true colour (8 portraits: 14 KB, not 55 KB),
-    # with no visible change at this size; the artifact is stored by the Prefect API.
-    strip.quantize(128, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
+    strip.save(buf, format="PNG")
+    return _palette_png(buf.getvalue())
+
+
+def _palette_png(png: bytes) -> bytes:
+    """``png`` in a 128-colour palette: a quarter of the bytes of true colour (8 portraits: 14 KB,
+    not 55 KB), no visible change at thumbnail size; for pictures inlined in an artifact, which
+    the Prefect API stores."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    with Image.open(io.BytesIO(png)) as im:
+        im.convert("RGB").quantize(128, method=Image.Quantize.MEDIANCUT).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
 
 
@@ -538,8 +572,10 @@ def ui_report_markdown(root: str, run_id: str, *, expires_s: int = storage.MAX_S
     """The report of a finished run as Markdown for a web UI (the Prefect report artifact), where
     the relative links of ``report.md`` lead nowhere: every link and image is
     :func:`i2score.data.storage.public_url` of the file (``file://`` for a local root, a
-    presigned URL valid ``expires_s`` seconds for S3), and the ``thumbnails`` worst outputs are
-    inlined as one PNG strip (``data:`` URI, ``thumb_px`` high), which shows wherever the page is.
+    presigned URL valid ``expires_s`` seconds for S3), and the ``thumbnails`` worst outputs (one
+    PNG strip, ``thumb_px`` high) and the metrics' histograms are inlined (``data:`` URIs), which
+    show wherever the page is. The contact sheet is an image for an http(s) URL and a link for a
+    ``file://`` one (pages served over http do not show ``file://`` images).
 
     The text is redacted (:func:`i2score.data.storage.redact`) except the public URLs, which are
     put in after: a presigned URL is a credential for its one object, until it expires, that the
@@ -564,17 +600,30 @@ def ui_report_markdown(root: str, run_id: str, *, expires_s: int = storage.MAX_S
         except ValueError:
             return "#" + rel  # no URL a browser can open; the text next to it names the file
 
+    def data_uri(png: bytes) -> str:
+        return keep("data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+
+    def picture(alt: str, rel: str) -> str:
+        if rel == METRICS_PLOT:  # small: inline, so it shows whatever the root
+            return f"![{alt}]({data_uri(_palette_png(plot))})" if plot else ""
+        url = link(rel)
+        # A page served over http(s) does not show file:// images: a link the reader can copy.
+        shown = public.get(url, "")
+        return f"[{alt} ({rel})]({url})" if not shown.startswith(("https://", "http://")) else f"![{alt}]({url})"
+
+    # Drawn here, not read: a run written before metrics.png existed gets its histograms too.
+    plot = metrics_plot_png(outs)
+    summary["files"]["metrics_plot"] = METRICS_PLOT if plot else None
     worst = worst_first(outs)[:thumbnails]
     got = storage.read_many([paths.url("outputs", storage.basename(o["output_url"])) for o in worst])
     shown = [(o, data) for o, data in zip(worst, got.values(), strict=True) if isinstance(data, bytes)]
     head = ""
     if shown:
-        png = thumbnail_strip([d for _, d in shown], size=thumb_px)
-        uri = keep("data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+        uri = data_uri(thumbnail_strip([d for _, d in shown], size=thumb_px))
         names = ", ".join(f"{o['id']}" + (f" ({m})" if (m := _metric_caption(o)) else "") for o, _ in shown)
         head = (f"**The {len(shown)} worst outputs**, worst first, left to right: {names}\n\n"
                 f"![the worst outputs]({uri})\n\n")
-    md = storage.redact(head + report_markdown(summary, outs, errors, link=link))
+    md = storage.redact(head + report_markdown(summary, outs, errors, link=link, image=picture))
     for token, url in public.items():
         md = md.replace(token, url)
     return md

@@ -75,7 +75,7 @@ def test_html_report_has_the_config_whole_ids_the_worst_first_and_failed_rows():
         assert f"<th>{label}</th>" in html
     for text in ("<code>demo-faces-64</code> (64 px, sha256 <code>e7e7e7e7e7e7…</code>)",
                  "<code>demo</code> (embedding 80 + 80 steps, edits 80 + 80)", "<code>auto</code> (ran on cpu)",
-                 "2026-12-03T04:00:00+00:00 to 2026-12-03T04:01:30+00:00, 90.0 s",
+                 "<th>dates</th><td>2026-12-03 04:00:00 to 04:01:30 UTC (90 s)</td>",
                  "3 outputs, 1 failed rows, 5 cache hits", "<th>seed</th><td>7</td>"):
         assert text in html, text
     # The long id is whole (the old sheet cut ids to 14 characters), in the cards and the table.
@@ -216,12 +216,14 @@ def test_ui_markdown_links_are_absolute_file_urls_with_an_inline_strip_of_the_wo
     links = re.findall(r"\]\(([^)]+)\)", md)
     data = [u for u in links if u.startswith("data:")]
     files = [u for u in links if not u.startswith("data:")]
-    assert len(data) == 1 and files and all(u.startswith(f"file://{run}/") for u in files)
+    # Inline: the strip of the worst outputs and the histograms; the rest: absolute file:// URLs.
+    assert len(data) == 2 and files and all(u.startswith(f"file://{run}/") for u in files)
     assert f"file://{run}/outputs/crossover-default.png" in files
-    png = base64.b64decode(data[0].split(",", 1)[1])
-    assert len(data[0]) < 32_000  # modest: the Prefect API stores it
-    with Image.open(io.BytesIO(png)) as im:
-        assert im.format == "PNG" and im.size == (8 * 66 - 2, 64)
+    assert sum(len(u) for u in data) < 48_000  # modest: the Prefect API stores it
+    strip, plot = (Image.open(io.BytesIO(base64.b64decode(u.split(",", 1)[1]))) for u in data)
+    assert strip.format == plot.format == "PNG" and strip.size == (8 * 66 - 2, 64) and plot.width > 200
+    # An http(s) page does not show file:// images: the sheet is a link there, not an image.
+    assert "![contact sheet" not in md and f"[contact sheet, worst first (sheet.png)](file://{run}/sheet.png)" in md
     # The strip's names are the worst first, the same order as the outputs' list.
     names = md.split("left to right: ", 1)[1].split("\n", 1)[0]
     first = re.search(r"## Outputs, worst first\n\n- \[([^]]+)\]", md)
