@@ -308,9 +308,9 @@ def metrics_plot_png(outs: Sequence[Mapping[str, Any]]) -> bytes | None:
     op, since each op's PSNR measures its own pixels) as PNG bytes, or None when none has one."""
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only: no display, no GUI toolkit
+    # The Agg canvas on a Figure of its own: no pyplot, no display, and the process's matplotlib
+    # backend (a notebook's, say) is left as it is.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -326,6 +326,7 @@ def metrics_plot_png(outs: Sequence[Mapping[str, Any]]) -> bytes | None:
     if not panels:
         return None
     fig = Figure(figsize=(3.4 * len(panels), 2.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, unit, higher, by_op) in zip(axes, panels, strict=True):
         ax.hist(list(by_op.values()), bins=min(20, max(5, sum(map(len, by_op.values())) // 2)), stacked=True,

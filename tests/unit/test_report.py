@@ -141,12 +141,15 @@ def test_contact_sheet_rows_grow_with_their_captions():
 def test_metric_histograms_are_a_png_with_one_panel_per_metric_the_run_has():
     import io
 
+    import matplotlib
     from PIL import Image
 
     from i2score.runs.report import metrics_plot_png
 
+    backend = matplotlib.get_backend()
     assert metrics_plot_png([{"id": "m", "op": "morph", "psnr": None}]) is None
     one = metrics_plot_png(_outs())
+    assert matplotlib.get_backend() == backend  # the process's backend is left alone
     three = metrics_plot_png([{**o, "lpips": 0.2 + i / 10, "ssim": 0.9 - i / 10} for i, o in enumerate(_outs())])
     assert one is not None and three is not None
     with Image.open(io.BytesIO(one)) as a, Image.open(io.BytesIO(three)) as b:
