@@ -28,7 +28,7 @@ from pydantic import SecretStr
 from i2score.data import storage
 from i2score.data.redact import install_log_redaction, redact_tree
 from i2score.flows.runners import check_runner, local_task_runner, task_runner_for
-from i2score.runs import lease, progress
+from i2score.runs import lease, progress, report
 from i2score.runs.config import JobConfig
 from i2score.tasks import batches
 
@@ -38,6 +38,9 @@ install_log_redaction()
 
 #: Where runs and the latent cache go when no root is given (a local folder).
 DEFAULT_ROOT = "i2s-data"
+#: How long the presigned S3 links and images of a run's report artifact work: 7 days, the most
+#: a SigV4 presigned URL allows (local roots get file:// URLs, which do not expire).
+REPORT_LINK_EXPIRES_S = 7 * 24 * 3600
 
 def _absolute(url: str) -> str:
     """Local paths become absolute, so workers started elsewhere agree on them."""
@@ -156,7 +159,7 @@ def run_job(config: JobConfig, runner: str = "local", wait_for_lease: bool = Fal
             _run_loggers.pop(run_id, None)
         held.check()  # an attempt whose lease was taken over leaves the summary to the new owner
         summary = batches.finish_run(root, run_id, plan["attempt"], time.perf_counter() - t0, manifest)
-    _artifacts(summary)
+    _artifacts(root, summary)
     logger.info("run %s finished: %d outputs, %d failed rows; report %s", run_id, summary["rows"]["outputs"],
                 summary["rows"]["failed"], summary["files"]["report"])
     return final_state(_result(summary))
@@ -232,7 +235,7 @@ def _log_batch(logger: Any, done: int, total: int, info: dict[str, Any]) -> None
                 info["seconds"], " (already done)" if info.get("skipped") else "")
 
 
-def _artifacts(summary: dict[str, Any]) -> None:
+def _artifacts(root: str, summary: dict[str, Any]) -> None:
     table = [{"quantity": k, "value": v} for k, v in (
         ("outputs", summary["rows"]["outputs"]), ("failed rows", summary["rows"]["failed"]),
         ("images embedded", summary["embedded"]), ("embedding steps", summary["embedding_steps"]),
@@ -244,9 +247,11 @@ def _artifacts(summary: dict[str, Any]) -> None:
     for reason, n in summary["errors_by_reason"].items():
         table.append({"quantity": f"failed: {reason}", "value": n})
     table_artifact(table, key=artifact_key(summary["run_id"], "summary"), description=f"run {summary['run_id']}")
-    markdown_artifact(storage.read_bytes(summary["files"]["report"]).decode(),
-                      key=artifact_key(summary["run_id"], "report"),
-                      description=f"run {summary['run_id']}")
+    # Links and images the UI can open (file:// or presigned S3 URLs, inline thumbnails of the worst
+    # outputs); the library redacts the text around them, so it bypasses markdown_artifact.
+    create_markdown_artifact(report.ui_report_markdown(root, summary["run_id"], expires_s=REPORT_LINK_EXPIRES_S),
+                             key=artifact_key(summary["run_id"], "report"),
+                             description=storage.redact(f"run {summary['run_id']}"))
 
 
 def markdown_artifact(markdown: str, *, key: str, description: str | None = None) -> None:

@@ -13,6 +13,7 @@ from i2score.cli.bench import bench_app
 from i2score.cli.cache import cache_app
 from i2score.cli.manifest import manifest_app
 from i2score.cli.models import models_app
+from i2score.cli.report import report_cmd
 from i2score.cli.train import train_cmd
 from i2score.cli.train_encoder import train_encoder_cmd
 from i2score.cli.validate import validate_cmd
@@ -27,6 +28,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.command("validate")(validate_cmd)
 app.add_typer(manifest_app, name="manifest")
+app.command("report")(report_cmd)
 app.command("train")(train_cmd)
 app.command("train-encoder")(train_encoder_cmd)
 app.add_typer(cache_app, name="cache")

@@ -85,6 +85,7 @@ __all__ = [
     "list_files",
     "list_folder",
     "parquet_bytes",
+    "public_url",
     "read_bytes",
     "read_many",
     "read_stream",
@@ -232,6 +233,47 @@ def is_remote(url: str) -> bool:
 def basename(url: str) -> str:
     """Last segment of ``url`` (``basename("s3://b/x/y.npz") == "y.npz"``)."""
     return posixpath.basename(url.rstrip("/"))
+
+
+#: The longest a presigned S3 URL can live: AWS Signature Version 4 caps it at 7 days.
+MAX_SIGNED_EXPIRY_S = 7 * 24 * 3600
+
+
+def public_url(url: str, expires_s: int = MAX_SIGNED_EXPIRY_S) -> str:
+    """A URL a browser can open for the file at ``url`` (a report's links and images outside the
+    run folder, e.g. in the Prefect UI).
+
+    - a local path or ``file://`` URL: the absolute ``file://`` URL (percent-encoded). Browsers
+      open it from a local page; many refuse to follow it from an ``http(s)`` page.
+    - ``http(s)://``: unchanged.
+    - any other protocol whose fsspec filesystem signs URLs (``s3://`` through s3fs, ``gs://``
+      through gcsfs): a presigned ``https`` URL (``http`` for a plain-http endpoint) that lets
+      whoever holds it read that one object for ``expires_s`` seconds (1 to 7 days at most, the
+      SigV4 limit). Its query string carries the access key id (not the secret) and the signature.
+
+    Raises ``ValueError`` for an expiry out of range and for a protocol that cannot sign
+    (``memory://``): there is no URL that a browser could open.
+    """
+    if not 1 <= expires_s <= MAX_SIGNED_EXPIRY_S:
+        raise ValueError(f"expires_s must be in [1, {MAX_SIGNED_EXPIRY_S}] seconds (7 days), got {expires_s}")
+    proto = _protocol(url)
+    if proto in _LOCAL_PROTOCOLS:
+        import pathlib
+
+        path = url.split("://", 1)[1] if "://" in url else url
+        return pathlib.Path(path).resolve().as_uri()
+    if proto in ("http", "https"):
+        return url
+    # botocore presigns S3 with the legacy Signature Version 2 unless told; SigV4 is what every
+    # AWS region accepts (and what the 7-day limit is about).
+    extra = {"config_kwargs": {"signature_version": "s3v4"}} if proto in ("s3", "s3a") else {}
+    fs, path = url_to_fs(url, **extra)
+    try:
+        signed = fs.sign(path, expiration=expires_s)
+    except NotImplementedError:
+        raise ValueError(f"{safe_url(url)}: {proto}:// cannot make a URL for a browser (no signing in "
+                         f"{type(fs).__name__})") from None
+    return str(signed)
 
 
 def _cat_takes_max_concurrency(fs: AbstractFileSystem) -> bool:

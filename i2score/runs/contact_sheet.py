@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +13,7 @@ from torch import Tensor
 
 @dataclass
 class Cell:
-    """One tile: an image and a caption (up to two short lines under the tile).
+    """One tile: an image and a caption (under the tile, wrapped to its width, never cut).
 
     ``image`` is ``[3, H, W]`` in [-1, 1] (an RGB tensor), ``[1, H, W]`` or ``[H, W]`` in [0, 1]
     (a mask, drawn white on black), or ``uint8 [H, W, 3]``.
@@ -40,12 +40,39 @@ def _to_uint8(image: Tensor | np.ndarray) -> np.ndarray:
     return arr.permute(1, 2, 0).numpy()
 
 
+def wrap_text(text: str, width: int, measure: Callable[[str], float]) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` (as ``measure`` says, in pixels), whole:
+    every character is kept. Lines break at spaces, else after ``-``, ``_``, ``.`` or ``/``, else
+    anywhere (a long id without separators); explicit newlines are kept."""
+    lines: list[str] = []
+    for para in text.split("\n"):
+        rest = para
+        while rest and measure(rest) > width:
+            # The longest prefix that fits (at least one character, so every line makes progress).
+            n = 1
+            while n < len(rest) and measure(rest[:n + 1]) <= width:
+                n += 1
+            cut = max((rest.rfind(c, 0, n + 1) for c in " "), default=-1)
+            if cut > 0:  # a space: it ends the line and is dropped
+                lines.append(rest[:cut])
+                rest = rest[cut + 1:]
+                continue
+            cut = max(rest.rfind(c, 0, n) for c in "-_./")
+            n = cut + 1 if cut >= 0 else n
+            lines.append(rest[:n])
+            rest = rest[n:]
+        lines.append(rest)
+    return lines
+
+
 def contact_sheet(rows: Sequence[Sequence[Cell | None]], *, scale: int = 2, title: str = "",
                   column_titles: Sequence[str] = ()) -> Image.Image:
     """Lay out ``rows`` of :class:`Cell` (None = empty tile) as one labelled RGB image.
 
     Every tile is up-scaled ``scale`` times with nearest neighbour (small generators' pixels
-    stay visible). Returns a Pillow image; save it with ``.save(path)``.
+    stay visible). Captions, column titles and the title are wrapped to their width, never cut
+    (each row is as tall as its longest caption). Returns a Pillow image; save it with
+    ``.save(path)``.
     """
     tiles = [[None if c is None else (_to_uint8(c.image), c.caption) for c in row] for row in rows]
     sizes = [t[0].shape[:2] for row in tiles for t in row if t is not None]
@@ -54,32 +81,42 @@ def contact_sheet(rows: Sequence[Sequence[Cell | None]], *, scale: int = 2, titl
     th, tw = (max(s[0] for s in sizes) * scale, max(s[1] for s in sizes) * scale)
     ncols = max(len(r) for r in tiles)
     font = ImageFont.load_default()
-    line_h, pad = 12, 4
-    cap_h = 2 * line_h + 2
-    top = (line_h + pad if title else 0) + (line_h + pad if column_titles else 0)
+    pad = 4
     width = ncols * (tw + pad) + pad
-    height = top + len(tiles) * (th + cap_h + pad) + pad
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def measure(text: str) -> float:
+        return probe.textlength(text, font=font)
+
+    line_h = int(font.getbbox("Ag")[3]) + 2 if hasattr(font, "getbbox") else 12
+    title_lines = wrap_text(title, width - 2 * pad, measure) if title else []
+    col_lines = [wrap_text(name, tw, measure) for name in column_titles]
+    captions = [[[] if t is None or not t[1] else wrap_text(t[1], tw, measure) for t in row] for row in tiles]
+    cap_rows = [max((len(c) for c in row), default=0) for row in captions]
+    col_h = max((len(c) for c in col_lines), default=0) * line_h
+    top = (len(title_lines) * line_h + pad if title_lines else 0) + (col_h + pad if col_lines else 0)
+    height = top + sum(th + n * line_h + 2 + pad for n in cap_rows) + pad
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     y = pad
-    if title:
-        draw.text((pad, y), title, fill=(0, 0, 0), font=font)
-        y += line_h + pad
-    if column_titles:
-        for j, name in enumerate(column_titles):
-            draw.text((pad + j * (tw + pad), y), name[: max(4, tw // 6)], fill=(60, 60, 60), font=font)
-        y += line_h + pad
-    for row in tiles:
-        for j, tile in enumerate(row):
+    for k, line in enumerate(title_lines):
+        draw.text((pad, y + k * line_h), line, fill=(0, 0, 0), font=font)
+    y += len(title_lines) * line_h + pad if title_lines else 0
+    for j, name_lines in enumerate(col_lines):
+        for k, line in enumerate(name_lines):
+            draw.text((pad + j * (tw + pad), y + k * line_h), line, fill=(60, 60, 60), font=font)
+    y += col_h + pad if col_lines else 0
+    for row, row_caps, n_lines in zip(tiles, captions, cap_rows, strict=True):
+        for j, (tile, lines) in enumerate(zip(row, row_caps, strict=True)):
             if tile is None:
                 continue
-            arr, caption = tile
+            arr = tile[0]
             img = Image.fromarray(arr).resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.Resampling.NEAREST)
             x = pad + j * (tw + pad)
             sheet.paste(img, (x, y))
-            for k, line in enumerate(caption.split("\n")[:2]):
-                draw.text((x, y + th + 1 + k * line_h), line[: max(4, tw // 6)], fill=(0, 0, 0), font=font)
-        y += th + cap_h + pad
+            for k, line in enumerate(lines):
+                draw.text((x, y + th + 1 + k * line_h), line, fill=(0, 0, 0), font=font)
+        y += th + n_lines * line_h + 2 + pad
     return sheet
 
 

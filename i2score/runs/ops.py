@@ -56,10 +56,12 @@ Role = str
 @dataclass(frozen=True)
 class ReportMetric:
     """The metric of an op that goes to the output manifest's ``psnr`` column: ``key`` in the
-    op's per-output metrics, and ``what`` it measures (for the report)."""
+    op's per-output metrics, ``what`` it measures (for the report), and which way is better
+    (the report shows the worst outputs first: the lowest values when ``higher_is_better``)."""
 
     key: str
     what: str
+    higher_is_better: bool = True
 
 
 # ----------------------------------------------------------------------------------------------
