@@ -107,7 +107,7 @@ def validate_cmd(
     summary.append(f"{result.n_total} rows", style="bold").append(", ")
     summary.append(f"{len(result.rows)} valid", style="green").append(", ")
     summary.append(f"{len(result.rejected)} rejected", style="red" if result.rejected else "green")
-    console.print(summary)
+    console.print(summary, soft_wrap=True)  # one line a script can grep, whatever the terminal's width
     if output is not None:
         n = write_rejections(result.rejected, output)
         console.print(Text(f"wrote {n} rejections to {storage.redact(output)}"))
