@@ -12,6 +12,7 @@ import typer
 from i2score.cli.bench import bench_app
 from i2score.cli.cache import cache_app
 from i2score.cli.models import models_app
+from i2score.cli.runs import runs_app
 from i2score.cli.train import train_cmd
 from i2score.cli.train_encoder import train_encoder_cmd
 from i2score.cli.validate import validate_cmd
@@ -28,6 +29,7 @@ app.command("validate")(validate_cmd)
 app.command("train")(train_cmd)
 app.command("train-encoder")(train_encoder_cmd)
 app.add_typer(cache_app, name="cache")
+app.add_typer(runs_app, name="runs")
 app.add_typer(bench_app, name="bench")
 # Whatever a command logs (storage retries, Prefect's records) is redacted.
 install_log_redaction()
