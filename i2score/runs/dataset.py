@@ -16,7 +16,7 @@ each item reads one PNG and one verified NPZ.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -52,6 +52,7 @@ class RunDataset(Dataset[dict[str, Any]]):
             raises a ValueError naming their ops. ``"source"``: the latents of the first source
             each output was made from (its image; a crossover's reference), for edits and
             augmentations (pairs of an edited image and the code it started from).
+        ops: only the outputs of these ops (``["morph", "style_mix"]``); None = every output.
         transform: applied to each item's image tensor (``[3, H, W]`` in [-1, 1]) when given.
 
     An item is a dict: ``id`` (output id), ``op``, ``source_id`` (whose latents these are),
@@ -63,16 +64,25 @@ class RunDataset(Dataset[dict[str, Any]]):
     """
 
     def __init__(self, run: RunView, *, latents: Literal["output", "source"] = "output",
-                 transform: Callable[[Tensor], Tensor] | None = None) -> None:
+                 ops: Sequence[str] | None = None, transform: Callable[[Tensor], Tensor] | None = None) -> None:
         if latents not in ("output", "source"):
             raise ValueError(f"latents must be 'output' or 'source', got {latents!r}")
+        outputs = run.outputs
+        if ops is not None:
+            unknown = sorted(set(ops) - {o.op for o in outputs})
+            if unknown:
+                raise ValueError(f"run {run.run_id} has no outputs of op(s) {unknown}; its ops: "
+                                 f"{sorted({o.op for o in outputs})}")
+            outputs = [o for o in outputs if o.op in ops]
         items: list[_Item] = []
         without: Counter[str] = Counter()
-        for o in run.outputs:
+        for o in outputs:
             if latents == "output":
                 sid, key = o.source_ids[0], o.latents_key
             else:
-                sid, key = next(iter(o.source_keys.items()), (o.source_ids[0], None))
+                # The row's own image; an op that starts from its reference alone (crossover) has that.
+                sid = o.source_ids[0] if o.source_ids[0] in o.source_keys else next(iter(o.source_keys), "")
+                key = o.source_keys.get(sid)
             if key is None or o.url is None:
                 without[o.op] += 1
                 continue
@@ -80,7 +90,7 @@ class RunDataset(Dataset[dict[str, Any]]):
         if without:
             what = ", ".join(f"{n} {op}" for op, n in sorted(without.items()))
             hint = ("latents='source' gives the latents each output was made from" if latents == "output"
-                    else "their latents are cached as outputs: use latents='output'")
+                    else "their latents are cached as outputs: use latents='output'") + "; ops=[...] selects outputs"
             raise ValueError(f"run {run.run_id}: {what} output(s) have no {latents} latents in the cache; {hint}")
         indexed = {e.key for e in run.cache.entries()}
         gone = sorted({i.key for i in items} - indexed)

@@ -10,18 +10,18 @@
     ds = run.dataset()                             # a torch Dataset of (image, w, noise) per output
 
 Source ids are the run's manifest row ids (an edit's second image is ``<row id>.ref``); each is
-mapped to the cache key the run recorded for it (``manifest.parquet``'s ``cache_keys``), and the
-latents are read through the cache index and verified (:class:`~i2score.data.cache.view.CacheView`).
-:func:`list_runs` is what ``i2s runs ls`` shows. Listing and opening a run load neither torch nor
-the op registry; outputs, latents and images load them when first asked for.
+mapped to the cache key the run recorded for it (``manifest.parquet``'s ``cache_keys``, with the
+roles of an edit's keys from its batch specs), and the latents are read through the cache index
+and verified (:class:`~i2score.data.cache.view.CacheView`).
+:func:`list_runs` is what ``i2s runs ls`` shows; listing runs does not load torch (opening
+one does, through the manifest package's id check, and so do latents and images).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -177,29 +177,31 @@ def run_ids(root: str) -> list[str]:
     return sorted(storage.basename(str(f["name"]).rstrip("/")) for f in found if f.get("type") == "directory")
 
 
+def _info(root: str, run_id: str) -> RunInfo:
+    run_url = storage.join(root, "runs", run_id)
+    plan_url, summary_url = storage.join(run_url, "plan.json"), storage.join(run_url, "summary.json")
+    got = storage.read_many([plan_url, summary_url], max_workers=2)
+    plan, summary = _read_json_or_none(got, plan_url), _read_json_or_none(got, summary_url)
+    state = _state(plan, summary, _leased(root, run_id))
+    # A finished run being re-run (its failed rows retried) keeps its last summary's counts.
+    finished = summary is not None and plan is not None and summary.get("digest") == plan.get("digest")
+    rows = summary["rows"] if finished and summary else {}
+    return RunInfo(run_id, (plan or {}).get("config", {}).get("kind"), state, outputs=rows.get("outputs"),
+                   failed=rows.get("failed"), updated=_modified(summary_url if finished else plan_url),
+                   generator=(plan or {}).get("generator", {}).get("id"),
+                   schedule=(plan or {}).get("schedule", {}).get("name"))
+
+
 def list_runs(root: str, *, max_workers: int = 16) -> list[RunInfo]:
     """Every run under ``<root>/runs/``, newest first (by :attr:`RunInfo.updated`): one listing,
     then each run's ``plan.json``, ``summary.json`` and lease read concurrently. A run whose
     files cannot be read is listed as :data:`UNREADABLE` with the reason."""
 
     def one(run_id: str) -> RunInfo:
-        run_url = storage.join(root, "runs", run_id)
-        plan_url, summary_url = storage.join(run_url, "plan.json"), storage.join(run_url, "summary.json")
         try:
-            got = storage.read_many([plan_url, summary_url], max_workers=2)
-            plan, summary = _read_json_or_none(got, plan_url), _read_json_or_none(got, summary_url)
-            state = _state(plan, summary, _leased(root, run_id))
+            return _info(root, run_id)
         except Exception as e:  # noqa: BLE001 - one bad run folder is a row of the listing, not a crash
             return RunInfo(run_id, None, UNREADABLE, reason=storage.redact(f"{type(e).__name__}: {e}"))
-        # A finished run being re-run (its failed rows retried) keeps its last summary's counts.
-        finished = summary is not None and plan is not None and summary.get("digest") == plan.get("digest")
-        config = (plan or {}).get("config", {})
-        return RunInfo(run_id, config.get("kind"), state,
-                       outputs=summary["rows"]["outputs"] if finished and summary else None,
-                       failed=summary["rows"]["failed"] if finished and summary else None,
-                       updated=_modified(summary_url if finished else plan_url),
-                       generator=(plan or {}).get("generator", {}).get("id"),
-                       schedule=(plan or {}).get("schedule", {}).get("name"))
 
     ids = run_ids(root)
     if not ids:
@@ -219,42 +221,54 @@ def _params(value: Any) -> dict[str, Any]:
     return dict(value)
 
 
-def _latent_roles(op: str, row_id: str, params: Mapping[str, Any]) -> list[str]:
-    """The source ids of the cached latents an output of ``op`` starts from, in the order its
-    ``cache_keys`` list them (the op's ``latents`` roles; :mod:`i2score.runs.execute`)."""
-    from i2score.runs.ops import OPS
-
-    if op not in OPS:
-        raise ValueError(f"unknown op {op!r}")
-    ids = []
-    for role in OPS[op].latents:
-        # The ids planning gives the embeddings of each role (i2score.runs.plan).
-        ids.append(row_id if role == "image" else f"{row_id}.ref" if role == "ref" else str(params[role]))
-    return ids
+def _role_source_id(role: str, row_id: str, params: Mapping[str, Any]) -> str:
+    """The source id of the embedding an edit row uses in ``role`` (the ids planning gives them,
+    :mod:`i2score.runs.plan`): its image is the row, its second image ``<row>.ref``, an id
+    parameter (``a``, ``b``) the row it names."""
+    return row_id if role == "image" else f"{row_id}.ref" if role == "ref" else str(params[role])
 
 
-def _output(o: Mapping[str, Any], run_url: str, run_id: str) -> RunOutput:
-    """A :class:`RunOutput` from a ``manifest.parquet`` row or a batch record's output."""
-    op, sids, keys = str(o["op"]), [str(s) for s in o["source_ids"] or []], list(o["cache_keys"] or [])
-    params = _params(o.get("params"))
+def _output(o: Mapping[str, Any], run_url: str, run_id: str,
+            role_keys: Mapping[str, Mapping[str, Any]] | None) -> RunOutput:
+    """A :class:`RunOutput` from a ``manifest.parquet`` row or a batch record's output.
+
+    ``role_keys``: for edit and inpaint runs, row id -> ``{"keys": {role: cache key}, "params"}``
+    from the run's batch specs (the output rows list the keys without their roles)."""
+    op, sids, keys = str(o["op"]), [str(s) for s in o["source_ids"] or []], [str(k) for k in o["cache_keys"] or []]
+    source_keys: dict[str, str]
     own: str | None = None
-    # Augmentations: one key per source (the image, then its partner); the variant's latents are
-    # not cached.
-    roles = sids if op.startswith("augment/") else _latent_roles(op, sids[0], params)
-    if len(keys) not in (len(roles), len(roles) + 1) or (op.startswith("augment/") and len(keys) != len(roles)):
-        raise ValueError(f"run {run_id}, output {o['id']!r} (op {op}): {len(keys)} cache keys for the sources "
-                         f"{roles}; the run was written by another version of i2score?")
-    if len(keys) == len(roles) + 1:
-        own = keys[-1]  # an op that caches its own results (inpainting)
-    elif op == "reconstruct":
-        own = keys[0]  # rendered from its image's latents, as they are
+    if op.startswith("augment/"):
+        # One key per source (the image, then its partner, as execute lists both); the variant's
+        # latents are not cached.
+        if len(keys) != len(sids):
+            raise ValueError(f"run {run_id}, output {o['id']!r}: {len(keys)} cache keys for sources {sids}")
+        source_keys = dict(zip(sids, keys, strict=True))
+    elif role_keys is None:
+        # A reconstruct run: each output is rendered from its one embedding, as it is.
+        if len(keys) != 1 or len(sids) != 1:
+            raise ValueError(f"run {run_id}, output {o['id']!r} (op {op}): expected one source and one cache key, "
+                             f"got {sids} and {len(keys)} keys")
+        source_keys, own = {sids[0]: keys[0]}, keys[0]
+    else:
+        spec = role_keys.get(sids[0])
+        if spec is None:
+            raise ValueError(f"run {run_id}, output {o['id']!r}: no batch spec under {storage.redact(run_url)}/plan/ "
+                             f"names row {sids[0]!r}")
+        roles: Mapping[str, str] = spec["keys"]
+        source_keys = {_role_source_id(role, sids[0], spec["params"]): k for role, k in roles.items()}
+        extra = [k for k in keys if k not in roles.values()]
+        if len(extra) > 1 or not set(roles.values()) <= set(keys):
+            raise ValueError(f"run {run_id}, output {o['id']!r} (op {op}): its cache keys do not match its batch "
+                             f"spec's {dict(roles)}")
+        # Inpainting caches each solution as an extra key; a reconstruct row renders its image's.
+        own = extra[0] if extra else roles.get("image") if op == "reconstruct" else None
     url = o.get("output_url")
     # The stored URL is redacted and names the root the run was written under: rebuild it under
     # the root the caller opened (credentials, a moved folder).
     local = storage.join(run_url, "outputs", storage.basename(url)) if url else None
     created = o.get("created_at")
-    return RunOutput(id=str(o["id"]), op=op, url=local, source_ids=tuple(sids),
-                     source_keys=dict(zip(roles, keys[:len(roles)], strict=True)), latents_key=own, params=params,
+    return RunOutput(id=str(o["id"]), op=op, url=local, source_ids=tuple(sids), source_keys=source_keys,
+                     latents_key=own, params=_params(o.get("params")),
                      metrics={m: (None if o.get(m) is None else float(o[m])) for m in ("psnr", "lpips", "ssim")},
                      created_at=created if isinstance(created, datetime) else None)
 
@@ -343,6 +357,20 @@ class RunView:
 
         return batch_records(RunPaths(self.root, self.run_id))
 
+    def _role_keys(self) -> dict[str, dict[str, Any]]:
+        """Row id -> ``{"keys": {role: cache key}, "params": ...}`` of every edit row in the run's
+        batch specs (``plan/*.json``, every attempt's)."""
+        urls = storage.list_files(self._url("plan"), ".json")
+        out: dict[str, dict[str, Any]] = {}
+        for data in storage.read_many(urls).values():
+            if isinstance(data, BaseException):
+                raise data
+            spec = json.loads(data)
+            if spec.get("kind") == "edit":
+                for it in spec["items"]:
+                    out[it["row"]["id"]] = {"keys": it["keys"], "params": it["row"].get("params") or {}}
+        return out
+
     @property
     def outputs(self) -> list[RunOutput]:
         """The run's outputs, sorted by id."""
@@ -354,7 +382,8 @@ class RunView:
                 for rec in sorted(self._records(), key=lambda r: str(r["batch_id"])):
                     by_id.update({o["id"]: o for o in rec.get("outputs", [])})
                 rows = list(by_id.values())
-            self._outputs = sorted((_output(o, self.url, self.run_id) for o in rows), key=lambda o: o.id)
+            role_keys = self._role_keys() if self.kind in ("edit", "inpaint") else None
+            self._outputs = sorted((_output(o, self.url, self.run_id, role_keys) for o in rows), key=lambda o: o.id)
         return self._outputs
 
     def output(self, output_id: str) -> RunOutput:
@@ -444,11 +473,13 @@ class RunView:
         what = f"run {self.run_id} output {output_id}"
         return read_image(o.url, what=what) if not as_tensor else read_image_tensor(o.url, what=what)
 
-    def dataset(self, *, latents: Literal["output", "source"] = "output", transform: Any = None) -> RunDataset:
-        """A :class:`i2score.runs.dataset.RunDataset` over the run's outputs with their latents."""
+    def dataset(self, *, latents: Literal["output", "source"] = "output", ops: Sequence[str] | None = None,
+                transform: Callable[[Tensor], Tensor] | None = None) -> RunDataset:
+        """A :class:`i2score.runs.dataset.RunDataset` over the run's outputs with their latents
+        (of the given ``ops`` only, when given)."""
         from i2score.runs.dataset import RunDataset
 
-        return RunDataset(self, latents=latents, transform=transform)
+        return RunDataset(self, latents=latents, ops=ops, transform=transform)
 
     def __iter__(self) -> Iterator[RunOutput]:
         return iter(self.outputs)
@@ -472,9 +503,13 @@ def read_image_tensor(url: str, *, what: str = "image") -> Tensor:
 
 
 def _read_parquet(url: str) -> Any:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(io.BytesIO(storage.read_bytes(url)))
+    # An Arrow buffer, not io.BytesIO: reading through a Python file object after torch was
+    # imported made about 1 process in 4 abort at exit here ("terminate called without an active
+    # exception"; torch 2.13, pyarrow 26); a BufferReader never did in 40 tries.
+    return pq.read_table(pa.BufferReader(storage.read_bytes(url)))
 
 
 def open_run(root: str, run_id: str) -> RunView:
