@@ -11,6 +11,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 cache_app = typer.Typer(
     help="Latent cache: list, inspect, verify and compact the index under a storage root.",
@@ -65,7 +66,7 @@ def cache_ls(
     console = Console()
     what = f" of source {source!r}" if source is not None else ""
     # The heading on its own line: a table's title wraps at the table's width, often narrower.
-    console.print(f"latent cache {redact(root)}: {total} entries{what}", overflow="fold")
+    console.print(Text(f"latent cache {redact(root)}: {total} entries{what}"), overflow="fold")
     # One space between columns (the box's divider, no padding) and short cells: 80 columns.
     out = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0)
     out.add_column("source id", overflow="fold")
@@ -83,8 +84,10 @@ def cache_ls(
             settings = f"{algorithm} {settings}"
         if r["status"] != "ok":
             settings += f" ({r['status']})"
-        out.add_row(_fmt(r["source_id"]), r["key"][:8], _model(r["generator_id"]), settings, _fmt(r["steps"]),
-                    _fmt(r["psnr_wn"], 1), _size(r["npz_bytes"]), r["created_at"].strftime("%Y-%m-%d"))
+        # Text cells: ids are data, never rich markup.
+        out.add_row(Text(_fmt(r["source_id"])), r["key"][:8], Text(_model(r["generator_id"])), settings,
+                    _fmt(r["steps"]), _fmt(r["psnr_wn"], 1), _size(r["npz_bytes"]),
+                    r["created_at"].strftime("%Y-%m-%d"))
     console.print(out)
     if limit and total > limit:
         console.print(f"({total - limit} older entries not shown; --limit 0 shows all)")

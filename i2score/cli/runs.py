@@ -8,12 +8,14 @@ Exit codes: 0 shown; 2 no such run, or its files cannot be read.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 runs_app = typer.Typer(
     help="Runs under a storage root: list them, show one (config, counts, metrics, where its files are).",
@@ -27,6 +29,11 @@ RootOpt = Annotated[str, typer.Option("--root", help="Storage root URL: a local 
 _STATE_LABEL = {"completed with failures": "with failures"}
 _STATE_STYLE = {"completed": "green", "completed with failures": "yellow", "failed": "red", "running": "cyan",
                 "unreadable": "red"}
+
+
+def _fail(console: Console, message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {escape(message)}", overflow="fold", highlight=False)
+    raise typer.Exit(2)
 
 
 def _when(t: datetime | None) -> str:
@@ -45,13 +52,16 @@ def runs_ls(root: RootOpt = "i2s-data") -> None:
     from i2score.runs.results import UNREADABLE, list_runs
 
     console = Console()
-    runs = list_runs(root)
+    try:
+        runs = list_runs(root)
+    except Exception as e:  # noqa: BLE001 - a store that cannot be listed is one line, not a traceback
+        _fail(console, f"cannot list {redact(root)}/runs: {type(e).__name__}: {redact(str(e))}")
     if not runs:
-        console.print(f"no runs under {redact(root)}")
+        console.print(Text(f"no runs under {redact(root)}"))
         return
     # One space between columns (the box's divider, no padding): a default run id, its kind,
     # state, counts and date then fit 80 columns.
-    console.print(f"runs under {redact(root)}, newest first", overflow="fold")
+    console.print(Text(f"runs under {redact(root)}, newest first"), overflow="fold")
     out = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0)
     out.add_column("run id", overflow="fold")
     out.add_column("kind", no_wrap=True)
@@ -60,14 +70,14 @@ def runs_ls(root: RootOpt = "i2s-data") -> None:
     out.add_column("failed", justify="right", no_wrap=True)
     out.add_column("updated (UTC)", no_wrap=True)
     for r in runs:
-        style = _STATE_STYLE.get(r.state, "")
-        state = _STATE_LABEL.get(r.state, r.state)
-        out.add_row(r.run_id, r.kind or "-", f"[{style}]{state}[/{style}]" if style else state,
+        # Text cells: ids and paths are data, never rich markup.
+        out.add_row(Text(r.run_id), Text(r.kind or "-"),
+                    Text(_STATE_LABEL.get(r.state, r.state), style=_STATE_STYLE.get(r.state, "")),
                     _count(r.outputs), _count(r.failed), _when(r.updated))
     console.print(out)
     for r in runs:
         if r.state == UNREADABLE:
-            console.print(f"[red]{r.run_id}[/red]: {r.reason}", overflow="fold")
+            console.print(Text.assemble((r.run_id, "red"), f": {r.reason}"), overflow="fold")
 
 
 def _medians(summary: dict[str, Any]) -> str:
@@ -94,45 +104,49 @@ def runs_show(
     try:
         run = open_run(root, run_id)
     except (RunNotFoundError, ValueError) as e:
-        console.print(f"[red]error:[/red] {e}", overflow="fold")
-        raise typer.Exit(2) from None
+        _fail(console, str(e))
+    except Exception as e:  # noqa: BLE001 - an unreadable store or run is one line, not a traceback
+        _fail(console, f"cannot read run {run_id} under {redact(root)}: {type(e).__name__}: {redact(str(e))}")
     cfg, plan, s = run.config, run.plan, run.summary if run.finished else None
     sched = plan.get("schedule") or {}
     out = Table(title=f"run {run.run_id}", box=box.SIMPLE_HEAD, show_header=False, pad_edge=False)
     out.add_column("field", style="bold", no_wrap=True)
     out.add_column("value", overflow="fold")
-    out.add_row("kind", run.kind)
-    out.add_row("state", run.state)
-    out.add_row("manifest", redact(cfg["manifest"]))
+
+    def row(name: str, value: str) -> None:
+        out.add_row(name, Text(value))  # data, never rich markup
+
+    row("kind", run.kind)
+    row("state", run.state)
+    row("manifest", redact(cfg["manifest"]))
     gen = run.generator
-    out.add_row("model", f"{gen['id']} ({gen['resolution']} px, sha256 {gen['sha256'][:12]})")
-    out.add_row("schedule", f"{sched.get('name')}: {sched.get('steps_w')}+{sched.get('steps_n')} steps, "
-                            f"edits {sched.get('edit_steps_w')}+{sched.get('edit_steps_n')}")
-    out.add_row("seed", str(cfg.get("seed")))
+    row("model", f"{gen['id']} ({gen['resolution']} px, sha256 {gen['sha256'][:12]})")
+    row("schedule", f"{sched.get('name')}: {sched.get('steps_w')}+{sched.get('steps_n')} steps, "
+                    f"edits {sched.get('edit_steps_w')}+{sched.get('edit_steps_n')}")
+    row("seed", str(cfg.get("seed")))
     engine = plan.get("engine") or {}
-    out.add_row("engine", f"device {cfg.get('device')}, batch {cfg.get('batch_size')}, "
-                          f"{engine.get('precision', '-')}")
+    row("engine", f"device {cfg.get('device')}, batch {cfg.get('batch_size')}, {engine.get('precision', '-')}")
     if s is not None:
         rows = s["rows"]
         reasons = ", ".join(f"{k} {v}" for k, v in (s.get("errors_by_reason") or {}).items())
-        out.add_row("outputs", str(rows["outputs"]))
-        out.add_row("failed rows", f"{rows['failed']}" + (f" ({reasons})" if reasons else ""))
-        out.add_row("medians", _medians(s))
-        out.add_row("embedding", f"{s.get('embedded', 0)} images, {s.get('embedding_steps', 0)} steps, "
-                                 f"{s.get('cache_hits', 0)} cache hits")
+        row("outputs", str(rows["outputs"]))
+        row("failed rows", f"{rows['failed']}" + (f" ({reasons})" if reasons else ""))
+        row("medians", _medians(s))
+        row("embedding", f"{s.get('embedded', 0)} images, {s.get('embedding_steps', 0)} steps, "
+                         f"{s.get('cache_hits', 0)} cache hits")
         wall = s.get("wall_seconds")
-        out.add_row("batches", f"{s.get('batches_total')} ({s.get('attempts')} attempt(s))"
-                               + (f", wall {wall:.0f} s" if wall is not None else ""))
+        row("batches", f"{s.get('batches_total')} ({s.get('attempts')} attempt(s))"
+                       + (f", wall {wall:.0f} s" if wall is not None else ""))
     else:
         counts = plan.get("counts") or {}
-        out.add_row("planned", ", ".join(f"{k} {v}" for k, v in counts.items()))
-        out.add_row("outputs", f"{len(run.outputs)} so far (not finished: re-run the job to resume)")
+        row("planned", ", ".join(f"{k} {v}" for k, v in counts.items()))
+        row("outputs", f"{len(run.outputs)} so far (not finished: re-run the job to resume)")
     files = run.files
-    out.add_row("outputs in", redact(files["outputs"]))
+    row("outputs in", redact(files["outputs"]))
     if s is not None:
-        out.add_row("report", redact(files["report_html"]))
-        out.add_row("", redact(files["report"]))
-        out.add_row("errors", redact(files["errors"]))
+        row("report", redact(files["report_html"]))
+        row("", redact(files["report"]))
+        row("errors", redact(files["errors"]))
     console.print(out)
     failed = run.failed
     if failed and failures:
@@ -142,7 +156,7 @@ def runs_show(
         bad.add_column("reason", overflow="fold")
         bad.add_column("message", overflow="fold")
         for f in failed[:failures]:
-            bad.add_row(str(f.row), f.id or "-", f.reason, redact(f.message))
+            bad.add_row(str(f.row), Text(f.id or "-"), f.reason, Text(redact(f.message)))
         console.print(bad)
         if len(failed) > failures:
-            console.print(f"({len(failed) - failures} more; all in {redact(files['errors'])})", overflow="fold")
+            console.print(Text(f"({len(failed) - failures} more; all in {redact(files['errors'])})"), overflow="fold")
