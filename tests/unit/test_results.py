@@ -55,7 +55,8 @@ def _run(config: JobConfig) -> str:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """``(root, {"reconstruct": id, "edit": id, "planned": id})`` on the demo model, "2+2" steps."""
+    """``(root, {"reconstruct": id, "edit": id, "augment": id, "planned": id})`` on the demo model,
+    "2+2" steps."""
     tmp = tmp_path_factory.mktemp("results")
     inputs = tmp / "inputs"
     inputs.mkdir()
@@ -74,10 +75,11 @@ def runs(tmp_path_factory):
     (inputs / "one.csv").write_text("id,image\np0,p0.png\n")
     root = str(tmp / "root")
 
-    def config(kind: str, manifest: str, seed: int = 0) -> JobConfig:
-        return JobConfig(kind, str(inputs / manifest), root, None, "2+2", 2, "cpu", seed, None)
+    def config(kind: str, manifest: str, seed: int = 0, **kw) -> JobConfig:
+        return JobConfig(kind, str(inputs / manifest), root, None, "2+2", 2, "cpu", seed, None, **kw)
 
     ids = {"reconstruct": _run(config("reconstruct", "rec.csv")), "edit": _run(config("edit", "edit.csv"))}
+    ids["augment"] = _run(config("augment", "rec.csv", n_per_image=2, ops=("style_mix", "noise")))
     ids["planned"] = plan_run(config("reconstruct", "one.csv", seed=7)).run_id  # never run: interrupted
     (Path(root) / "runs" / "stray" / "batches").mkdir(parents=True)  # a folder an attempt left before planning
     return root, ids
@@ -243,6 +245,21 @@ def test_an_edit_runs_dataset_says_which_outputs_lack_latents_and_offers_their_s
         run.dataset(latents="nope")  # type: ignore[arg-type]
 
 
+def test_an_augment_runs_variants_come_with_the_latents_of_their_sources(runs):
+    root, ids = runs
+    rec, run = open_run(root, ids["reconstruct"]), open_run(root, ids["augment"])
+    assert len(run.outputs) == 6 and {o.op for o in run.outputs} == {"augment/style_mix", "augment/noise"}
+    assert [f.id for f in run.failed] == ["bad"]
+    for o in run.outputs:
+        assert o.latents_key is None and o.source_keys == {s: rec.sources[s] for s in o.source_ids}
+    with pytest.raises(ValueError, match="3 augment/noise, 3 augment/style_mix output\\(s\\) have no output"):
+        run.dataset()
+    ds = run.dataset(latents="source")
+    item = ds[0]
+    assert item["id"] == run.outputs[0].id and item["source_id"] == run.outputs[0].source_ids[0]
+    assert torch.equal(item["w"], rec.latents(item["source_id"]).w[0])
+
+
 def test_list_runs_newest_first_with_states(runs):
     root, ids = runs
     listed = {r.run_id: r for r in list_runs(root)}
@@ -254,7 +271,7 @@ def test_list_runs_newest_first_with_states(runs):
     assert listed["stray"].state == NOT_PLANNED
     assert rec.generator == "demo-faces-64" and rec.schedule == "2+2"
     order = [r.run_id for r in list_runs(root)]
-    assert order[:3] == [ids["planned"], ids["edit"], ids["reconstruct"]]
+    assert order[:4] == [ids["planned"], ids["augment"], ids["edit"], ids["reconstruct"]]
     assert list_runs(str(Path(root) / "nothing-here")) == []
     # An unfinished run's outputs come from its batch records (none yet).
     assert open_run(root, ids["planned"]).outputs == []
