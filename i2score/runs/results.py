@@ -229,11 +229,11 @@ def _role_source_id(role: str, row_id: str, params: Mapping[str, Any]) -> str:
 
 
 def _output(o: Mapping[str, Any], run_url: str, run_id: str,
-            role_keys: Mapping[str, Mapping[str, Any]] | None) -> RunOutput:
+            role_keys: Mapping[str, list[dict[str, Any]]] | None) -> RunOutput:
     """A :class:`RunOutput` from a ``manifest.parquet`` row or a batch record's output.
 
-    ``role_keys``: for edit and inpaint runs, row id -> ``{"keys": {role: cache key}, "params"}``
-    from the run's batch specs (the output rows list the keys without their roles)."""
+    ``role_keys``: for edit and inpaint runs, row id -> its ``{"keys": {role: cache key},
+    "params"}`` in the run's batch specs (the output rows list the keys without their roles)."""
     op, sids, keys = str(o["op"]), [str(s) for s in o["source_ids"] or []], [str(k) for k in o["cache_keys"] or []]
     source_keys: dict[str, str]
     own: str | None = None
@@ -250,16 +250,15 @@ def _output(o: Mapping[str, Any], run_url: str, run_id: str,
                              f"got {sids} and {len(keys)} keys")
         source_keys, own = {sids[0]: keys[0]}, keys[0]
     else:
-        spec = role_keys.get(sids[0])
-        if spec is None:
-            raise ValueError(f"run {run_id}, output {o['id']!r}: no batch spec under {storage.redact(run_url)}/plan/ "
-                             f"names row {sids[0]!r}")
-        roles: Mapping[str, str] = spec["keys"]
-        source_keys = {_role_source_id(role, sids[0], spec["params"]): k for role, k in roles.items()}
-        extra = [k for k in keys if k not in roles.values()]
-        if len(extra) > 1 or not set(roles.values()) <= set(keys):
-            raise ValueError(f"run {run_id}, output {o['id']!r} (op {op}): its cache keys do not match its batch "
-                             f"spec's {dict(roles)}")
+        # A row retried after its file was fixed has a spec per attempt: the one whose keys the
+        # output lists made it.
+        specs = [sp for sp in role_keys.get(sids[0], []) if set(sp["keys"].values()) <= set(keys)]
+        extra = [k for k in keys if not specs or k not in specs[0]["keys"].values()]
+        if not specs or len(extra) > 1:
+            raise ValueError(f"run {run_id}, output {o['id']!r} (op {op}): no batch spec under "
+                             f"{storage.redact(run_url)}/plan/ gives row {sids[0]!r} the cache keys it lists")
+        roles: Mapping[str, str] = specs[0]["keys"]
+        source_keys = {_role_source_id(role, sids[0], specs[0]["params"]): k for role, k in roles.items()}
         # Inpainting caches each solution as an extra key; a reconstruct row renders its image's.
         own = extra[0] if extra else roles.get("image") if op == "reconstruct" else None
     url = o.get("output_url")
@@ -357,18 +356,19 @@ class RunView:
 
         return batch_records(RunPaths(self.root, self.run_id))
 
-    def _role_keys(self) -> dict[str, dict[str, Any]]:
-        """Row id -> ``{"keys": {role: cache key}, "params": ...}`` of every edit row in the run's
-        batch specs (``plan/*.json``, every attempt's)."""
+    def _role_keys(self) -> dict[str, list[dict[str, Any]]]:
+        """Row id -> its ``{"keys": {role: cache key}, "params": ...}`` in each of the run's batch
+        specs (``plan/*.json``, every attempt's) that holds it."""
         urls = storage.list_files(self._url("plan"), ".json")
-        out: dict[str, dict[str, Any]] = {}
+        out: dict[str, list[dict[str, Any]]] = {}
         for data in storage.read_many(urls).values():
             if isinstance(data, BaseException):
                 raise data
             spec = json.loads(data)
             if spec.get("kind") == "edit":
                 for it in spec["items"]:
-                    out[it["row"]["id"]] = {"keys": it["keys"], "params": it["row"].get("params") or {}}
+                    out.setdefault(it["row"]["id"], []).append(
+                        {"keys": it["keys"], "params": it["row"].get("params") or {}})
         return out
 
     @property
