@@ -14,6 +14,7 @@ from i2score.cli.cache import cache_app
 from i2score.cli.manifest import manifest_app
 from i2score.cli.models import models_app
 from i2score.cli.report import report_cmd
+from i2score.cli.runs import runs_app
 from i2score.cli.train import train_cmd
 from i2score.cli.train_encoder import train_encoder_cmd
 from i2score.cli.validate import validate_cmd
@@ -32,6 +33,7 @@ app.command("report")(report_cmd)
 app.command("train")(train_cmd)
 app.command("train-encoder")(train_encoder_cmd)
 app.add_typer(cache_app, name="cache")
+app.add_typer(runs_app, name="runs")
 app.add_typer(bench_app, name="bench")
 # Whatever a command logs (storage retries, Prefect's records) is redacted.
 install_log_redaction()

@@ -11,6 +11,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 cache_app = typer.Typer(
     help="Latent cache: list, inspect, verify and compact the index under a storage root.",
@@ -28,34 +29,68 @@ def _fmt(value: object, digits: int = 2) -> str:
     return str(value)
 
 
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.0f} {unit}" if n >= 10 * scale else f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def _model(generator_id: str | None) -> str:
+    # A model given as a path or URL is named by its file: the folder is in `i2s cache show`.
+    return generator_id.rstrip("/").rsplit("/", 1)[-1] if generator_id else "-"
+
+
 @cache_app.command("ls")
 def cache_ls(
     root: RootArg,
     limit: Annotated[int, typer.Option(help="Show at most this many (newest) entries; 0 = all.")] = 50,
+    source: Annotated[str | None, typer.Option(help="Only the entries of this source id (a manifest row id).")] = None,
 ) -> None:
-    """List cache entries (newest row per key) from the index."""
+    """List cache entries, newest first (newest row per key): source id, key prefix (for
+    `i2s cache show`), model, settings (W+ steps + noise steps; the algorithm when not a
+    reconstruction), steps run, PSNR (dB, w and noise), NPZ size and date (UTC). Fits 80 columns."""
+    import pyarrow.compute as pc
+
     from i2score.data.cache import LatentCache
+    from i2score.data.cache.view import settings_label
     from i2score.data.storage import redact
 
-    table = LatentCache(root).ls()
+    table = LatentCache(root).ls()  # oldest first
+    if source is not None:
+        table = table.filter(pc.equal(table.column("source_id"), source))
+    total = table.num_rows
+    shown = table.slice(max(0, total - limit)) if limit else table
     console = Console()
-    rows = table.to_pylist()
-    shown = rows[-limit:] if limit else rows
-    out = Table(title=f"latent cache {redact(root)}: {len(rows)} entries", box=box.SIMPLE_HEAD)
+    what = f" of source {source!r}" if source is not None else ""
+    # The heading on its own line: a table's title wraps at the table's width, often narrower.
+    console.print(Text(f"latent cache {redact(root)}: {total} entries{what}"), overflow="fold")
+    # One space between columns (the box's divider, no padding) and short cells: 80 columns.
+    out = Table(box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+    out.add_column("source id", overflow="fold")
     out.add_column("key", no_wrap=True)
-    out.add_column("generator", overflow="fold")
-    out.add_column("algorithm", overflow="fold")
-    out.add_column("w", justify="right", no_wrap=True)
-    out.add_column("psnr_wn", justify="right", no_wrap=True)
-    out.add_column("status", no_wrap=True)
-    out.add_column("created (UTC)", no_wrap=True)
-    for r in shown:
-        out.add_row(r["key"][:12], _fmt(r["generator_id"]), f"{r['algorithm']} v{r['algorithm_version']}",
-                    f"{r['num_ws']}x{r['w_dim']}", _fmt(r["psnr_wn"]), r["status"],
-                    r["created_at"].strftime("%Y-%m-%d %H:%M"))
+    out.add_column("model", overflow="ellipsis", max_width=18)
+    out.add_column("settings", overflow="fold")
+    out.add_column("steps", justify="right", no_wrap=True)
+    out.add_column("psnr", justify="right", no_wrap=True)
+    out.add_column("size", justify="right", no_wrap=True)
+    out.add_column("date", no_wrap=True)
+    for r in reversed(shown.to_pylist()):
+        algorithm = r["algorithm"].rsplit("/", 1)[-1]
+        settings = settings_label(json.loads(r["params"]))
+        if algorithm != "reconstruct":
+            settings = f"{algorithm} {settings}"
+        if r["status"] != "ok":
+            settings += f" ({r['status']})"
+        # Text cells: ids are data, never rich markup.
+        out.add_row(Text(_fmt(r["source_id"])), r["key"][:8], Text(_model(r["generator_id"])), settings,
+                    _fmt(r["steps"]), _fmt(r["psnr_wn"], 1), _size(r["npz_bytes"]),
+                    r["created_at"].strftime("%Y-%m-%d"))
     console.print(out)
-    if limit and len(rows) > limit:
-        console.print(f"({len(rows) - limit} older entries not shown; --limit 0 shows all)")
+    if limit and total > limit:
+        console.print(f"({total - limit} older entries not shown; --limit 0 shows all)")
 
 
 @cache_app.command("show")

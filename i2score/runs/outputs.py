@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import io
 import json
 import os
 import re
@@ -184,7 +183,7 @@ def _table_to_bytes(table: pa.Table) -> bytes:
 
 def read_table(url: str) -> pa.Table:
     """Read a Parquet file written here (one GET)."""
-    return pq.read_table(io.BytesIO(storage.read_bytes(url)))
+    return pq.read_table(pa.BufferReader(storage.read_bytes(url)))
 
 
 class RunOutputs:

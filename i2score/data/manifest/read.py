@@ -122,10 +122,11 @@ def _parse_jsonl(text: str) -> tuple[list[str], list[Record]]:
 
 
 def _parse_parquet(data: bytes, url: str) -> tuple[list[str], list[Record]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(io.BytesIO(data))
+        table = pq.read_table(pa.BufferReader(data))
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, OSError, ... for corrupt files
         raise ManifestError(f"{storage.redact(url)}: not a readable Parquet file: {e}") from None
     columns = _norm_columns(table.column_names, url)
