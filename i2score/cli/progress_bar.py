@@ -33,8 +33,9 @@ class StepProgressBar:
     def __init__(self, label: str, console: Console) -> None:
         self._bar = Progress(TextColumn(f"[bold]{label}[/bold] {{task.description}}"), BarColumn(),
                              TextColumn("{task.fields[count]}"),
-                             TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                             TimeElapsedColumn(), TextColumn("elapsed ·"), TimeRemainingColumn(), TextColumn("left"),
                              console=console, transient=True, refresh_per_second=1 / REFRESH_S)
+        self._label = label
         self._tasks: dict[tuple[str, int], TaskID] = {}
         self._lock = threading.Lock()
         self._started: set[TaskID] = set()
@@ -55,8 +56,10 @@ class StepProgressBar:
             self._bar.update(self._planning, visible=False)
             for i, phase in enumerate(run.phases):
                 steps = phase.total_steps > 0
+                # "reconstruct" runs one phase of its own name; the others say which phase a bar is.
                 self._tasks[(run.run_id, i)] = self._bar.add_task(
-                    phase.kind, total=phase.total_steps if steps else len(phase.budgets), count="", start=False)
+                    "" if phase.kind == self._label else phase.kind,
+                    total=phase.total_steps if steps else len(phase.budgets), count="", start=False)
         self.changed(run)
 
     def changed(self, run: progress.RunProgress) -> None:
