@@ -217,7 +217,11 @@ def test_the_run_dataset_yields_images_with_their_latents_in_a_dataloader(runs):
     # Small to pickle (URLs and keys), so worker processes get it.
     again = pickle.loads(pickle.dumps(ds))
     assert torch.equal(again[2]["w"], ds[2]["w"])
-    ids_seen = [i for b in DataLoader(ds, batch_size=2, num_workers=1) for i in b["id"]]
+    # A spawned worker gets the dataset only by pickling it (the strict case). A forked one would
+    # also inherit whatever the test process runs (in the full suite: Prefect's threads and
+    # atexit hooks, which made a forked worker exit 1 at shutdown).
+    ids_seen = [i for b in DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context="spawn")
+                for i in b["id"]]
     assert ids_seen == ["p0", "p1", "p2"]
     flipped = rec.dataset(transform=lambda x: (x + 1) / 2)[0]["image"]
     assert float(flipped.min()) >= 0 and torch.allclose(flipped * 2 - 1, ds[0]["image"])
