@@ -19,6 +19,10 @@ def train_cmd(
     channel_max: Annotated[int, typer.Option(help="Channel cap of both networks.")] = 128,
     dataset_size: Annotated[int, typer.Option(help="Portraits 0..N-1 form the training set.")] = 16_384,
     r1_gamma: Annotated[float, typer.Option(help="R1 penalty weight.")] = 0.1,
+    pl_weight: Annotated[float, typer.Option(help="Path-length regularisation weight (0: off, as for "
+                                                  "demo-faces-64; 2: StyleGAN2's, demo-faces-64-v2).")] = 2.0,
+    init_from: Annotated[str, typer.Option(help="Start the generator from this model (registry name or "
+                                                "path; same architecture) with a fresh discriminator.")] = "",
     seed: Annotated[int, typer.Option(help="Seed of weights, latents, noise and data order.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
@@ -30,8 +34,9 @@ def train_cmd(
 ) -> None:
     """Train a StyleGAN2 generator + residual discriminator on procedural portraits.
 
-    Non-saturating logistic loss, lazy R1, style mixing, EMA generator, x-flips; seeded and
-    resumable (rerun the same command). The defaults are the bundled demo-faces-64 model.
+    Non-saturating logistic loss, lazy R1, path-length regularisation, style mixing, EMA
+    generator, x-flips; seeded and resumable (rerun the same command). The README gives the
+    exact commands of the bundled models.
     """
     import torch
 
@@ -40,7 +45,8 @@ def train_cmd(
     from i2score.generator.registry import sha256_file
 
     cfg = TrainConfig(resolution=resolution, channel_multiplier=channel_multiplier, channel_max=channel_max,
-                      batch=batch, kimg=kimg, r1_gamma=r1_gamma, dataset_size=dataset_size, seed=seed)
+                      batch=batch, kimg=kimg, r1_gamma=r1_gamma, dataset_size=dataset_size, seed=seed,
+                      pl_weight=pl_weight, init_from=init_from)
     typer.echo("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
     path = train(cfg, out, device=device, amp=amp, max_steps=max_steps, render_workers=render_workers,
                  log=lambda msg: typer.echo(msg))

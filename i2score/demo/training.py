@@ -2,10 +2,13 @@
 
 What the bundled demo model is trained with (StyleGAN2 paper, Karras et al. 2020, Sec. 2 and
 appendix B, at a small scale): non-saturating logistic loss, lazy R1 penalty on real images
-every ``r1_every`` discriminator steps, style mixing regularisation, an exponential moving
-average of the generator (the exported model), x-flips of the data, Adam with
-``betas=(0, 0.99)``. Path-length regularisation is left out: it costs a second generator
-backward pass and the demo model is judged by embedding quality, not by PPL.
+every ``r1_every`` discriminator steps, style mixing regularisation, lazy path-length
+regularisation every ``pl_every`` generator steps (``pl_weight`` 0 turns it off, as for
+``demo-faces-64``; ``demo-faces-64-v2`` has it: a smoother W makes edits and interpolations
+between embedded images look real), an exponential moving average of the generator (the
+exported model), x-flips of the data, Adam with ``betas=(0, 0.99)``. ``init_from`` starts the
+generator from an exported model (with a fresh discriminator), so a run can continue where a
+published model ended without its training checkpoint.
 
 Runs on CPU (slowly) and CUDA (``amp`` = bf16 autocast there). Deterministic for a seed on
 a given device and thread count, and resumable: ``train`` continues from ``checkpoint.pt`` in
@@ -130,6 +133,14 @@ class TrainConfig:
     seed: int = 0
     snapshot_every: int = 250
     log_every: int = 25
+    #: Path-length regularisation (StyleGAN2 Sec. 3.2): weight, interval (lazy), batch shrink,
+    #: and the decay of the running mean path length ``a``.
+    pl_weight: float = 2.0
+    pl_every: int = 4
+    pl_batch_shrink: int = 2
+    pl_decay: float = 0.01
+    #: Model source (registry name or path) whose weights start the generator and its EMA.
+    init_from: str = ""
 
     @property
     def generator_config(self) -> GeneratorConfig:
@@ -201,6 +212,8 @@ class Trainer:
         # Every random stream is an explicit generator, saved with the checkpoint.
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.rng = np.random.default_rng([cfg.seed, 2])
+        # Running mean of the path lengths, the target of the path-length penalty.
+        self.pl_mean = torch.zeros((), device=self.device)
         self.step = 0
         self.order: np.ndarray = self.rng.permutation(len(data))
         self.cursor = 0
@@ -253,6 +266,8 @@ class Trainer:
         loss_g.backward()
         self.opt_G.step()
         stats["loss_g"] = float(loss_g.detach())
+        if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
+            stats["pl_length"] = self._path_length_step()
         # Discriminator: softplus(D(fake)) + softplus(-D(real)).
         self.D.requires_grad_(True)
         real = self.real_batch()
@@ -282,6 +297,39 @@ class Trainer:
         self.step += 1
         return stats
 
+    def _path_length_step(self) -> float:
+        """Lazy path-length penalty ``(|J_w^T y| − a)²`` with ``y`` a random image-space direction.
+
+        Pushes the generator's Jacobian w.r.t. ``w`` towards a constant length, so that equal
+        steps in W move the image equally everywhere (StyleGAN2 Sec. 3.2). Returns the mean
+        path length of this batch.
+        """
+        cfg = self.cfg
+        n = max(cfg.batch // cfg.pl_batch_shrink, 1)
+        with self._autocast():
+            ws = self.fake_ws(n)
+            fake = self.G.synthesize(ws, self.noise(n))
+        r = fake.shape[-1]
+        direction = torch.randn(fake.shape, generator=self.gen).to(self.device) / r
+        (grad,) = torch.autograd.grad((fake.float() * direction).sum(), ws, create_graph=True)
+        lengths = grad.float().square().sum(2).mean(1).sqrt()
+        with torch.no_grad():
+            self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean(), cfg.pl_decay))
+        penalty = (lengths - self.pl_mean).square().mean()
+        self.opt_G.zero_grad(set_to_none=True)
+        (penalty * cfg.pl_weight * cfg.pl_every).backward()
+        self.opt_G.step()
+        return float(lengths.detach().mean())
+
+    def init_generator(self, G: StyleGAN2) -> None:
+        """Start the generator and its EMA from ``G``'s weights (same architecture)."""
+        try:
+            self.G.load_state_dict(G.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"init_from {self.cfg.init_from!r} does not match this run's generator "
+                             f"({self.cfg.generator_config}): {exc}") from exc
+        self.G_ema.load_state_dict(self.G.state_dict())
+
     def _update_ema(self) -> None:
         cfg = self.cfg
         ema_nimg = cfg.ema_kimg * 1000
@@ -302,6 +350,7 @@ class Trainer:
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "gen": self.gen.get_state(), "rng": self.rng.bit_generator.state,
             "order": torch.from_numpy(self.order.copy()), "cursor": self.cursor,
+            "pl_mean": self.pl_mean.detach().cpu(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -326,6 +375,7 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         self.order = state["order"].numpy().copy()
         self.cursor = int(state["cursor"])
+        self.pl_mean.copy_(state["pl_mean"])
 
     def export_generator(self) -> StyleGAN2:
         """The EMA generator as an inference model (CPU, eval, tracked mean w set)."""
@@ -367,6 +417,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
         if ckpt.is_file():
             trainer.load_state(torch.load(ckpt, map_location=trainer.device, weights_only=False))
             log(f"resumed from {ckpt} at step {trainer.step}")
+        elif cfg.init_from:
+            from i2score.generator.checkpoints import load_generator
+
+            G0 = load_generator(cfg.init_from)
+            if not isinstance(G0, StyleGAN2):
+                raise ValueError(f"init_from {cfg.init_from!r} is not a StyleGAN2 of this project")
+            trainer.init_generator(G0)
+            log(f"generator initialised from {cfg.init_from}")
         end = cfg.total_steps if max_steps is None else min(cfg.total_steps, trainer.step + max_steps)
         t_last, step_last = time.perf_counter(), trainer.step
         with open(out / "log.jsonl", "a") as logf:
@@ -379,10 +437,13 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
                     kimg = trainer.step * cfg.batch / 1000
                     record = {"step": trainer.step, "kimg": round(kimg, 3),
                               "sec_per_step": round(sec_per_step, 4), **{k: round(v, 4) for k, v in stats.items()}}
+                    if cfg.pl_weight > 0:
+                        record["pl_mean"] = round(trainer.pl_mean.item(), 4)
                     logf.write(json.dumps(record) + "\n")
                     logf.flush()
                     log(f"step {trainer.step}/{cfg.total_steps} kimg {kimg:.1f} "
-                        f"{sec_per_step:.2f} s/step G {stats['loss_g']:.3f} D {stats['loss_d']:.3f}")
+                        f"{sec_per_step:.2f} s/step G {stats['loss_g']:.3f} D {stats['loss_d']:.3f}"
+                        + (f" pl {trainer.pl_mean.item():.3f}" if cfg.pl_weight > 0 else ""))
                 if trainer.step % cfg.snapshot_every == 0 or trainer.step == end:
                     atomic_torch_save(trainer.state(), ckpt)
                     G = trainer.export_generator()

@@ -117,3 +117,46 @@ def test_cli_train_help() -> None:
 
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0 and "resume" in result.output.lower()
+
+
+def test_path_length_regularisation_runs_lazily_and_tracks_its_mean(tiny_data: torch.Tensor) -> None:
+    cfg = TrainConfig(**{**TINY.__dict__, "pl_every": 2})
+    off = TrainConfig(**{**TINY.__dict__, "pl_weight": 0.0})
+    with kernels.fast_kernels():
+        t = Trainer(cfg, tiny_data)
+        stats = [t.train_step() for _ in range(3)]
+        plain = Trainer(off, tiny_data)
+        plain_stats = [plain.train_step() for _ in range(3)]
+    assert ["pl_length" in s for s in stats] == [True, False, True]
+    assert all(s["pl_length"] > 0 for s in stats if "pl_length" in s)
+    # The running mean moves from 0 towards the measured lengths by pl_decay per update.
+    first = stats[0]["pl_length"] * cfg.pl_decay
+    assert float(t.pl_mean) > first * 0.99 > 0
+    assert not any("pl_length" in s for s in plain_stats) and float(plain.pl_mean) == 0.0
+    # The penalty changes the generator's update.
+    assert not torch.equal(_params(t.G), _params(plain.G))
+
+
+def test_init_from_starts_the_generator_from_an_exported_model(tmp_path: Path, tiny_data: torch.Tensor) -> None:
+    first = tmp_path / "first"
+    train(TINY, first, max_steps=2, log=lambda m: None)
+    g0 = load_generator(first / "generator.pt")
+    cfg = TrainConfig(**{**TINY.__dict__, "init_from": str(first / "generator.pt"), "seed": 4})
+    t = Trainer(cfg, tiny_data)
+    t.init_generator(g0)
+    assert torch.equal(_params(t.G), _params(g0)) and torch.equal(_params(t.G_ema), _params(g0))
+    messages: list[str] = []
+    second = tmp_path / "second"
+    train(cfg, second, max_steps=1, log=messages.append)
+    assert any("initialised from" in m for m in messages)
+    # One step from g0 stays near g0; a fresh generator of another seed is far from it.
+    g1 = load_generator(second / "generator.pt")
+    fresh = Trainer(TrainConfig(**{**TINY.__dict__, "seed": 4}), tiny_data)
+    assert (_params(g1) - _params(g0)).norm() < 0.2 * (_params(fresh.G) - _params(g0)).norm()
+    # A resumed run keeps its own checkpoint instead of re-initialising.
+    messages.clear()
+    train(cfg, second, max_steps=1, log=messages.append)
+    assert any("resumed" in m for m in messages) and not any("initialised" in m for m in messages)
+    wide = TrainConfig(**{**TINY.__dict__, "channel_max": 32, "init_from": str(first / "generator.pt")})
+    with pytest.raises(ValueError, match="does not match"):
+        train(wide, tmp_path / "third", max_steps=1, log=lambda m: None)
