@@ -24,7 +24,7 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
             model: str | None = None, schedule: str = "fast", batch_size: int | str = 8, device: str = "auto",
             runner: str = "local", seed: int = 0, include_originals: bool = True,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
-                precision: str = "auto",
+                precision: str = "auto", w_closeness: str | None = None,
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
         wait_for_lease: bool = False) -> State[dict[str, Any]]:
@@ -42,6 +42,7 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
     return run_job(JobConfig("augment", plain_url(manifest), root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
                              include_originals=include_originals,
-                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
+                             channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
                              max_input_bytes=max_input_bytes), runner, wait_for_lease)

@@ -55,6 +55,9 @@ Init = Annotated[str | None, typer.Option(help="Where embeddings start: mean, un
 EncoderOpt = Annotated[str | None, typer.Option("--encoder", help="Encoder of an encoder start: registry name, "
                                                                   "path or URL (default: the generator's).")]
 Precision = Annotated[str, typer.Option(help="auto (CPU fp32, CUDA bf16), fp32 or bf16.")]
+WClosenessOpt = Annotated[str | None, typer.Option(
+    "--w-closeness", help="W-closeness penalties of the embedding's W+ stage: none, offset=λ, pnorm=λ "
+                          "(comma-separated; default: the job kind's, README 'Editability').")]
 ChannelsLast = Annotated[bool | None, typer.Option("--channels-last/--no-channels-last",
                                                    help="NHWC activations (default: off).")]
 Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the generator (compiles once per process).")]
@@ -227,7 +230,7 @@ def reconstruct_cmd(
     root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8",
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
-    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
@@ -235,6 +238,7 @@ def reconstruct_cmd(
     _finish(_run("reconstruct", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
 
 
@@ -246,7 +250,7 @@ def inpaint_cmd(
                                                                    "override).")] = 1,
     model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
-    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
     masks: Annotated[str | None, typer.Option("--masks", help=MASKS_HELP)] = None,
@@ -256,6 +260,7 @@ def inpaint_cmd(
                  device=device, runner=runner, seed=seed, run_id=run_id,
                  masks=masks,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
 
 
@@ -265,7 +270,7 @@ def edit_cmd(
     root: Root = "i2s-data", model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8",
     device: Device = "auto", runner: Runner = "local", seed: Seed = 0, run_id: RunId = None,
     verbose: Verbose = False,
-    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
@@ -273,6 +278,7 @@ def edit_cmd(
     _finish(_run("edit", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
 
 
@@ -287,7 +293,7 @@ def augment_cmd(
     originals: Annotated[bool, typer.Option(help="List the original images in dataset.csv too.")] = True,
     model: Model = None, schedule: ScheduleOpt = "fast", batch_size: BatchSize = "8", device: Device = "auto",
     runner: Runner = "local", seed: Seed = 0, run_id: RunId = None, verbose: Verbose = False,
-    init: Init = None, encoder: EncoderOpt = None, precision: Precision = "auto",
+    init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
 ) -> None:
@@ -297,6 +303,7 @@ def augment_cmd(
                  schedule=schedule, device=device, runner=runner, seed=seed,
                  run_id=run_id,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
+                 w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
 
 

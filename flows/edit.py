@@ -24,7 +24,7 @@ from i2score.runs.config import JobConfig
 def edit(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
          batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
          run_id: str | None = None, init: str | None = None, encoder: str | None = None,
-                precision: str = "auto",
+                precision: str = "auto", w_closeness: str | None = None,
          channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
         wait_for_lease: bool = False) -> State[dict[str, Any]]:
@@ -39,6 +39,7 @@ def edit(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None 
     or find the run finished) instead of failing with "run ... is active".
     """
     return run_job(JobConfig("edit", plain_url(manifest), root, model, schedule, batch_size, device, seed, run_id,
-                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
+                             channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
                              max_input_bytes=max_input_bytes), runner, wait_for_lease)

@@ -24,7 +24,7 @@ def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, mod
             schedule: str = "fast",
             batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
             run_id: str | None = None, init: str | None = None, encoder: str | None = None,
-                precision: str = "auto",
+                precision: str = "auto", w_closeness: str | None = None,
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
         wait_for_lease: bool = False, masks: str | None = None) -> State[dict[str, Any]]:
@@ -41,7 +41,8 @@ def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, mod
     """
     return run_job(JobConfig("inpaint", plain_url(manifest), root, model, schedule, batch_size, device, seed,
                              run_id, k=k,
-                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
+                             channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
                              max_input_bytes=max_input_bytes, masks=masks),
                    runner, wait_for_lease)

@@ -24,7 +24,7 @@ from i2score.runs.config import JobConfig
 def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None = None, schedule: str = "fast",
                 batch_size: int | str = 8, device: str = "auto", runner: str = "local", seed: int = 0,
                 run_id: str | None = None, init: str | None = None, encoder: str | None = None,
-                precision: str = "auto",
+                precision: str = "auto", w_closeness: str | None = None,
                 channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
         wait_for_lease: bool = False) -> State[dict[str, Any]]:
@@ -37,9 +37,10 @@ def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str 
     report. ``schedule``: ``fast`` (an encoder start, then short converge-stopped stages),
     ``encoder`` (the encoder alone), ``paper`` (5000 + 3000 steps from the mean), ``demo`` or
     ``"W+N"``; ``init`` overrides where embeddings start (``mean``, ``uniform``, ``encoder``),
-    ``encoder`` names the encoder (default: the generator's). ``precision`` (``fp32``/``bf16``),
-    ``channels_last``, ``compile`` and ``batch_size="auto"`` select the engine's fast path (the
-    device decides when unset). Returns ids, counts and the report's URL.
+    ``encoder`` names the encoder (default: the generator's); ``w_closeness`` (``none``,
+    ``offset=λ``, ``pnorm=λ``) the embedding's W-closeness penalties (default: the job kind's).
+    ``precision`` (``fp32``/``bf16``), ``channels_last``, ``compile`` and ``batch_size="auto"``
+    select the engine's fast path (the device decides when unset). Returns ids, counts and the report's URL.
     ``allowed_inputs`` (URL prefixes) confines the files rows may name (default: the manifest's
     folder), ``max_input_bytes`` caps each file (README "Bad input").
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
@@ -47,7 +48,8 @@ def reconstruct(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str 
     """
     return run_job(JobConfig("reconstruct", plain_url(manifest), root, model, schedule, batch_size, device, seed,
                              run_id,
-                             init=init, encoder=encoder, precision=precision, channels_last=channels_last,
+                             init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
+                             channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
                              max_input_bytes=max_input_bytes),
                    runner, wait_for_lease)

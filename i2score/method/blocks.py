@@ -289,7 +289,8 @@ def _optimize_loop(render: Render, objective: Objective, w: Tensor, noise: list[
 def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini: Sequence[Tensor],
                wm: Tensor | Sequence[bool] | None = None, vgg: VGG16Features | None = None, steps: int = 5000,
                optimizer: str = "adam", lr: float = 0.01, w_reg: tuple[Tensor, float] | None = None,
-               callback: StepCallback | None = None, early_stop: EarlyStop | None = None,
+               w_prior: Callable[[Tensor], Tensor] | None = None, callback: StepCallback | None = None,
+               early_stop: EarlyStop | None = None,
                autocast_dtype: torch.dtype | None = None, channels_last: bool = False,
                compile: bool = False, resume: Sequence[StageState] | None = None) -> tuple[Tensor, BlockResult]:
     """Masked W+ optimisation: ``W_l(Mp, Mm, wm, w_ini, n_ini, x)`` for each target, summed (and
@@ -307,6 +308,8 @@ def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini:
         vgg: VGG16 features (needed by perceptual and style terms).
         steps: optimisation steps; optimizer ``"adam"`` (lr 0.01) or ``"gd"`` (paper: lr 0.8).
         w_reg: ``(w* [B or 1, L, w_dim], λ)`` adds ``λ·||w − w*||²`` per image (scribble edit).
+        w_prior: ``w [B, L, w_dim] -> [B]`` added per image: a W-closeness prior
+            (:func:`i2score.method.priors.w_prior`).
         early_stop: optional per-image early stopping.
         autocast_dtype: e.g. ``torch.bfloat16`` to run the generator under autocast (loss,
             w and Adam state stay float32).
@@ -318,7 +321,7 @@ def optimize_w(G: StyleGAN2, targets: Sequence[Target], *, w_ini: Tensor, n_ini:
     Returns:
         ``(w [B, L, w_dim], BlockResult)``.
     """
-    objective = Objective(targets, vgg=vgg, w_reg=w_reg)
+    objective = Objective(targets, vgg=vgg, w_reg=w_reg, w_prior=w_prior)
     batch = objective.batch
     w0 = w_ini.expand(batch, -1, -1) if w_ini.shape[0] == 1 else w_ini
     out_w, _, res = _optimize(G, objective, w0, list(n_ini), target="w",

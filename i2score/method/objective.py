@@ -18,7 +18,7 @@ lr 0.01. Style: the paper's 5e-7 relative to the MSE's 1e-5.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -94,10 +94,13 @@ class Objective:
         targets: the matched images and at most one style term.
         vgg: VGG16 features, required when a perceptual or style term is present.
         w_reg: ``(w*, λ)``: adds ``λ·||w − w*||²`` per image (scribble edit, Alg. 5).
+        w_prior: ``w [B, L, w_dim] -> [B]`` added per image (a W-closeness prior,
+            :mod:`i2score.method.priors`).
     """
 
     def __init__(self, targets: Sequence[Target], *, vgg: VGG16Features | None = None,
-                 w_reg: tuple[Tensor, float] | None = None) -> None:
+                 w_reg: tuple[Tensor, float] | None = None,
+                 w_prior: Callable[[Tensor], Tensor] | None = None) -> None:
         self.images = [t for t in targets if isinstance(t, ImageTarget)]
         styles = [t for t in targets if isinstance(t, StyleTarget)]
         if not self.images and not styles:
@@ -110,6 +113,7 @@ class Objective:
         self.vgg = vgg
         self.w_star: Tensor | None = None if w_reg is None else w_reg[0]
         self.w_reg_weight = 0.0 if w_reg is None else float(w_reg[1])
+        self.w_prior = w_prior
         self.target_feats: list[list[Tensor]] = []
         self.style_gram: Tensor | None = None
         with torch.no_grad():
@@ -146,10 +150,14 @@ class Objective:
         return sub
 
     def regularize(self, w: Tensor) -> Tensor | None:
-        """``λ·||w − w*||²`` per image ``[B]``, or None when unused."""
-        if self.w_star is None:
-            return None
-        return self.w_reg_weight * (w - self.w_star).square().flatten(1).sum(dim=1)
+        """``λ·||w − w*||²`` plus the W prior, per image ``[B]``; None when neither is used."""
+        reg = None
+        if self.w_star is not None:
+            reg = self.w_reg_weight * (w - self.w_star).square().flatten(1).sum(dim=1)
+        if self.w_prior is not None:
+            prior = self.w_prior(w)
+            reg = prior if reg is None else reg + prior
+        return reg
 
     def __call__(self, image: Tensor) -> Tensor:
         """Per-image loss ``[B]`` of generated images ``[B, 3, R, R]``."""

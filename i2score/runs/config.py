@@ -12,6 +12,7 @@ from i2score.data.inputs import InputPolicy, policy_for_manifest
 from i2score.data.manifest import Manifest, absolute_url, read_manifest_bytes
 from i2score.data.manifest.discover import is_manifest_source
 from i2score.method.blocks import EarlyStop
+from i2score.method.priors import WCloseness
 
 #: The ``fast`` schedule, chosen on the demo model (README, "Embedding: the quality-time frontier"):
 #: from an encoder start a few W+ steps at a larger learning rate reach what hundreds of steps
@@ -40,6 +41,8 @@ class Schedule:
         converge: per-image converge-stopping of both embedding stages: an image leaves the batch
             when its loss improved by less than ``min_delta_db`` dB over ``patience`` steps
             (checked every ``check_every`` steps).
+        w_offset_weight, pnorm_weight: W-closeness penalties of the embedding's W+ stage
+            (:mod:`i2score.method.priors`; 0 = off).
     """
 
     name: str
@@ -56,8 +59,11 @@ class Schedule:
     patience: int = 100
     min_delta_db: float = 0.05
     check_every: int = 25
+    w_offset_weight: float = 0.0
+    pnorm_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        WCloseness(self.w_offset_weight, self.pnorm_weight)  # validates the weights
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if min(self.steps_w, self.steps_n, self.edit_steps_w, self.edit_steps_n, self.inpaint_steps_w,
@@ -67,10 +73,12 @@ class Schedule:
             raise ValueError(f"schedule {self.name!r}: need 1 <= check_every <= patience")
 
     @staticmethod
-    def parse(spec: str, *, init: str | None = None) -> Schedule:
+    def parse(spec: str, *, init: str | None = None, w_closeness: str | None = None) -> Schedule:
         """A named schedule (:data:`SCHEDULES`) or ``"W+N"`` (every stage W + N steps) or
         ``"W+N/EW+EN"`` (embedding W + N, edits and inpainting EW + EN); ``init`` (one of
-        :data:`INITS`, None = the schedule's own) overrides where embeddings start."""
+        :data:`INITS`, None = the schedule's own) overrides where embeddings start, and
+        ``w_closeness`` (:meth:`WCloseness.parse`, None = the schedule's own) the W+ stage's
+        penalties."""
         if spec in SCHEDULES:
             sched = SCHEDULES[spec]
         else:
@@ -83,7 +91,15 @@ class Schedule:
                                  "'W+N/EW+EN' (non-negative step counts)") from None
             (w, n), (ew, en) = parts[0], parts[-1]
             sched = Schedule(spec, w, n, ew, en, ew, en)
+        if w_closeness is not None:
+            c = WCloseness.parse(w_closeness)
+            sched = replace(sched, w_offset_weight=c.offset_weight, pnorm_weight=c.pnorm_weight)
         return sched if init is None else replace(sched, init=init)
+
+    @property
+    def w_closeness(self) -> WCloseness:
+        """The W+ stage's W-closeness penalties."""
+        return WCloseness(self.w_offset_weight, self.pnorm_weight)
 
     def early_stop(self) -> EarlyStop | None:
         """The embedding's converge-stopping rule (None when off)."""
@@ -114,6 +130,8 @@ class Schedule:
             params["init"], params["encoder_sha256"] = init, encoder_sha256
         elif init != Schedule("auto", 0, 0, 0, 0, 0, 0).resolved_init(domain):
             params["init"] = init
+        if self.w_closeness.active:
+            params["w_closeness"] = {"offset": self.w_offset_weight, "pnorm": self.pnorm_weight}
         if self.converge:
             params["converge"] = {"patience": self.patience, "min_delta_db": self.min_delta_db,
                                   "check_every": self.check_every}
@@ -137,6 +155,10 @@ SCHEDULES: dict[str, Schedule] = {
                      check_every=FAST_CHECK_EVERY),
 }
 
+
+#: The embedding's W-closeness penalties by job kind when a job does not say
+#: (:meth:`WCloseness.parse`).
+DEFAULT_W_CLOSENESS = {"reconstruct": "none", "inpaint": "none", "edit": "none", "augment": "none"}
 
 #: Arithmetic of the optimisation: ``auto`` (the device's default, see :func:`engine_options`),
 #: ``fp32``, or ``bf16`` (autocast of the generator forward; loss and Adam stay float32).
@@ -169,6 +191,9 @@ class JobConfig:
             the manifest's own folder only.
         max_input_bytes: the largest input file read; None = 64 MiB
             (:data:`i2score.data.inputs.DEFAULT_MAX_INPUT_BYTES`).
+        w_closeness: the embedding's W-closeness penalties (:meth:`WCloseness.parse`: ``none``,
+            ``offset=λ``, ``pnorm=λ``); None = the job kind's default
+            (:data:`DEFAULT_W_CLOSENESS`).
         masks: the masks folder of a folder or glob ``manifest`` (``<masks>/<id>.<ext>`` is the
             mask of image ``<id>``; :mod:`i2score.data.manifest.discover`); None = the
             ``name_mask.<ext>`` rule. Inpaint jobs only.
@@ -199,8 +224,11 @@ class JobConfig:
     allowed_inputs: tuple[str, ...] | None = None
     max_input_bytes: int | None = None
     masks: str | None = None
+    w_closeness: str | None = None
 
     def __post_init__(self) -> None:
+        if self.w_closeness is not None:
+            WCloseness.parse(self.w_closeness)
         if self.kind not in JOB_KINDS:
             raise ValueError(f"kind must be one of {JOB_KINDS}, got {self.kind!r}")
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
@@ -227,6 +255,11 @@ class JobConfig:
         if self.masks is not None and not (folder and self.kind == "inpaint"):
             raise ValueError("masks (a masks folder) goes with an inpaint job of a folder or glob of images; "
                              f"the {self.kind} job of {storage.redact(self.manifest)} takes none")
+
+    def resolved_schedule(self) -> Schedule:
+        """The job's :class:`Schedule` with its ``init`` and W-closeness applied."""
+        closeness = self.w_closeness if self.w_closeness is not None else DEFAULT_W_CLOSENESS[self.kind]
+        return Schedule.parse(self.schedule, init=self.init, w_closeness=closeness)
 
     def input_policy(self) -> InputPolicy:
         """What this job's rows may name and how their files are read: the ``allowed_inputs``

@@ -245,7 +245,8 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
                               channels_last=engine.channels_last if engine else False,
                               compile=engine.compile if engine else False,
                               resume=resume if any(r is not None for r in resume) else None,
-                              callback=step_callback(spec["batch_id"]))
+                              callback=step_callback(spec["batch_id"]), w_offset_weight=sched.w_offset_weight,
+                              pnorm_weight=sched.pnorm_weight)
             sources = []
             for k in ukeys:
                 key, src = make_source(image_bytes=unique[k].image_bytes, mask_bytes=None,

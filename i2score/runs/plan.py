@@ -121,7 +121,7 @@ def run_identity(config: JobConfig, G: StyleGAN2 | None = None, manifest_bytes: 
     anything of the run is written, so a caller can take the run's lease first (see
     :mod:`i2score.runs.lease`). ``G`` is the job's generator and ``manifest_bytes`` the
     manifest's bytes when already loaded."""
-    schedule = Schedule.parse(config.schedule, init=config.init)
+    schedule = config.resolved_schedule()
     if G is None:
         # The weights hash is all that is needed; load on CPU.
         G = load_generator(config.model or DEFAULT_MODEL, device="cpu")
@@ -161,7 +161,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     refuses to run (:func:`i2score.runs.lease.check_current`).
     """
     attempt = attempt or uuid.uuid4().hex[:12]
-    schedule = Schedule.parse(config.schedule, init=config.init)
+    schedule = config.resolved_schedule()
     model = config.model or DEFAULT_MODEL
     # The weights hash enters every cache key; the plan only needs the header, so load on CPU.
     G = load_generator(model, device="cpu")
@@ -368,6 +368,9 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks"}
     identity = {k: v for k, v in config.to_json().items()
                 if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
+    # What w_closeness resolves to is in the schedule's identity; "none" and an unset default of
+    # "none" are one job.
+    identity.pop("w_closeness", None)
     # A presigned manifest URL changes with every signature; its bytes are in the digest anyway.
     identity["manifest"] = storage.redact(identity["manifest"])
     if not is_manifest_source(config.manifest) and not is_glob(config.manifest):
@@ -380,7 +383,7 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
 def schedule_identity(schedule: Schedule) -> dict[str, Any]:
     """:func:`job_identity` for the schedule: its fields, the ones added later only when set."""
     defaults = asdict(Schedule("", 0, 0, 0, 0, 0, 0))
-    added = {"init", "converge", "patience", "min_delta_db", "check_every"}
+    added = {"init", "converge", "patience", "min_delta_db", "check_every", "w_offset_weight", "pnorm_weight"}
     return {k: v for k, v in asdict(schedule).items() if not (k in added and v == defaults[k])}
 
 

@@ -342,7 +342,7 @@ def check_encoder(config: JobConfig, G: StyleGAN2) -> str | None:
     from i2score.generator.registry import DEFAULT_MODEL
     from i2score.runs.plan import plan_encoder
 
-    schedule = Schedule.parse(config.schedule, init=config.init)
+    schedule = config.resolved_schedule()
     if schedule.resolved_init(G.domain) != "encoder":
         return None
     model = config.model or DEFAULT_MODEL

@@ -71,3 +71,35 @@ def test_an_embedding_made_with_one_encoder_is_no_hit_for_another_and_warm_start
     assert counts["to_embed"] == 1 and counts["cache_hits"] == 0
     counts, metrics = run("4+2", enc_a)  # a longer schedule continues encoder a's W+ stage
     assert counts["to_embed"] == 1 and metrics[0]["warm_start"] == 2 and metrics[0]["steps"] == 6
+
+
+def test_w_closeness_is_part_of_the_embedding_and_of_its_cache_key(tmp_path):
+    from i2score.runs.config import DEFAULT_W_CLOSENESS, Schedule
+    from i2score.runs.plan import job_identity, schedule_identity
+
+    shutil.copy(DEMO / "images" / "heldout-00.png", tmp_path / "p0.png")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,image\np0,p0.png\n")
+    root = str(tmp_path / "root")
+
+    def run(closeness: str | None) -> tuple[dict, list]:
+        config = JobConfig("reconstruct", str(manifest), root, None, "3+0", 1, "cpu", 0, None, init="mean",
+                           w_closeness=closeness)
+        plan = plan_run(config)
+        outs = [run_batch(root, plan.run_id, b) for phase in plan.phases for b in phase]
+        return plan.counts, [o["metrics"] for out in outs for o in out.outputs]
+
+    assert DEFAULT_W_CLOSENESS["reconstruct"] == "none"
+    counts, plain = run(None)
+    assert counts["to_embed"] == 1
+    assert run("none")[0]["batches"] == 0  # the default spelled out: the same job, finished
+    counts, held = run("offset=0.5")  # another prior: another embedding, with a smaller row spread
+    assert counts["to_embed"] == 1 and counts["cache_hits"] == 0
+    assert held[0]["w_row_offset"] < plain[0]["w_row_offset"]
+    # Older runs and cache entries keep their ids: an unset prior adds nothing to either.
+    config = JobConfig("reconstruct", str(manifest), root, init="mean")
+    assert "w_closeness" not in job_identity(config)
+    sched = config.resolved_schedule()
+    assert "w_offset_weight" not in schedule_identity(sched) and "w_closeness" not in sched.reconstruct_params(0)
+    held_sched = Schedule.parse("3+0", w_closeness="pnorm=0.1")
+    assert held_sched.reconstruct_params(0)["w_closeness"] == {"offset": 0.0, "pnorm": 0.1}

@@ -41,6 +41,7 @@ from i2score.method.applications.common import (
 from i2score.method.blocks import EarlyStop, StageState, StepCallback, optimize_noise, optimize_w
 from i2score.method.metrics import psnr, ssim
 from i2score.method.objective import embedding_target
+from i2score.method.priors import WCloseness, gaussianized_w, w_closeness_penalty, w_prior
 
 #: Where the W+ search starts (``initialize()`` of Algorithm 2).
 INITS = ("mean", "uniform", "encoder")
@@ -157,7 +158,8 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
                 lpips: LPIPS | None | bool = True, early_stop: EarlyStop | None = None,
                 callback: StepCallback | None = None, autocast_dtype: torch.dtype | None = None,
                 mean_w_samples: int = 10000, channels_last: bool = False, compile: bool = False,
-                resume: Sequence[EmbeddingState | None] | None = None) -> ReconstructionResult:
+                resume: Sequence[EmbeddingState | None] | None = None, w_offset_weight: float = 0.0,
+                pnorm_weight: float = 0.0) -> ReconstructionResult:
     """Embed images into W+ and noise space (Algorithm 2).
 
     Args:
@@ -184,6 +186,9 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
             (and the noise stage then starts over: it depends on ``w``); one that is complete
             or stopped is kept, and its noise stage continues. The result is bit for bit the
             one a cold run of the full schedule gives.
+        w_offset_weight, pnorm_weight: W-closeness penalties of the W+ stage
+            (:mod:`i2score.method.priors`; 0 = off): the codes edit better, at some cost in
+            reconstruction.
 
     Returns:
         :class:`ReconstructionResult`.
@@ -205,6 +210,7 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
         psnr_init = psnr(G.synthesize(w_ini, n_ini), image).cpu()
     opts: dict[str, Any] = {"early_stop": early_stop, "autocast_dtype": autocast_dtype,
                             "channels_last": channels_last, "compile": compile}
+    closeness = w_prior(G, WCloseness(w_offset_weight, pnorm_weight))
 
     # 2. w_out = W_l(1, 1, 1, w_ini, n_ini, I_m)
     w_states: list[StageState | None] = [None] * batch
@@ -228,7 +234,8 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
         sel = torch.tensor(idx, device=G.device)
         cont = [prior[b].w_stage for b in idx] if start else None  # type: ignore[union-attr]
         w_g, res_w = optimize_w(G, [embedding_target(image[sel])], w_ini=w_ini[sel], n_ini=[n[sel] for n in n_ini],
-                                vgg=vgg, steps=steps_w, lr=lr_w, callback=callback, resume=cont, **opts)
+                                vgg=vgg, steps=steps_w, lr=lr_w, w_prior=closeness, callback=callback, resume=cont,
+                                **opts)
         w_out[sel] = w_g
         for k, b in enumerate(idx):
             w_states[b] = res_w.states[k]
@@ -271,6 +278,9 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
     with torch.no_grad(), batch_invariant(G.device):
         psnr_w, psnr_wn = psnr(images_w, image).cpu(), psnr(final, image).cpu()
         mse = ((final.float() - image).square().flatten(1).mean(dim=1) / 4).cpu()
+        # How far from W each code ended (the unweighted penalties), whether or not they were used.
+        row_offset = w_closeness_penalty(w_out, WCloseness(offset_weight=1.0), None).cpu()
+        pnorm = w_closeness_penalty(w_out, WCloseness(pnorm_weight=1.0), gaussianized_w(G)).cpu()
         ssim_v = ssim(final, image)
         lpips_v: list[float | None] = [None] * batch
         if lpips is True:
@@ -293,6 +303,8 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
             "mse": float(mse[b]),
             "ssim": float(ssim_v[b]),
             "lpips": lpips_v[b],
+            "w_row_offset": float(row_offset[b]),
+            "w_pnorm": float(pnorm[b]),
             "steps_w": states[b].w_stage.steps,
             "steps_n": states[b].noise_stage.steps,
             "steps": states[b].w_stage.steps + states[b].noise_stage.steps,
