@@ -45,6 +45,7 @@ from i2score.method.applications import (
     style_mix,
 )
 from i2score.method.applications.common import algorithm_id, render
+from i2score.method.applications.latent_ops import NOISE_POLICIES
 from i2score.method.blocks import StepCallback
 from i2score.runs.config import JobConfig, Schedule
 
@@ -264,17 +265,21 @@ def _run_attribute_transfer(b: OpBatch) -> OpOutput:
                                       layer=b.params["layer"], mode=b.params["mode"]))
 
 
+def _noise_args(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"noise_policy": params["noise_policy"], "noise_seed": int(params["noise_seed"])}
+
+
 def _run_morph(b: OpBatch) -> OpOutput:
-    return _edited(morph(b.latents["image"], b.latents["ref"], b.params["t"], b.G))
+    return _edited(morph(b.latents["image"], b.latents["ref"], b.params["t"], b.G, **_noise_args(b.params)))
 
 
 def _run_style_mix(b: OpBatch) -> OpOutput:
-    return _edited(style_mix(b.latents["image"], b.latents["ref"], b.params["k"], b.G))
+    return _edited(style_mix(b.latents["image"], b.latents["ref"], b.params["k"], b.G, **_noise_args(b.params)))
 
 
 def _run_expression_transfer(b: OpBatch) -> OpOutput:
     return _edited(expression_transfer(b.latents["image"], b.latents["a"], b.latents["b"], b.params["strength"],
-                                       b.G))
+                                       b.G, **_noise_args(b.params)))
 
 
 #: Largest seed of a row: seeds are signed 64-bit integers in every manifest format (Parquet and
@@ -284,6 +289,26 @@ ROW_SEED_MAX = 2**63 - 1
 #: Largest mask blur (pixels at the generator resolution): 3 sigma = 192 px already spreads the
 #: seam over a fifth of a 1024 px image and over the whole of a 256 px one; more is a mistake.
 BLUR_SIGMA_MAX = 64.0
+
+#: Bound of drawn seeds (they travel through JSON and numpy as non-negative int32).
+SEED_BOUND = 2**31
+
+#: The noise policy of each global edit and augmentation when a row does not say (README
+#: "Editability": chosen on the ground-truth benchmark).
+DEFAULT_NOISE_POLICY = {"morph": "interpolate", "style_mix": "interpolate", "expression_transfer": "content",
+                        "augment/style_mix": "interpolate", "augment/interpolate": "interpolate"}
+
+
+def _noise_params(op: str) -> dict[str, Param]:
+    return {
+        "noise_policy": Param("str", DEFAULT_NOISE_POLICY[op], choices=NOISE_POLICIES,
+                              doc="the edited code's noise maps: the content image's, interpolated with "
+                                  "the code, resampled, or re-fitted by a short noise stage (README "
+                                  "'Editability')"),
+        "noise_seed": Param("int", 0, minimum=0, maximum=SEED_BOUND - 1,
+                            doc="seed of resampled (and re-fitted) noise maps"),
+    }
+
 
 _PSNR_OUTSIDE = ReportMetric("psnr_outside", "PSNR outside the edited region, vs the input image")
 
@@ -327,11 +352,13 @@ OPS: dict[str, Op] = {op.name: op for op in [
        }, latents=("image", "ref"), run=_run_attribute_transfer),
     Op("morph", "(1 - t) * w_image + t * w_ref.", mask="unused", ref="required", params={
         "t": Param("float", 0.5, minimum=0.0, maximum=1.0, doc="0 = image, 1 = ref"),
+        **_noise_params("morph"),
     }, latents=("image", "ref"), run=_run_morph),
     Op("style_mix", "Content from image, style from ref.", mask="unused", ref="required", params={
         "k": Param("int", 8, minimum=0, maximum_of="num_ws",
                    doc="first k W+ rows from image, the rest from ref: 0 gives ref, the generator's "
                        "number of W+ rows gives image"),
+        **_noise_params("style_mix"),
     }, latents=("image", "ref"), run=_run_style_mix),
     Op("expression_transfer", "w_image + strength * (w_b - w_a), with a and b other rows of the manifest.",
        mask="unused", ref="unused", params={
@@ -341,6 +368,7 @@ OPS: dict[str, Op] = {op.name: op for op in [
                              doc="lambda in w + lambda * (w_b - w_a), in [-4, 4]: 1 applies one person's "
                                  "change of expression as it is; the range exaggerates or reverses it a few "
                                  "times over and keeps out values whose render overflows (1e308 gives NaN)"),
+           **_noise_params("expression_transfer"),
        }, latents=("image", "a", "b"), run=_run_expression_transfer),
 ]}
 
@@ -378,8 +406,6 @@ def generator_limits(G: StyleGAN2, name: str) -> GeneratorLimits:
 # Augmentation ops
 # ----------------------------------------------------------------------------------------------
 
-#: Bound of drawn seeds (they travel through JSON and numpy as non-negative int32).
-SEED_BOUND = 2**31
 CROSSOVER_BLUR_SIGMA = 2.0
 #: Largest W+ jitter (see the ``jitter`` op's ``sigma``).
 JITTER_SIGMA_MAX = 2.0
@@ -462,7 +488,8 @@ def style_mix_range(num_ws: int) -> tuple[int, int]:
 
 def _draw_style_mix(rng: np.random.Generator, ctx: DrawContext) -> dict[str, Any]:
     lo, hi = style_mix_range(ctx.num_ws)
-    return {"k": int(rng.integers(lo, hi + 1))}
+    return {"k": int(rng.integers(lo, hi + 1)), "noise_policy": DEFAULT_NOISE_POLICY["augment/style_mix"],
+            "noise_seed": int(rng.integers(0, SEED_BOUND))}
 
 
 def _draw_crossover(rng: np.random.Generator, ctx: DrawContext) -> dict[str, Any]:
@@ -479,11 +506,16 @@ def _draw_jitter(rng: np.random.Generator, ctx: DrawContext) -> dict[str, Any]:
 
 
 def _draw_interpolate(rng: np.random.Generator, ctx: DrawContext) -> dict[str, Any]:
-    return {"t": float(rng.uniform(*INTERPOLATE_RANGE))}
+    return {"t": float(rng.uniform(*INTERPOLATE_RANGE)), "noise_policy": DEFAULT_NOISE_POLICY["augment/interpolate"],
+            "noise_seed": int(rng.integers(0, SEED_BOUND))}
+
+
+def _augment_noise_args(b: AugmentBatch) -> dict[str, Any]:
+    return {"noise_policy": b.params[0]["noise_policy"], "noise_seed": [int(p["noise_seed"]) for p in b.params]}
 
 
 def _augment_style_mix(b: AugmentBatch) -> EditResult:
-    return style_mix(b.source, b.partner, int(b.params[0]["k"]), b.G)
+    return style_mix(b.source, b.partner, int(b.params[0]["k"]), b.G, **_augment_noise_args(b))
 
 
 def _augment_crossover(b: AugmentBatch) -> EditResult:
@@ -504,7 +536,8 @@ def _augment_jitter(b: AugmentBatch) -> EditResult:
 
 
 def _augment_interpolate(b: AugmentBatch) -> EditResult:
-    return morph(b.source, b.partner, torch.tensor([float(p["t"]) for p in b.params]), b.G)
+    return morph(b.source, b.partner, torch.tensor([float(p["t"]) for p in b.params]), b.G,
+                 **_augment_noise_args(b))
 
 
 _SEED = Param("int", minimum=0, maximum=SEED_BOUND - 1)
@@ -513,8 +546,9 @@ AUGMENTATIONS: dict[str, AugmentOp] = {op.name: op for op in [
     AugmentOp("style_mix", "The coarse layers (pose, face shape) of the source with the fine layers (colour, "
               "texture, lighting) of a partner: new appearance on a known geometry.", partner=True,
               params={"k": Param("int", minimum=1, maximum_of="num_ws",
-                                 doc="first k W+ rows from the source (drawn in [2, L-2], see style_mix_range)")},
-              draw=_draw_style_mix, run=_augment_style_mix, batch_params=("k",)),
+                                 doc="first k W+ rows from the source (drawn in [2, L-2], see style_mix_range)"),
+                      **_noise_params("augment/style_mix")},
+              draw=_draw_style_mix, run=_augment_style_mix, batch_params=("k", "noise_policy")),
     AugmentOp("crossover", "A random region (rectangle or brush strokes) of the partner pasted on the source "
               "and blended by the paper's crossover: seam-free occlusions and part swaps.", partner=True,
               params={"mask_seed": _SEED, "mask": Param("str", choices=MASK_KINDS),
@@ -533,8 +567,9 @@ AUGMENTATIONS: dict[str, AugmentOp] = {op.name: op for op in [
               run=_augment_jitter),
     AugmentOp("interpolate", "(1 - t) * source + t * partner with t in [0.2, 0.5]: in-between images that "
               "still resemble the source.", partner=True,
-              params={"t": Param("float", minimum=INTERPOLATE_RANGE[0], maximum=INTERPOLATE_RANGE[1])},
-              draw=_draw_interpolate, run=_augment_interpolate),
+              params={"t": Param("float", minimum=INTERPOLATE_RANGE[0], maximum=INTERPOLATE_RANGE[1]),
+                      **_noise_params("augment/interpolate")},
+              draw=_draw_interpolate, run=_augment_interpolate, batch_params=("noise_policy",)),
 ]}
 
 #: Every augmentation op, in the default round-robin order.

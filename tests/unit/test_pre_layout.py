@@ -2,8 +2,12 @@
 
 ``tests/fixtures/pre_layout`` was written by commit 2c1c5b6 (see its README): four portraits
 reconstructed, every edit op, inpainting with two solutions and augmentation, on the demo model
-with a 2+2 schedule. The manifests live at ``memory://i2s-pre-layout/`` because a run id is a
-digest of the manifest URL among other things, and a memory URL is the same on every machine.
+with a 2+2 schedule. One change since is deliberate: morph, style mixing, expression transfer
+and the augment run's drawn style-mix and interpolate parameters gained ``noise_policy`` and
+``noise_seed`` (issue 19), so the edit and augment runs' replanned batch ids in
+``expected.json`` were re-recorded (finished runs stay no-ops and keep their ids). The
+manifests live at ``memory://i2s-pre-layout/`` because a run id is a digest of the manifest URL
+among other things, and a memory URL is the same on every machine.
 """
 
 from __future__ import annotations
