@@ -19,7 +19,9 @@ Supported formats (detected from the file's *content*, never from its name):
 ``nvidia-tf-pkl``
     The original TensorFlow StyleGAN2 pickles (``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``)
     read the same way (only their variable arrays are used), converted like
-    stylegan2-ada-pytorch's ``legacy.py`` does.
+    stylegan2-ada-pytorch's ``legacy.py`` does; and the StyleGAN (v1) pickles of the same
+    container (``karras2019stylegan-*.pkl``), told apart by their variables, which load as a
+    :class:`~i2score.generator.stylegan1.StyleGAN1` (:mod:`.tensorflow_v1`).
 
 All loaders produce an :class:`~i2score.generator.network.StyleGAN2` whose state dict uses our
 canonical names, with ``w_avg``/``has_w_avg``, ``source``, ``weights_sha256`` set, and
