@@ -46,6 +46,8 @@ from i2score.generator.checkpoints.tensorflow_v1 import (
     stylegan1_tf_shapes,
     tf_stylegan1_from_variables,
 )
+from i2score.generator.network import StyleGAN2
+from i2score.generator.registry import MODELS
 from i2score.generator.stylegan1 import StyleGAN1
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "stylegan1"
@@ -229,6 +231,45 @@ def test_image2stylegan_plus_plus_runs_on_it_unchanged(vgg: Any) -> None:
             mixed = blend_activations(G, (lat.w, lat.noise), (lat.w.flip(0), lat.noise), M1=half, M2=half, layer=layer)
         torch.testing.assert_close(same, res.images, rtol=0, atol=1e-5)
         assert not torch.allclose(mixed, res.images)
+
+
+def test_registry_has_the_official_v1_models() -> None:
+    v1 = {name: spec for name, spec in MODELS.items() if spec.family == "stylegan1"}
+    assert {s.resolution for s in v1.values()} == {1024, 512, 256}
+    assert sorted(v1) == ["celebahq-1024-stylegan1", "ffhq-1024-stylegan1", "lsun-bedroom-256-stylegan1",
+                          "lsun-car-512-stylegan1", "lsun-cat-256-stylegan1"]
+    ffhq = v1["ffhq-1024-stylegan1"]
+    assert ffhq.url == "https://drive.google.com/uc?id=1MEGjdvVpUsu1jB4zrXZN7Y4kBBOzizDQ"
+    assert ffhq.filename == "karras2019stylegan-ffhq-1024x1024.pkl" and ffhq.num_ws == 18
+    assert all(s.format == "nvidia-tf-pkl" and s.sha256 is None for s in v1.values())
+    assert v1["lsun-car-512-stylegan1"].valid_hw == (384, 512)
+
+
+def test_models_list_shows_the_family(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from i2score.cli.app import app
+
+    result = CliRunner().invoke(app, ["models", "list", "--cache-dir", str(tmp_path)], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    lines = {line.split()[0]: line.split() for line in result.output.splitlines() if line.strip()}
+    assert lines["ffhq-1024-stylegan1"][1:3] == ["stylegan1", "nvidia-tf-pkl"]
+    assert lines["ffhq-1024"][1:3] == ["stylegan2", "nvidia-pkl"]
+
+
+def test_registry_family_is_checked_against_the_file(tmp_path: Path) -> None:
+    from i2score.generator.checkpoints.errors import CheckpointError
+    from i2score.generator.checkpoints.load import load_generator
+    from i2score.generator.registry import model_cache_path
+
+    spec = MODELS["lsun-cat-256-stylegan1"]
+    dest = model_cache_path(spec.name, tmp_path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_generator(StyleGAN2(256, channel_max=8, n_mapping=1, w_dim=8), dest)  # a StyleGAN2 under the v1 name
+    with pytest.raises(CheckpointError, match="registry says a stylegan1 generator"):
+        load_generator(spec.name, cache_dir=tmp_path)
+    save_generator(StyleGAN1(256, fmap_base=1024, channel_max=8, n_mapping=1, w_dim=8), dest)
+    assert isinstance(load_generator(spec.name, cache_dir=tmp_path), StyleGAN1)
 
 
 def test_rosinality_export_refuses_v1(tmp_path: Path) -> None:

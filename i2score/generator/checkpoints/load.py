@@ -114,6 +114,9 @@ def load_generator(source: str | os.PathLike[str] = DEFAULT_MODEL, *, device: st
     if spec is not None and spec.resolution != G.resolution:
         raise CheckpointError(f"{src}: registry says {spec.resolution}x{spec.resolution}, "
                               f"the file {path} holds a {G.resolution}x{G.resolution} generator")
+    if spec is not None and spec.family != getattr(G, "family", "stylegan2"):
+        raise CheckpointError(f"{src}: registry says a {spec.family} generator, the file {path} holds a "
+                              f"{getattr(G, 'family', 'stylegan2')} one")
     if spec is not None:
         G.domain = spec.domain  # decides the W+ initialisation (face: mean latent)
     return G
