@@ -195,6 +195,17 @@ def test_every_layer_has_its_own_style_row_and_noise_map() -> None:
         G.synthesize(w, noise[:-1])
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_an_image_alone_equals_the_same_image_in_a_batch(fused: bool) -> None:
+    # The cache relies on it (README "Conventions"): on CPU the render is bitwise batch invariant.
+    G = StyleGAN1(32, fmap_base=64, channel_max=16, n_mapping=2, w_dim=32, seed=1, fused_scale=fused)
+    w, noise = G.map(G.random_z(3, 0)), G.random_noise(3, 1)
+    with torch.no_grad():
+        batch = G.synthesize(w, noise)
+        alone = G.synthesize(w[1:2], [n[1:2] for n in noise])
+    assert torch.equal(batch[1:2], alone)
+
+
 def test_native_round_trip(tmp_path: Path) -> None:
     G = _tiny()
     G.w_avg.normal_()
