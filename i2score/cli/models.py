@@ -37,6 +37,7 @@ def models_list(cache_dir: CacheDirOption = None) -> None:
 
     table = Table(title="i2score model registry", box=box.SIMPLE_HEAD)
     table.add_column("name", no_wrap=True, style="bold")
+    table.add_column("family", no_wrap=True)
     table.add_column("format", no_wrap=True)
     table.add_column("res", justify="right")
     table.add_column("domain")
@@ -46,7 +47,7 @@ def models_list(cache_dir: CacheDirOption = None) -> None:
     if inline_urls:
         table.add_column("url", no_wrap=True)
     for spec, cached in rows:
-        cells = [spec.name, spec.format, str(spec.resolution), spec.domain,
+        cells = [spec.name, spec.family, spec.format, str(spec.resolution), spec.domain,
                  "known" if spec.sha256 else "-", "bundled" if spec.url.startswith("bundled://")
                  else "yes" if cached else "no", "*" if spec.name == DEFAULT_MODEL else ""]
         table.add_row(*cells, *([spec.url] if inline_urls else []))

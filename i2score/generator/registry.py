@@ -1,4 +1,4 @@
-"""Named pretrained StyleGAN2 checkpoints, and resolution of any model source to a local file.
+"""Named pretrained StyleGAN2 and StyleGAN (v1) checkpoints, and resolution of any model source to a local file.
 
 A *model source* is one of
 
@@ -25,7 +25,7 @@ The cache directory is ``$I2S_CACHE_DIR`` when set, else ``~/.cache/i2score/mode
 Checksums
 ---------
 NVIDIA does not publish checksums for these pickles (none in the READMEs, docs or code of
-NVlabs/stylegan2, stylegan2-ada-pytorch or stylegan3), so every built-in ``sha256`` is ``None``
+NVlabs/stylegan, stylegan2, stylegan2-ada-pytorch or stylegan3), so every built-in ``sha256`` is ``None``
 rather than a guessed value. Pass ``sha256=`` to :func:`resolve_model_file` to pin a file you
 have verified yourself; the cached copy is then re-checked on every resolve.
 """
@@ -47,10 +47,12 @@ from i2score.weights.download import ChecksumMismatchError, download_file, sha25
 
 __all__ = [
     "DOMAINS",
+    "FAMILIES",
     "FORMATS",
     "MODELS",
     "ChecksumMismatchError",
     "Domain",
+    "Family",
     "ModelFormat",
     "ModelSpec",
     "ModelUnavailableError",
@@ -70,16 +72,21 @@ ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt", "i2score-p
 """Checkpoint layouts the loaders understand.
 
 * ``nvidia-pkl``: stylegan2-ada-pytorch / stylegan3 pickles (PyTorch, dict with ``G_ema``).
-* ``nvidia-tf-pkl``: original TensorFlow StyleGAN2 pickles (tuple ``G, D, Gs``).
+* ``nvidia-tf-pkl``: original TensorFlow StyleGAN2 and StyleGAN (v1) pickles (tuple ``G, D, Gs``).
 * ``rosinality-pt``: rosinality/stylegan2-pytorch ``torch.save`` dicts with ``g_ema``.
 * ``i2score-pt``: this project's own format (:func:`~i2score.generator.checkpoints.load.save_generator`).
 """
+
+Family = Literal["stylegan1", "stylegan2"]
+"""Generator architecture: ``stylegan1`` (Karras et al. 2019, :class:`~i2score.generator.stylegan1.StyleGAN1`)
+or ``stylegan2`` (:class:`~i2score.generator.network.StyleGAN2`)."""
 
 Domain = Literal["face", "other"]
 """``face`` models are embedded starting from the mean latent (the paper's choice for FFHQ);
 ``other`` models need a different initialisation (random or per-domain)."""
 
 FORMATS: tuple[str, ...] = get_args(ModelFormat)
+FAMILIES: tuple[str, ...] = get_args(Family)
 DOMAINS: tuple[str, ...] = get_args(Domain)
 
 ENV_CACHE_DIR = "I2S_CACHE_DIR"
@@ -169,6 +176,10 @@ class ModelSpec:
     valid_hw: tuple[int, int] | None = None
     # Where the URL is documented, so an entry can be re-checked later.
     reference: str = ""
+    family: Family = "stylegan2"
+    # The published file name where the URL does not end in it (Google Drive's ``uc?id=``
+    # links); it names the cached copy.
+    file_name: str = ""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -180,6 +191,10 @@ class ModelSpec:
             problems.append(f"sha256 {self.sha256!r} is not 64 lowercase hex digits")
         if self.format not in FORMATS:
             problems.append(f"format {self.format!r} not in {FORMATS}")
+        if self.family not in FAMILIES:
+            problems.append(f"family {self.family!r} not in {FAMILIES}")
+        if self.file_name and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.file_name):
+            problems.append(f"file_name {self.file_name!r} is not a plain file name")
         if self.domain not in DOMAINS:
             problems.append(f"domain {self.domain!r} not in {DOMAINS}")
         if self.resolution < 4 or self.resolution & (self.resolution - 1):
@@ -197,8 +212,8 @@ class ModelSpec:
 
     @property
     def filename(self) -> str:
-        """File name of the checkpoint as published (last URL path component)."""
-        return _url_basename(self.url)
+        """File name of the checkpoint as published (``file_name``, else the last URL path component)."""
+        return self.file_name or _url_basename(self.url)
 
 
 DEFAULT_MODEL = "demo-faces-64"
@@ -294,6 +309,34 @@ _SPECS: tuple[ModelSpec, ...] = (
         name="lsun-horse-256", url=f"{_SG2}/stylegan2-horse-config-f.pkl", sha256=None,
         format="nvidia-tf-pkl", resolution=256, domain="other",
         description="LSUN Horse 256, StyleGAN2 config-f", reference=_REF_SG2),
+)
+
+# --- StyleGAN (v1): the networks of the StyleGAN paper, TF pickles on Google Drive only ---------
+# NVlabs/stylegan README.md ("networks" folder) and pretrained_example.py / generate_figures.py
+# give these drive.google.com/uc?id= links; the file names are the ones generate_figures.py
+# comments. Drive may answer a large file with an HTML page (quota, virus-scan notice): the
+# loader then refuses it as "not a pickle"; download it by hand into the path the error names.
+_REF_SG1 = "NVlabs/stylegan README.md 'networks' table + generate_figures.py url_* lines"
+
+
+def _sg1(name: str, drive_id: str, file_name: str, resolution: int, domain: Domain, description: str,
+         valid_hw: tuple[int, int] | None = None) -> ModelSpec:
+    return ModelSpec(name=name, url=f"https://drive.google.com/uc?id={drive_id}", sha256=None,
+                     format="nvidia-tf-pkl", resolution=resolution, domain=domain, valid_hw=valid_hw,
+                     description=description, reference=_REF_SG1, family="stylegan1", file_name=file_name)
+
+
+_SPECS += (
+    _sg1("ffhq-1024-stylegan1", "1MEGjdvVpUsu1jB4zrXZN7Y4kBBOzizDQ", "karras2019stylegan-ffhq-1024x1024.pkl",
+         1024, "face", "FFHQ 1024, StyleGAN (v1): the network of Image2StyleGAN(++)'s experiments"),
+    _sg1("celebahq-1024-stylegan1", "1MGqJl28pN4t7SAtSrPdSRJSQJqahkzUf",
+         "karras2019stylegan-celebahq-1024x1024.pkl", 1024, "face", "CelebA-HQ 1024, StyleGAN (v1)"),
+    _sg1("lsun-bedroom-256-stylegan1", "1MOSKeGF0FJcivpBI7s63V9YHloUTORiF",
+         "karras2019stylegan-bedrooms-256x256.pkl", 256, "other", "LSUN Bedroom 256, StyleGAN (v1)"),
+    _sg1("lsun-car-512-stylegan1", "1MJ6iCfNtMIRicihwRorsM3b7mmtmK9c3", "karras2019stylegan-cars-512x384.pkl",
+         512, "other", "LSUN Car 512x384 (letterboxed in 512x512), StyleGAN (v1)", valid_hw=(384, 512)),
+    _sg1("lsun-cat-256-stylegan1", "1MQywl0FNt6lHu8E_EUqnRbviagS7fbiJ", "karras2019stylegan-cats-256x256.pkl",
+         256, "other", "LSUN Cat 256, StyleGAN (v1)"),
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

@@ -108,7 +108,7 @@ def test_specs_are_well_formed() -> None:
         assert spec.description and spec.reference
         assert spec.num_ws == {256: 14, 512: 16, 1024: 18}[spec.resolution]
         assert spec.filename.endswith(".pkl")
-        assert spec.domain == ("face" if spec.name.startswith(("ffhq", "metfaces")) else "other")
+        assert spec.domain == ("face" if spec.name.startswith(("ffhq", "metfaces", "celebahq")) else "other")
 
 
 def test_registry_covers_the_required_models() -> None:

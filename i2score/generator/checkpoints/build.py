@@ -9,13 +9,15 @@ from torch import Tensor
 
 from i2score.generator.checkpoints.errors import CheckpointMismatchError
 from i2score.generator.network import GeneratorConfig, StyleGAN2
+from i2score.generator.stylegan1 import StyleGAN1, StyleGAN1Config
 
 __all__ = ["build_generator", "check_shapes"]
 
 
 def build_generator(cfg: GeneratorConfig, sd: dict[str, Tensor], fmt: str, *, has_w_avg: bool,
                     noise: list[Tensor] | None, note: str = "") -> StyleGAN2:
-    """Build ``StyleGAN2(cfg)`` and load ``sd`` (canonical names) after a strict check.
+    """Build ``StyleGAN2(cfg)`` (``StyleGAN1(cfg)`` for a :class:`StyleGAN1Config`) and load ``sd``
+    (canonical names) after a strict check.
 
     ``noise`` holds the checkpoint's fixed noise maps (``[1, 1, r, r]`` each, synthesis order)
     or ``None``; ``fmt`` names the format in errors and becomes ``G.checkpoint_format``.
@@ -23,7 +25,7 @@ def build_generator(cfg: GeneratorConfig, sd: dict[str, Tensor], fmt: str, *, ha
     Raises:
         CheckpointMismatchError: a key is missing or unexpected, or a shape differs.
     """
-    G = StyleGAN2(cfg)
+    G = StyleGAN1(cfg) if isinstance(cfg, StyleGAN1Config) else StyleGAN2(cfg)
     expected = {k: tuple(v.shape) for k, v in G.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in sd.items()}
     check_shapes(fmt, cfg, got, expected, note)

@@ -19,7 +19,9 @@ Supported formats (detected from the file's *content*, never from its name):
 ``nvidia-tf-pkl``
     The original TensorFlow StyleGAN2 pickles (``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``)
     read the same way (only their variable arrays are used), converted like
-    stylegan2-ada-pytorch's ``legacy.py`` does.
+    stylegan2-ada-pytorch's ``legacy.py`` does; and the StyleGAN (v1) pickles of the same
+    container (``karras2019stylegan-*.pkl``), told apart by their variables, which load as a
+    :class:`~i2score.generator.stylegan1.StyleGAN1` (:mod:`.tensorflow_v1`).
 
 All loaders produce an :class:`~i2score.generator.network.StyleGAN2` whose state dict uses our
 canonical names, with ``w_avg``/``has_w_avg``, ``source``, ``weights_sha256`` set, and
@@ -112,6 +114,9 @@ def load_generator(source: str | os.PathLike[str] = DEFAULT_MODEL, *, device: st
     if spec is not None and spec.resolution != G.resolution:
         raise CheckpointError(f"{src}: registry says {spec.resolution}x{spec.resolution}, "
                               f"the file {path} holds a {G.resolution}x{G.resolution} generator")
+    if spec is not None and spec.family != getattr(G, "family", "stylegan2"):
+        raise CheckpointError(f"{src}: registry says a {spec.family} generator, the file {path} holds a "
+                              f"{getattr(G, 'family', 'stylegan2')} one")
     if spec is not None:
         G.domain = spec.domain  # decides the W+ initialisation (face: mean latent)
     return G

@@ -1,7 +1,8 @@
 """i2score's own checkpoint format: a ``torch.save`` dict that loads with ``weights_only=True``.
 
 ``{"format": "i2score-stylegan2", "version": 1, "config": asdict(GeneratorConfig),
-"state_dict": ..., "has_w_avg": bool[, "checkpoint_noise": [...]]}``.
+"state_dict": ..., "has_w_avg": bool[, "checkpoint_noise": [...]], "family": "stylegan1" | "stylegan2"}``
+(files without ``family`` are StyleGAN2).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from i2score.generator.checkpoints.build import build_generator
 from i2score.generator.checkpoints.errors import UnsupportedCheckpointError
 from i2score.generator.network import GeneratorConfig, StyleGAN2
+from i2score.generator.stylegan1 import StyleGAN1Config
 
 __all__ = ["NATIVE_FORMAT", "NATIVE_VERSION", "atomic_torch_save", "from_native", "save_generator"]
 
@@ -40,6 +42,9 @@ def save_generator(G: StyleGAN2, path: str | os.PathLike[str], *, dtype: torch.d
                        for k, v in G.state_dict().items()},
         "has_w_avg": bool(G.has_w_avg),
     }
+    family = getattr(G, "family", "stylegan2")
+    if family != "stylegan2":  # StyleGAN2 files stay as they always were (no key)
+        payload["family"] = family
     noise = getattr(G, "checkpoint_noise", None)
     if noise is not None:
         payload["checkpoint_noise"] = [n.detach().cpu() for n in noise]
@@ -63,6 +68,12 @@ def from_native(obj: Mapping[str, Any]) -> StyleGAN2:
     if obj.get("version") != NATIVE_VERSION:
         raise UnsupportedCheckpointError(f"i2score checkpoint version {obj.get('version')!r}; "
                                          f"this i2score reads version {NATIVE_VERSION}")
-    cfg = GeneratorConfig(**obj["config"])
+    family = obj.get("family", "stylegan2")
+    if family not in ("stylegan1", "stylegan2"):
+        raise UnsupportedCheckpointError(f"i2score checkpoint of generator family {family!r}")
+    config = dict(obj["config"])
+    if family == "stylegan1" and config.get("blur_filter") is not None:
+        config["blur_filter"] = tuple(config["blur_filter"])
+    cfg = StyleGAN1Config(**config) if family == "stylegan1" else GeneratorConfig(**config)
     return build_generator(cfg, dict(obj["state_dict"]), "i2score-pt",
                            has_w_avg=bool(obj.get("has_w_avg", False)), noise=obj.get("checkpoint_noise"))

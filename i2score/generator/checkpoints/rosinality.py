@@ -22,6 +22,7 @@ from i2score.generator.checkpoints.errors import CheckpointMismatchError, Unsupp
 from i2score.generator.checkpoints.native import atomic_torch_save
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
+from i2score.generator.stylegan1 import StyleGAN1
 
 __all__ = [
     "from_rosinality",
@@ -190,6 +191,9 @@ def to_rosinality_state(G: StyleGAN2) -> dict[str, Tensor]:
     standard-normal maps (what rosinality initialises them with).
     """
     cfg = G.cfg
+    if isinstance(G, StyleGAN1):
+        raise UnsupportedCheckpointError(f"rosinality's stylegan2-pytorch holds StyleGAN2 only; cannot export "
+                                         f"a {G.family} generator")
     if cfg.conv_clamp is not None:
         raise UnsupportedCheckpointError("rosinality's generator has no conv_clamp; cannot export "
                                          f"a generator with conv_clamp={cfg.conv_clamp}")

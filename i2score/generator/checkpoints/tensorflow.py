@@ -1,5 +1,8 @@
 """The original TensorFlow StyleGAN2 pickles (``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``).
 
+StyleGAN (v1) pickles have the same container; they are told apart by their variables and
+converted by :mod:`i2score.generator.checkpoints.tensorflow_v1`.
+
 Read with the same restricted unpickler as NVIDIA's PyTorch pickles (only their variable arrays
 are used) and converted the way stylegan2-ada-pytorch's ``legacy.py`` converts them.
 """
@@ -17,6 +20,7 @@ from i2score.generator.checkpoints.build import build_generator
 from i2score.generator.checkpoints.errors import CheckpointMismatchError, UnsupportedCheckpointError
 from i2score.generator.checkpoints.nvidia import nvidia_config, nvidia_conv_names, nvidia_to_canonical
 from i2score.generator.checkpoints.pickles import PickledObject
+from i2score.generator.checkpoints.tensorflow_v1 import is_stylegan1_variables, tf_stylegan1_from_variables
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
 from i2score.weights.unpickle import NDArrayRecord
@@ -47,6 +51,23 @@ def _tf_variables(net: Any, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
+def _merged_kwargs(state: Mapping[str, Any]) -> dict[str, Any]:
+    """Static kwargs of a TF network and its components, merged (v1's G_style hands one set to
+    both components, the mapping's adding ``dlatent_broadcast``); a key with two values is an
+    error naming it."""
+    merged: dict[str, Any] = {}
+    parts = [("Gs", state.get("static_kwargs") or {})]
+    for name, comp in (state.get("components") or {}).items():
+        parts.append((name, _tf_state(comp, name).get("static_kwargs") or {}))
+    for where, kw in parts:
+        for key, value in dict(kw).items():
+            if key in merged and merged[key] != value:
+                raise UnsupportedCheckpointError(f"TensorFlow pickle: static kwarg {key!r} is {merged[key]!r} "
+                                                 f"in one network and {value!r} in {where}")
+            merged[key] = value
+    return merged
+
+
 # static_kwargs of a TF G_main -> what they mean for us (names as in NVIDIA's networks_stylegan2.py)
 _TF_KNOWN_KWARGS = {
     "latent_size", "label_size", "dlatent_size", "resolution", "num_channels", "mapping_layers",
@@ -61,13 +82,17 @@ def tf_from_pickle(data: Any) -> StyleGAN2:
     # (G, D, Gs): Gs is the moving average, the one to use.
     net = data[2] if isinstance(data, tuple) and len(data) == 3 else data
     state = _tf_state(net, "Gs")
+    variables = _tf_variables(net)
+    if is_stylegan1_variables(variables):  # StyleGAN (v1): its own layers and kwargs
+        if int(state.get("version", 0)) not in (2, 3, 4):
+            raise UnsupportedCheckpointError(f"TensorFlow pickle version {state.get('version')} is not 2, 3 or 4")
+        return tf_stylegan1_from_variables(_merged_kwargs(state), variables)
     if int(state.get("version", 0)) < 4:
         raise UnsupportedCheckpointError(f"TensorFlow pickle version {state.get('version')} < 4 is too old")
     kw = dict(state.get("static_kwargs") or {})
     unknown = sorted(set(kw) - _TF_KNOWN_KWARGS)
     if unknown:
         raise UnsupportedCheckpointError(f"TensorFlow pickle: unknown generator kwargs {unknown}")
-    variables = _tf_variables(net)
     if any(k.startswith("ToRGB_lod") or "/ToRGB_lod" in k for k in variables):
         raise UnsupportedCheckpointError("TensorFlow pickle: progressive-growing ('orig') generator not supported")
 
