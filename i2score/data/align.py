@@ -51,6 +51,7 @@ __all__ = [
     "FaceLandmarks",
     "NoFaceError",
     "align_face",
+    "check_available",
     "detect_landmarks",
     "ffhq_quad",
     "eye_centres",
@@ -172,6 +173,17 @@ def _models_dir() -> Path:
         raise AlignUnavailableError("face alignment needs the landmark weights of the "
                                     "'face-recognition-models' package: pip install 'i2score[align]'")
     return Path(spec.origin).parent / "models"
+
+
+def check_available() -> str:
+    """That dlib and the 68-point landmark weights are installed (nothing is loaded); returns
+    where the weights are. Raises :class:`AlignUnavailableError` naming what is missing."""
+    if importlib.util.find_spec("dlib") is None:
+        raise AlignUnavailableError("face alignment needs dlib (the 'dlib-bin' wheel): pip install 'i2score[align]'")
+    path = _models_dir() / "shape_predictor_68_face_landmarks.dat"
+    if not path.is_file():
+        raise AlignUnavailableError(f"the 68-point landmark model is missing: {path}")
+    return str(path)
 
 
 @functools.lru_cache(maxsize=1)

@@ -172,6 +172,11 @@ class JobConfig:
         masks: the masks folder of a folder or glob ``manifest`` (``<masks>/<id>.<ext>`` is the
             mask of image ``<id>``; :mod:`i2score.data.manifest.discover`); None = the
             ``name_mask.<ext>`` rule. Inpaint jobs only.
+        align: FFHQ-align every image (and ref) before embedding (:mod:`i2score.data.align`; the
+            largest face, a mask warped with it); a row without a face is ``no_face``. The
+            alignment is part of the embedding's cache key and stored with it.
+        paste_back: write each output pasted into the original photo (the aligned square only;
+            needs ``align``; not for augment jobs).
 
     ``manifest`` may be a folder or a glob of images instead of a manifest file (reconstruct,
     inpaint and augment jobs): the job's manifest is then the CSV of its images
@@ -199,6 +204,8 @@ class JobConfig:
     allowed_inputs: tuple[str, ...] | None = None
     max_input_bytes: int | None = None
     masks: str | None = None
+    align: bool = False
+    paste_back: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
@@ -219,6 +226,10 @@ class JobConfig:
         if self.allowed_inputs is not None:
             # the policy checks each prefix (no chained URLs, none empty)
             InputPolicy(tuple(self.allowed_inputs))
+        if self.paste_back and not self.align:
+            raise ValueError("paste_back puts outputs back into the photos they were aligned from: it needs align")
+        if self.paste_back and self.kind == "augment":
+            raise ValueError("paste_back is for reconstruct, inpaint and edit jobs (an augmentation mixes images)")
         folder = not is_manifest_source(self.manifest)
         if folder and self.kind == "edit":
             raise ValueError(f"an edit job needs a manifest (an op and its inputs per row), not the folder or glob "

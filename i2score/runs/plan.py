@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from i2score.data import storage
+from i2score.data.align import ALIGN_VERSION
 from i2score.data.cache import LatentCache, source_key
 from i2score.data.manifest import (
     Manifest,
@@ -206,7 +207,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
         for r in chunk:
             if any(isinstance(fetched.get(u), BaseException) for u in r.urls()):
                 try:
-                    load_row(r, resolution=gen["resolution"], fetched=fetched, inputs=inputs)
+                    load_row(r, resolution=gen["resolution"], fetched=fetched, inputs=inputs, align=config.align)
                 except RowError as e:
                     rejected.append(Rejection(r.row, r.id, e.reason_code, e.message, e.field, e.url))
                     continue
@@ -221,6 +222,9 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
                                                encoder_sha256=encoder["sha256"] if encoder else None)
     if engine.precision != "fp32":
         embed_params["precision"] = engine.precision  # bf16 gives other (nearby) bits
+    if config.align:
+        # An aligned image is another input: its embedding gets its own key.
+        embed_params["align"] = ALIGN_VERSION
 
     def embed_key(url: str) -> str:
         return cache_key_of(sha[url], None, gen["sha256"], OPS["reconstruct"].algorithm, embed_params)
@@ -365,7 +369,7 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     """The job fields that make a run's id: everything that changes its results. Fields added
     later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
     defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
-    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks"}
+    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks", "align", "paste_back"}
     identity = {k: v for k, v in config.to_json().items()
                 if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
     # A presigned manifest URL changes with every signature; its bytes are in the digest anyway.
