@@ -9,7 +9,7 @@ from typing import Any
 
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy, policy_for_manifest
-from i2score.data.manifest import Manifest, absolute_url, read_manifest_bytes
+from i2score.data.manifest import Manifest, ManifestRow, Reason, RowError, absolute_url, read_manifest_bytes
 from i2score.data.manifest.discover import is_manifest_source
 from i2score.method.blocks import EarlyStop
 
@@ -238,6 +238,23 @@ class JobConfig:
         if self.masks is not None and not (folder and self.kind == "inpaint"):
             raise ValueError("masks (a masks folder) goes with an inpaint job of a folder or glob of images; "
                              f"the {self.kind} job of {storage.redact(self.manifest)} takes none")
+
+    def aligns(self, row: ManifestRow) -> bool:
+        """Whether ``row`` is FFHQ-aligned: its ``align`` column when the manifest has one and the
+        row sets it (true/false, 1/0, yes/no), else the job's ``align``.
+
+        Raises:
+            RowError: ``invalid_params`` for another value.
+        """
+        value = row.extra.get("align")
+        if value is None:
+            return self.align
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "y", "1.0"):
+            return True
+        if text in ("false", "0", "no", "n", "0.0"):
+            return False
+        raise RowError(Reason.INVALID_PARAMS.value, f"align {value!r}: true or false (1/0, yes/no)", field="align")
 
     def input_policy(self) -> InputPolicy:
         """What this job's rows may name and how their files are read: the ``allowed_inputs``

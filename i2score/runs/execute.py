@@ -44,6 +44,7 @@ from i2score.runs.context import WorkerContext, worker_context
 from i2score.runs.lease import check_current
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import DegenerateOutputError, RunOutputs
+from i2score.runs.plan import aligned_params
 from i2score.runs.prefetch import read_all, start_prefetch
 from i2score.runs.progress import step_callback
 from i2score.runs.records import (
@@ -159,19 +160,19 @@ def _failure_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:500]
 
 
-def _load(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome,
+def _load(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome, aligns: Sequence[bool],
           as_row: Callable[[ManifestRow], ManifestRow] | None = None) -> list[LoadedRow | None]:
-    """Load rows under the job's input policy (``None`` for a row that failed; its error is
-    recorded)."""
+    """Load rows under the job's input policy, FFHQ-aligned where ``aligns`` says (``None`` for
+    a row that failed; its error is recorded)."""
     config = JobConfig.from_json(spec["config"])
     inputs = config.input_policy()
     resolution = spec["generator"]["resolution"]
     urls = [u for r in rows for u in r.urls()]
     fetched = read_all(urls, inputs)
     loaded: list[LoadedRow | None] = []
-    for r in rows:
+    for r, align in zip(rows, aligns, strict=True):
         try:
-            loaded.append(load_row(r, resolution=resolution, fetched=fetched, inputs=inputs, align=config.align))
+            loaded.append(load_row(r, resolution=resolution, fetched=fetched, inputs=inputs, align=align))
         except RowError as e:
             out.errors.append(error_record(as_row(r) if as_row else r, e.reason_code, e.message, e.field, e.url))
             loaded.append(None)
@@ -241,16 +242,19 @@ def _write_pasted(writer: RunOutputs, output_id: str, image: torch.Tensor, origi
 
 def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:
     """Embed (or fetch from the cache) every item; ``reconstruct`` batches also write outputs."""
-    gen, sched, params = spec["generator"], Schedule(**spec["schedule"]), spec["embed_params"]
+    gen, sched = spec["generator"], Schedule(**spec["schedule"])
     write_outputs = spec["kind"] == "reconstruct"
     if write_outputs:
         rows = [row_from_json(i["row"]) for i in spec["items"]]
         keys = [i["key"] for i in spec["items"]]
+        aligns = [bool(i.get("align")) for i in spec["items"]]
     else:
         # Embedding a source for edits: errors name the row that uses it.
         rows = [ManifestRow(id=i["source"]["id"], image=i["source"]["url"], op="reconstruct")
                 for i in spec["items"]]
         keys = [i["source"]["key"] for i in spec["items"]]
+        aligns = [bool(i["source"].get("align")) for i in spec["items"]]
+    params_of = {k: aligned_params(spec["embed_params"], a) for k, a in zip(keys, aligns, strict=True)}
     cache = LatentCache(spec["root"])
     hits = cache.lookup(keys)
     latents: dict[str, Latents] = {}
@@ -263,12 +267,12 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
                 e = hits[k]
                 metrics[k] = {**{m: v for m, v in e.metrics.items() if v is not None}, "cached": True}
     out.cache_hits = len(latents)
-    aligns = {k: a for k, lat in latents.items() if (a := cached_alignment(lat)) is not None}
+    alignments = {k: a for k, lat in latents.items() if (a := cached_alignment(lat)) is not None}
     # Embeddings to continue from a shorter cached one (planned by warm_start_sources).
     items = spec["items"] if write_outputs else [i["source"] for i in spec["items"]]
     warm: dict[str, str] = {i["key"]: i["warm"] for i in items if i.get("warm")}
     todo = [i for i, k in enumerate(keys) if k not in latents]
-    loaded = _load([rows[i] for i in todo], spec, out) if todo else []
+    loaded = _load([rows[i] for i in todo], spec, out, [aligns[i] for i in todo]) if todo else []
     ok = [(i, lr) for i, lr in zip(todo, loaded, strict=True) if lr is not None]
     # Identical images in one batch are embedded once.
     unique: dict[str, LoadedRow] = {}
@@ -284,7 +288,7 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
             encoder = ctx.encoder(enc["id"], enc["sha256"]) if init == "encoder" and enc else None
             engine = EngineOptions(**spec["engine"]) if spec.get("engine") else None
             resume = [_warm_state(cache, warm.get(k)) for k in ukeys]
-            res = reconstruct(x, ctx.G, steps_w=sched.steps_w, steps_n=sched.steps_n, seed=params["seed"],
+            res = reconstruct(x, ctx.G, steps_w=sched.steps_w, steps_n=sched.steps_n, seed=spec["embed_params"]["seed"],
                               init=init, encoder=encoder, lr_w=sched.lr_w, lr_n=sched.lr_n, vgg=ctx.vgg,
                               lpips=ctx.lpips or False, early_stop=sched.early_stop(),
                               autocast_dtype=engine.autocast_dtype if engine else None,
@@ -296,14 +300,14 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
             for k in ukeys:
                 key, src = make_source(image_bytes=unique[k].image_bytes, mask_bytes=None,
                                        generator_sha256=gen["sha256"], algorithm=OPS["reconstruct"].algorithm,
-                                       params=params, algorithm_version=ALGORITHM_VERSION,
+                                       params=params_of[k], algorithm_version=ALGORITHM_VERSION,
                                        generator_id=gen["id"], source_id=unique[k].row.id)
                 if key != k:
                     raise RuntimeError(f"cache key of {unique[k].row.id!r} changed since planning "
                                        "(was the file rewritten?)")
                 if unique[k].alignment is not None:
                     src["alignment"] = _alignment_source(unique[k])
-                    aligns[k] = src["alignment"]
+                    alignments[k] = src["alignment"]
                 sources.append(src)
             timings = [{m: v for m, v in mt.items() if m in ("seconds", "steps_w", "steps_n", "steps")}
                        for mt in res.metrics]
@@ -330,17 +334,17 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
     images = render(ctx.G, stacked.w, stacked.noise)
     metric = OPS["reconstruct"].metric
     paste = JobConfig.from_json(spec["config"]).paste_back
-    originals = _originals([rows[i] for i in ready], spec, out) if paste else {}
+    originals = _originals([rows[i] for i in ready if aligns[i]], spec, out) if paste else {}
     for j, i in enumerate(ready):
         r, k = rows[i], keys[i]
         extra: dict[str, Any] = {}
-        if paste:
+        if paste and aligns[i]:
             if r.id not in originals:
                 continue
-            if k not in aligns:
+            if k not in alignments:
                 out.errors.append(error_record(r, FAILED, "the cached embedding has no alignment to paste back with"))
                 continue
-            urls = _write_pasted(writer, r.id, images[j], originals[r.id], FaceAlignment.from_dict(aligns[k]),
+            urls = _write_pasted(writer, r.id, images[j], originals[r.id], FaceAlignment.from_dict(alignments[k]),
                                  r.row, out)
             if urls is None:
                 continue
@@ -354,9 +358,10 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
         out.outputs.append({"id": r.id, "row_id": r.id, "op": "reconstruct", "output_url": url,
                             "source_ids": [r.id], "source_urls": [r.image], "cache_keys": [k],
                             "inputs": {"image": r.image},
-                            "params": params, "psnr": m.get(metric.key) if metric else None, "lpips": m.get("lpips"),
+                            "params": params_of[k], "psnr": m.get(metric.key) if metric else None,
+                            "lpips": m.get("lpips"),
                             "ssim": m.get("ssim"), "metrics": jsonable_metrics(m),
-                            "alignment": _lineage(aligns.get(k), **extra)})
+                            "alignment": _lineage(alignments.get(k), **extra)})
 
 
 def _originals(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome) -> dict[str, Any]:
@@ -404,7 +409,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                                            "(their embedding failed: see the errors of the rows that use them)"))
         else:
             ready_idx.append(idx)
-    loaded = _load([rows[i] for i in ready_idx], spec, out)
+    loaded = _load([rows[i] for i in ready_idx], spec, out, [bool(items[i].get("align")) for i in ready_idx])
     ok = [(i, lr) for i, lr in zip(ready_idx, loaded, strict=True) if lr is not None]
     if not ok:
         return
@@ -427,8 +432,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                 out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
                 lr = dict(ok)[i]
                 extra: dict[str, Any] = {}
-                if paste:
-                    assert lr.alignment is not None, "paste_back needs align: the rows were aligned"
+                if paste and lr.alignment is not None:  # rows an align column left unaligned: as they are
                     urls = _write_pasted(writer, oid, res.images[n], lr.original, lr.alignment, r.row, out)
                     if urls is None:
                         continue
@@ -466,7 +470,8 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
     need_pixels = {i for it in items if AUGMENTATIONS[it["augmentation"]["op"]].pixels for i in it["sources"]}
     rows = {i: row_from_json(s["row"]) for i, s in srcs.items()}
     pix_ids = sorted(need_pixels)
-    loaded = dict(zip(pix_ids, _load([rows[i] for i in pix_ids], spec, out), strict=True))
+    loaded = dict(zip(pix_ids, _load([rows[i] for i in pix_ids], spec, out,
+                                     [bool(srcs[i].get("align")) for i in pix_ids]), strict=True))
     augs: list[Augmentation] = []
     ok_items: list[dict[str, Any]] = []
     for it in items:

@@ -139,3 +139,33 @@ def test_paste_back_needs_align_and_is_not_for_augmentation(tmp_path):
         JobConfig("reconstruct", str(tmp_path), str(tmp_path), paste_back=True)
     with pytest.raises(ValueError, match="augmentation"):
         JobConfig("augment", str(tmp_path), str(tmp_path), align=True, paste_back=True)
+
+
+def test_an_align_column_aligns_rows_of_its_own(tmp_path):
+    src = _photos(tmp_path / "in")
+    (src / "m.csv").write_text("id,image,align\nastro,astro.png,\nlfw,lfw.png,true\nodd,astro.png,maybe\n"
+                               "plain,lfw.png,no\n")
+    root = str(tmp_path / "root")
+    config = JobConfig("reconstruct", str(src / "m.csv"), root, None, "2+2", 8, "cpu", 0, None)
+    run_id, outs = _run(config)
+    errors = [(e["id"], e["reason_code"]) for o in outs for e in o.errors]
+    assert errors == []
+    rejected = read_table(RunPaths(root, run_id).url("errors.parquet")).to_pylist()
+    assert [(r["id"], r["reason_code"], r["field"]) for r in rejected] == [("odd", "invalid_params", "align")]
+    manifest = {r["id"]: r for r in read_table(RunPaths(root, run_id).url("manifest.parquet")).to_pylist()}
+    assert manifest["astro"]["alignment"] is None and manifest["plain"]["alignment"] is None
+    assert json.loads(manifest["lfw"]["alignment"])["faces"] == 1
+    assert json.loads(manifest["lfw"]["params"])["align"] == 1 and "align" not in json.loads(manifest["plain"]["params"])
+    # One file, aligned and not: two embeddings.
+    assert manifest["lfw"]["cache_keys"] != manifest["plain"]["cache_keys"]
+    # With --align the column still turns it off for a row.
+    both = JobConfig("reconstruct", str(src / "m.csv"), root, None, "2+2", 8, "cpu", 0, None, align=True)
+    assert not both.aligns(next(r for r in plan_rows(both) if r.id == "plain"))
+    assert both.aligns(next(r for r in plan_rows(both) if r.id == "astro"))
+
+
+def plan_rows(config: JobConfig) -> list:
+    from i2score.data.manifest import validate_manifest
+    from i2score.runs.ops import CATALOG
+
+    return validate_manifest(config.read_manifest(), CATALOG, kind="reconstruct").rows
