@@ -155,7 +155,8 @@ def test_an_align_column_aligns_rows_of_its_own(tmp_path):
     manifest = {r["id"]: r for r in read_table(RunPaths(root, run_id).url("manifest.parquet")).to_pylist()}
     assert manifest["astro"]["alignment"] is None and manifest["plain"]["alignment"] is None
     assert json.loads(manifest["lfw"]["alignment"])["faces"] == 1
-    assert json.loads(manifest["lfw"]["params"])["align"] == 1 and "align" not in json.loads(manifest["plain"]["params"])
+    assert json.loads(manifest["lfw"]["params"])["align"] == 1
+    assert "align" not in json.loads(manifest["plain"]["params"])
     # One file, aligned and not: two embeddings.
     assert manifest["lfw"]["cache_keys"] != manifest["plain"]["cache_keys"]
     # With --align the column still turns it off for a row.
