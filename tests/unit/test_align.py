@@ -145,3 +145,19 @@ def test_paste_back_changes_only_the_face_quad_and_restores_the_rest_exactly():
     assert 10 * np.log10(255.0**2 / np.mean(diff**2)) > 25
     with pytest.raises(ValueError, match="alignment was made on"):
         paste_back(photo.resize((100, 100)), edited, al)
+
+
+def test_a_run_with_align_stops_before_it_starts_when_dlib_is_missing(tmp_path, monkeypatch):
+    import importlib.util
+
+    from i2score.data import align
+    from i2score.runs.preflight import PreflightError, preflight
+
+    assert align.check_available().endswith("shape_predictor_68_face_landmarks.dat")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "dlib" else real(name, *a))
+    with pytest.raises(align.AlignUnavailableError, match="dlib-bin"):
+        align.check_available()
+    (tmp_path / "m.csv").write_text("id,image\na,a.png\n")
+    with pytest.raises(PreflightError, match="--align: .*i2score\\[align\\]"):
+        preflight("reconstruct", {"manifest": str(tmp_path / "m.csv"), "root": str(tmp_path / "r"), "align": True})
