@@ -108,8 +108,10 @@ class FaceAlignment:
     """An FFHQ alignment: where the aligned square lies in the source photo.
 
     Attributes:
-        quad: ``[4, 2]`` float64, the source (x, y) of the aligned image's corners in FFHQ's
-            order: top-left, bottom-left, bottom-right, top-right; pixel centres at integers.
+        quad: ``[4, 2]`` float64, FFHQ's crop as its script computes it: the source (x, y) of
+            the aligned image's corners in its order top-left, bottom-left, bottom-right,
+            top-right; pixel centres at integers. The pixels were sampled from
+            :attr:`sampled_quad` (the same unless the photo was shrunk first).
         size: the aligned image's side in pixels.
         source_size: the source photo's ``(width, height)``.
         faces: faces found in the source (the largest was aligned).
@@ -125,10 +127,26 @@ class FaceAlignment:
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     @property
+    def sampled_quad(self) -> np.ndarray:
+        """``[4, 2]`` the corners the aligned pixels were really sampled from. FFHQ's shrink step
+        divides the quad by the integer factor while the photo is resized to a rounded size
+        (and pixel centres move by half a pixel), so the sampled square is off ``quad`` by up to
+        half a shrunk pixel; equal to ``quad`` when there was no shrink."""
+        q = np.asarray(self.quad, dtype=np.float64)
+        shrunk = _shrink(float(np.hypot(*(q[3] - q[0]))), self.size, self.source_size)
+        if shrunk is None:
+            return q
+        factor, (rw, rh) = shrunk
+        w, h = self.source_size
+        # A point p of the resized photo (pixel centres at p + 0.5) is (p + 0.5) * W / rw - 0.5.
+        return (q / factor + 0.5) * np.array([w / rw, h / rh]) - 0.5
+
+    @property
     def matrix(self) -> np.ndarray:
         """``[2, 3]`` affine map from aligned pixel (u, v) to source (x, y), both with pixel
-        centres at integers: ``src = A @ (u + 0.5, v + 0.5) / size + t``."""
-        q = np.asarray(self.quad, dtype=np.float64)
+        centres at integers: ``src = A @ (u + 0.5, v + 0.5) / size + t`` (from
+        :attr:`sampled_quad`)."""
+        q = self.sampled_quad
         a = np.stack([q[3] - q[0], q[1] - q[0]], axis=1) / self.size
         t = q[0] + a @ np.array([0.5, 0.5])
         return np.concatenate([a, t[:, None]], axis=1)
@@ -264,20 +282,30 @@ def _pad_reflect_blurred(a: np.ndarray, pad: tuple[int, int, int, int], qsize: f
     return img
 
 
+def _shrink(qsize: float, size: int, source_size: tuple[int, int]) -> tuple[int, tuple[int, int]] | None:
+    """FFHQ's shrink step: ``(factor, resized (w, h))`` when the quad is at least four times the
+    output side, else None."""
+    factor = int(math.floor(qsize / size * 0.5))
+    if factor <= 1:
+        return None
+    w, h = source_size
+    return factor, (max(1, round(w / factor)), max(1, round(h / factor)))
+
+
 def warp_quad(img: Image.Image, quad: np.ndarray, size: int, *, supersample: int = 4) -> Image.Image:
     """Sample the square ``quad`` (source corners, FFHQ order) of an RGB image into a
     ``size x size`` RGB image, as FFHQ does (shrink, crop, reflect-pad with blur, warp, reduce)."""
     img = img.convert("RGB")
     quad = np.asarray(quad, dtype=np.float64).copy()
     qsize = float(np.hypot(*(quad[3] - quad[0])))
-    shrink = int(math.floor(qsize / size * 0.5))
-    if shrink > 1:
-        rsize = (max(1, round(img.width / shrink)), max(1, round(img.height / shrink)))
-        scale = np.array([rsize[0] / img.width, rsize[1] / img.height])
+    shrunk = _shrink(qsize, size, img.size)
+    if shrunk is not None:
+        # As FFHQ: the quad is divided by the factor, the photo resized to the rounded size
+        # (FaceAlignment.sampled_quad accounts for the difference when mapping back).
+        factor, rsize = shrunk
         img = img.resize(rsize, Image.Resampling.LANCZOS)
-        # Pixel centres at integers: x' + 0.5 = (x + 0.5) * scale.
-        quad = (quad + 0.5) * scale - 0.5
-        qsize *= float(scale.mean())
+        quad /= factor
+        qsize /= factor
     border = max(round(qsize * 0.1), 3)
     lo = np.floor(quad.min(axis=0)).astype(int)
     hi = np.ceil(quad.max(axis=0)).astype(int)
@@ -368,7 +396,7 @@ def paste_back(original: Image.Image, edited: Image.Image, alignment: FaceAlignm
         raise ValueError(f"the edited image must be square, got {edited.width}x{edited.height}")
     src = np.asarray(original.convert("RGB"))
     out = src.copy()
-    quad = np.asarray(alignment.quad, dtype=np.float64)
+    quad = alignment.sampled_quad
     w, h = original.size
     x0, y0 = (max(int(math.floor(v)), 0) for v in quad.min(axis=0))
     x1, y1 = min(int(math.ceil(quad[:, 0].max())), w - 1), min(int(math.ceil(quad[:, 1].max())), h - 1)

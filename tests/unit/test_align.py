@@ -5,6 +5,8 @@ face quad untouched."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,8 +20,10 @@ from i2score.data.align import (
     align_face,
     detect_landmarks,
     eye_centres,
+    ffhq_quad,
     paste_back,
     quad_mask,
+    warp_quad,
 )
 
 #: Aligned side for the checks: the bundled generator's resolution (flows align to it).
@@ -117,7 +121,8 @@ def test_several_faces_give_the_largest_and_their_count():
 def test_the_transform_maps_both_ways_and_survives_json():
     _, al = align_face(Image.fromarray(data.astronaut()), SIZE)
     corners = np.array([[-0.5, -0.5], [-0.5, SIZE - 0.5], [SIZE - 0.5, SIZE - 0.5], [SIZE - 0.5, -0.5]])
-    np.testing.assert_allclose(al.to_source(corners), al.quad, atol=1e-9)
+    np.testing.assert_allclose(al.to_source(corners), al.sampled_quad, atol=1e-9)
+    np.testing.assert_array_equal(al.sampled_quad, al.quad)  # no shrink at this size
     pts = np.array([[10.0, 20.0], [300.0, 400.0]])
     np.testing.assert_allclose(al.to_source(al.to_aligned(pts)), pts, atol=1e-9)
     back = FaceAlignment.from_dict(al.to_dict())
@@ -161,3 +166,31 @@ def test_a_run_with_align_stops_before_it_starts_when_dlib_is_missing(tmp_path, 
     (tmp_path / "m.csv").write_text("id,image\na,a.png\n")
     with pytest.raises(PreflightError, match="--align: .*i2score\\[align\\]"):
         preflight("reconstruct", {"manifest": str(tmp_path / "m.csv"), "root": str(tmp_path / "r"), "align": True})
+
+
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "ffhq_align_reference.npz"
+
+
+@pytest.mark.parametrize("name", ["astronaut64", "big64"])
+def test_the_crop_and_its_pixels_are_ffhqs(name):
+    """Against outputs recorded from NVlabs/ffhq-dataset's own steps (``recreate_aligned_images``,
+    transform at 4x the output side) on the same landmarks: the astronaut at 64 px, and a
+    2048 px copy, where FFHQ first shrinks the photo 5x."""
+    ref = np.load(REFERENCE)
+    photo = Image.fromarray(data.astronaut())
+    if name == "big64":
+        photo = photo.resize((2048, 2048), Image.Resampling.LANCZOS)
+    quad = ffhq_quad(ref[f"{name}_landmarks"])
+    np.testing.assert_allclose(quad, ref[f"{name}_quad"], rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(np.asarray(warp_quad(photo, quad, 64)), ref[f"{name}_aligned"])
+
+
+def test_paste_back_maps_to_the_pixels_really_sampled_after_a_shrink():
+    photo = Image.fromarray(data.astronaut()).resize((2048, 2048), Image.Resampling.LANCZOS)
+    aligned, al = align_face(photo, 64)
+    assert not np.allclose(al.sampled_quad, al.quad)  # shrunk 5x: they differ by a fraction of a pixel
+    assert np.abs(al.sampled_quad - al.quad).max() < 5
+    # Landmarks mapped into the aligned image land where the detector finds them there.
+    found = eye_centres(detect_landmarks(aligned.resize((256, 256), Image.Resampling.BICUBIC)).points) / 256
+    mapped = eye_centres(al.to_aligned(al.landmarks)) / 64
+    assert np.abs(found - mapped).max() < 0.02
