@@ -13,7 +13,7 @@ reproduces that transform from dlib's 68 landmarks:
    ``x = (eye_to_eye - rot90(eye_to_mouth))`` normalised and scaled to
    ``max(2 |eye_to_eye|, 1.8 |eye_to_mouth|)``, ``y = rot90(x)``, centre ``e + 0.1 eye_to_mouth``;
    the crop is the square ``centre +- x +- y`` (side ``2 |x|``).
-4. **Sample**: shrink by an integer factor when the quad is more than twice the output side,
+4. **Sample**: shrink by an integer factor when the quad is at least 4x the output side,
    crop around the quad with a 10 % border, where the quad leaves the photo pad by reflection
    (at least 30 % of the quad side) and fade the padding towards a blurred copy
    (sigma 2 % of the quad side) and then the median colour, warp the quad to a square of
