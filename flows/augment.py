@@ -27,7 +27,7 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
                 precision: str = "auto", w_closeness: str | None = None,
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False) -> State[dict[str, Any]]:
+        wait_for_lease: bool = False, align: bool = False) -> State[dict[str, Any]]:
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest, or a folder
     or glob of images): style mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
@@ -38,6 +38,7 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
     folder), ``max_input_bytes`` caps each file (README "Bad input").
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
     or find the run finished) instead of failing with "run ... is active".
+    ``align``: FFHQ-align every image first (README "Face alignment"; no face: a ``no_face`` row).
     """
     return run_job(JobConfig("augment", plain_url(manifest), root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
@@ -45,4 +46,4 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
                              init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
                              channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
-                             max_input_bytes=max_input_bytes), runner, wait_for_lease)
+                             max_input_bytes=max_input_bytes, align=align), runner, wait_for_lease)

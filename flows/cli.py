@@ -75,6 +75,12 @@ Allow = Annotated[list[str] | None, typer.Option(
                     "https://host/path/). Default: the manifest's own folder only (a folder or glob input: "
                     "its folder and the --masks folder).")]
 MaxInputBytes = Annotated[int | None, typer.Option(help="Largest input file read, in bytes (default 64 MiB).")]
+AlignOpt = Annotated[bool, typer.Option("--align", help="FFHQ-align every image first (the largest face; eyes and "
+                                                         "mouth -> FFHQ's crop, at the generator's resolution; "
+                                                         "no face: a no_face row). Needs i2score[align].")]
+PasteBack = Annotated[bool, typer.Option("--paste-back", help="With --align: write each output pasted into the "
+                                                              "original photo (<id>.png; the aligned output is "
+                                                              "<id>.aligned.png).")]
 Wait = Annotated[bool, typer.Option("--wait", help="When another process is running the same job (its run lease is "
                                                   "held), wait until it finishes or its lease expires, then resume "
                                                   "the run or find it finished; without --wait exit 2 at once.")]
@@ -233,10 +239,12 @@ def reconstruct_cmd(
     init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
+    align: AlignOpt = False, paste_back: PasteBack = False,
 ) -> None:
     """Embed every image of MANIFEST (cache hits are skipped) and write its reconstruction."""
     _finish(_run("reconstruct", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
+                 align=align, paste_back=paste_back,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
@@ -254,11 +262,13 @@ def inpaint_cmd(
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
     masks: Annotated[str | None, typer.Option("--masks", help=MASKS_HELP)] = None,
+    align: AlignOpt = False, paste_back: PasteBack = False,
 ) -> None:
     """Fill the masked region of every row, k solutions each."""
     _finish(_run("inpaint", verbose, manifest=manifest, root=root, k=k, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
                  masks=masks,
+                 align=align, paste_back=paste_back,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
@@ -273,10 +283,12 @@ def edit_cmd(
     init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
+    align: AlignOpt = False, paste_back: PasteBack = False,
 ) -> None:
     """Run every edit of MANIFEST from cached latents (sources not in the cache are embedded first)."""
     _finish(_run("edit", verbose, manifest=manifest, root=root, model=model, schedule=schedule,
                  device=device, runner=runner, seed=seed, run_id=run_id,
+                 align=align, paste_back=paste_back,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))
@@ -296,12 +308,14 @@ def augment_cmd(
     init: Init = None, encoder: EncoderOpt = None, w_closeness: WClosenessOpt = None, precision: Precision = "auto",
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
+    align: AlignOpt = False,
 ) -> None:
     """Write N variants of every image and a dataset.csv manifest with their lineage."""
     _finish(_run("augment", verbose, manifest=manifest, root=root, n_per_image=n_per_image,
                  ops=[o.strip() for o in ops.split(",") if o.strip()], include_originals=originals, model=model,
                  schedule=schedule, device=device, runner=runner, seed=seed,
                  run_id=run_id,
+                 align=align,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))

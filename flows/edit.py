@@ -27,7 +27,7 @@ def edit(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None 
                 precision: str = "auto", w_closeness: str | None = None,
          channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False) -> State[dict[str, Any]]:
+        wait_for_lease: bool = False, align: bool = False, paste_back: bool = False) -> State[dict[str, Any]]:
     """Run the edit manifest (columns ``id``, ``op``, ``image``, and ``ref``/``mask``/``params``
     as each op needs; see ``manifests/README.md``). Source images missing from the cache are
     embedded first, through the same batches as :func:`i2score.flows.reconstruct.reconstruct` (so a
@@ -37,9 +37,12 @@ def edit(manifest: str | SecretStr, root: str = DEFAULT_ROOT, model: str | None 
     folder), ``max_input_bytes`` caps each file (README "Bad input").
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
     or find the run finished) instead of failing with "run ... is active".
+    ``align``: FFHQ-align every image first (README "Face alignment"; no face: a ``no_face`` row);
+    ``paste_back``: write each output pasted into the original photo.
     """
     return run_job(JobConfig("edit", plain_url(manifest), root, model, schedule, batch_size, device, seed, run_id,
                              init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
                              channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
-                             max_input_bytes=max_input_bytes), runner, wait_for_lease)
+                             max_input_bytes=max_input_bytes, align=align, paste_back=paste_back),
+                   runner, wait_for_lease)

@@ -27,7 +27,8 @@ def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, mod
                 precision: str = "auto", w_closeness: str | None = None,
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False, masks: str | None = None) -> State[dict[str, Any]]:
+        wait_for_lease: bool = False, masks: str | None = None, align: bool = False,
+        paste_back: bool = False) -> State[dict[str, Any]]:
     """Fill the white region of each row's mask (columns ``id``, ``image``, ``mask``; a row's
     ``params`` may set ``k`` and ``seed``). Writes ``outputs/<id>-k<j>.png`` (the known pixels
     pasted back) and caches every solution's latents. Returns ids, counts and the report's URL.
@@ -38,11 +39,13 @@ def inpaint(manifest: str | SecretStr, root: str = DEFAULT_ROOT, k: int = 1, mod
     ``manifest`` may be a folder or glob of images (``photos/``, ``s3://b/faces/*.png``): the mask
     of ``name.png`` is ``name_mask.png`` next to it, or ``<masks>/name.png`` with ``masks``
     (README "Your own images").
+    ``align``: FFHQ-align every image (and its mask with it) first (README "Face alignment"; no
+    face: a ``no_face`` row); ``paste_back``: write each output pasted into the original photo.
     """
     return run_job(JobConfig("inpaint", plain_url(manifest), root, model, schedule, batch_size, device, seed,
                              run_id, k=k,
                              init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
                              channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
-                             max_input_bytes=max_input_bytes, masks=masks),
+                             max_input_bytes=max_input_bytes, align=align, paste_back=paste_back, masks=masks),
                    runner, wait_for_lease)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import typer
 
+from i2score.cli.align import align_cmd
 from i2score.cli.bench import bench_app
 from i2score.cli.cache import cache_app
 from i2score.cli.manifest import manifest_app
@@ -29,6 +30,7 @@ app = typer.Typer(
 app.add_typer(models_app, name="models")
 app.command("validate")(validate_cmd)
 app.add_typer(manifest_app, name="manifest")
+app.command("align")(align_cmd)
 app.command("report")(report_cmd)
 app.command("train")(train_cmd)
 app.command("train-encoder")(train_encoder_cmd)

@@ -9,7 +9,7 @@ from typing import Any
 
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy, policy_for_manifest
-from i2score.data.manifest import Manifest, absolute_url, read_manifest_bytes
+from i2score.data.manifest import Manifest, ManifestRow, Reason, RowError, absolute_url, read_manifest_bytes
 from i2score.data.manifest.discover import is_manifest_source
 from i2score.method.blocks import EarlyStop
 from i2score.method.priors import WCloseness
@@ -197,6 +197,11 @@ class JobConfig:
         masks: the masks folder of a folder or glob ``manifest`` (``<masks>/<id>.<ext>`` is the
             mask of image ``<id>``; :mod:`i2score.data.manifest.discover`); None = the
             ``name_mask.<ext>`` rule. Inpaint jobs only.
+        align: FFHQ-align every image (and ref) before embedding (:mod:`i2score.data.align`; the
+            largest face, a mask warped with it); a row without a face is ``no_face``. The
+            alignment is part of the embedding's cache key and stored with it.
+        paste_back: write each output pasted into the original photo (the aligned square only;
+            needs ``align``; not for augment jobs).
 
     ``manifest`` may be a folder or a glob of images instead of a manifest file (reconstruct,
     inpaint and augment jobs): the job's manifest is then the CSV of its images
@@ -225,6 +230,8 @@ class JobConfig:
     max_input_bytes: int | None = None
     masks: str | None = None
     w_closeness: str | None = None
+    align: bool = False
+    paste_back: bool = False
 
     def __post_init__(self) -> None:
         if self.w_closeness is not None:
@@ -247,6 +254,10 @@ class JobConfig:
         if self.allowed_inputs is not None:
             # the policy checks each prefix (no chained URLs, none empty)
             InputPolicy(tuple(self.allowed_inputs))
+        if self.paste_back and not self.align:
+            raise ValueError("paste_back puts outputs back into the photos they were aligned from: it needs align")
+        if self.paste_back and self.kind == "augment":
+            raise ValueError("paste_back is for reconstruct, inpaint and edit jobs (an augmentation mixes images)")
         folder = not is_manifest_source(self.manifest)
         if folder and self.kind == "edit":
             raise ValueError(f"an edit job needs a manifest (an op and its inputs per row), not the folder or glob "
@@ -260,6 +271,23 @@ class JobConfig:
         """The job's :class:`Schedule` with its ``init`` and W-closeness applied."""
         closeness = self.w_closeness if self.w_closeness is not None else DEFAULT_W_CLOSENESS[self.kind]
         return Schedule.parse(self.schedule, init=self.init, w_closeness=closeness)
+
+    def aligns(self, row: ManifestRow) -> bool:
+        """Whether ``row`` is FFHQ-aligned: its ``align`` column when the manifest has one and the
+        row sets it (true/false, 1/0, yes/no), else the job's ``align``.
+
+        Raises:
+            RowError: ``invalid_params`` for another value.
+        """
+        value = row.extra.get("align")
+        if value is None:
+            return self.align
+        text = str(value).strip().lower()
+        if text in ("true", "1", "yes", "y", "1.0"):
+            return True
+        if text in ("false", "0", "no", "n", "0.0"):
+            return False
+        raise RowError(Reason.INVALID_PARAMS.value, f"align {value!r}: true or false (1/0, yes/no)", field="align")
 
     def input_policy(self) -> InputPolicy:
         """What this job's rows may name and how their files are read: the ``allowed_inputs``

@@ -10,6 +10,8 @@ output that is not an image (NaN, one flat colour) is never written: it becomes 
 
 from __future__ import annotations
 
+import base64
+import io
 import logging
 import os
 import socket
@@ -19,11 +21,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from PIL import Image
 
 from i2score.data import storage
+from i2score.data.align import FaceAlignment, paste_back
 from i2score.data.cache import LatentCache, make_source
+from i2score.data.images import tensor_to_png_bytes, to_tensor
 from i2score.data.latents import Latents
 from i2score.data.manifest import LoadedRow, ManifestRow, RowError, load_row
+from i2score.data.manifest.load import decode_row
 from i2score.method.applications import (
     ALGORITHM_VERSION,
     EmbeddingState,
@@ -38,6 +44,7 @@ from i2score.runs.context import WorkerContext, worker_context
 from i2score.runs.lease import check_current
 from i2score.runs.ops import AUGMENTATIONS, CATALOG, OPS, OpBatch
 from i2score.runs.outputs import DegenerateOutputError, RunOutputs
+from i2score.runs.plan import aligned_params
 from i2score.runs.prefetch import read_all, start_prefetch
 from i2score.runs.progress import step_callback
 from i2score.runs.records import (
@@ -153,18 +160,19 @@ def _failure_message(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"[:500]
 
 
-def _load(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome,
+def _load(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome, aligns: Sequence[bool],
           as_row: Callable[[ManifestRow], ManifestRow] | None = None) -> list[LoadedRow | None]:
-    """Load rows under the job's input policy (``None`` for a row that failed; its error is
-    recorded)."""
-    inputs = JobConfig.from_json(spec["config"]).input_policy()
+    """Load rows under the job's input policy, FFHQ-aligned where ``aligns`` says (``None`` for
+    a row that failed; its error is recorded)."""
+    config = JobConfig.from_json(spec["config"])
+    inputs = config.input_policy()
     resolution = spec["generator"]["resolution"]
     urls = [u for r in rows for u in r.urls()]
     fetched = read_all(urls, inputs)
     loaded: list[LoadedRow | None] = []
-    for r in rows:
+    for r, align in zip(rows, aligns, strict=True):
         try:
-            loaded.append(load_row(r, resolution=resolution, fetched=fetched, inputs=inputs))
+            loaded.append(load_row(r, resolution=resolution, fetched=fetched, inputs=inputs, align=align))
         except RowError as e:
             out.errors.append(error_record(as_row(r) if as_row else r, e.reason_code, e.message, e.field, e.url))
             loaded.append(None)
@@ -184,28 +192,69 @@ def _isolated(fn: Callable[[], None], rows: Sequence[Mapping[str, Any] | Manifes
         return False
 
 
-def _write_output(writer: RunOutputs, output_id: str, image: torch.Tensor, row: int, out: BatchOutcome) -> str | None:
+def _write_output(writer: RunOutputs, output_id: str, image: torch.Tensor, row: int, out: BatchOutcome,
+                  suffix: str = "") -> str | None:
     """Write one output image; a degenerate one is recorded as ``degenerate_output`` against
     ``output_id`` (of input row ``row``) and not written (None)."""
     try:
-        return writer.write_image(output_id, image)
+        return writer.write_image(output_id, image, suffix)
     except DegenerateOutputError as e:
         out.errors.append(error_record({"row": row, "id": output_id}, DEGENERATE_OUTPUT, str(e)))
         return None
 
 
+def _alignment_source(lr: LoadedRow) -> dict[str, Any]:
+    """What the cache stores with an aligned image's embedding: the transform and the aligned
+    input itself (PNG, base64), so that paste-back and a look at the input need no detector."""
+    assert lr.alignment is not None, "loaded with align=True"
+    buf = io.BytesIO()
+    Image.fromarray(((lr.image.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype("uint8"),
+                    "RGB").save(buf, "PNG")
+    return {**lr.alignment.to_dict(), "aligned_png": base64.b64encode(buf.getvalue()).decode("ascii")}
+
+
+def cached_alignment(latents: Latents) -> dict[str, Any] | None:
+    """The alignment stored with a cached embedding (its transform, faces found and the aligned
+    input as base64 PNG), or None when it was embedded without ``--align``."""
+    src = latents.meta.get("cache", {}).get("source", {})
+    return src.get("alignment") if isinstance(src, Mapping) else None
+
+
+def _lineage(alignment: Mapping[str, Any] | None, **more: Any) -> dict[str, Any] | None:
+    """The ``alignment`` column of an output: the transform and the face count (no pixels)."""
+    if alignment is None:
+        return None
+    return {**{k: v for k, v in alignment.items() if k not in ("aligned_png", "landmarks")}, **more}
+
+
+def _write_pasted(writer: RunOutputs, output_id: str, image: torch.Tensor, original: Any,
+                  alignment: FaceAlignment, row: int, out: BatchOutcome) -> tuple[str, str] | None:
+    """``--paste-back``: the aligned output as ``<id>.aligned.png`` and pasted into the original
+    photo as ``<id>.png``; returns their URLs ``(pasted, aligned)`` (None: degenerate output)."""
+    aligned_url = _write_output(writer, output_id, image, row, out, suffix=".aligned")
+    if aligned_url is None:
+        return None
+    edited = Image.open(io.BytesIO(tensor_to_png_bytes(image))).convert("RGB")
+    pasted = to_tensor(paste_back(original, edited, alignment))
+    url = _write_output(writer, output_id, pasted, row, out)
+    return None if url is None else (url, aligned_url)
+
+
 def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, out: BatchOutcome) -> None:
     """Embed (or fetch from the cache) every item; ``reconstruct`` batches also write outputs."""
-    gen, sched, params = spec["generator"], Schedule(**spec["schedule"]), spec["embed_params"]
+    gen, sched = spec["generator"], Schedule(**spec["schedule"])
     write_outputs = spec["kind"] == "reconstruct"
     if write_outputs:
         rows = [row_from_json(i["row"]) for i in spec["items"]]
         keys = [i["key"] for i in spec["items"]]
+        aligns = [bool(i.get("align")) for i in spec["items"]]
     else:
         # Embedding a source for edits: errors name the row that uses it.
         rows = [ManifestRow(id=i["source"]["id"], image=i["source"]["url"], op="reconstruct")
                 for i in spec["items"]]
         keys = [i["source"]["key"] for i in spec["items"]]
+        aligns = [bool(i["source"].get("align")) for i in spec["items"]]
+    params_of = {k: aligned_params(spec["embed_params"], a) for k, a in zip(keys, aligns, strict=True)}
     cache = LatentCache(spec["root"])
     hits = cache.lookup(keys)
     latents: dict[str, Latents] = {}
@@ -218,11 +267,12 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
                 e = hits[k]
                 metrics[k] = {**{m: v for m, v in e.metrics.items() if v is not None}, "cached": True}
     out.cache_hits = len(latents)
+    alignments = {k: a for k, lat in latents.items() if (a := cached_alignment(lat)) is not None}
     # Embeddings to continue from a shorter cached one (planned by warm_start_sources).
     items = spec["items"] if write_outputs else [i["source"] for i in spec["items"]]
     warm: dict[str, str] = {i["key"]: i["warm"] for i in items if i.get("warm")}
     todo = [i for i, k in enumerate(keys) if k not in latents]
-    loaded = _load([rows[i] for i in todo], spec, out) if todo else []
+    loaded = _load([rows[i] for i in todo], spec, out, [aligns[i] for i in todo]) if todo else []
     ok = [(i, lr) for i, lr in zip(todo, loaded, strict=True) if lr is not None]
     # Identical images in one batch are embedded once.
     unique: dict[str, LoadedRow] = {}
@@ -238,7 +288,7 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
             encoder = ctx.encoder(enc["id"], enc["sha256"]) if init == "encoder" and enc else None
             engine = EngineOptions(**spec["engine"]) if spec.get("engine") else None
             resume = [_warm_state(cache, warm.get(k)) for k in ukeys]
-            res = reconstruct(x, ctx.G, steps_w=sched.steps_w, steps_n=sched.steps_n, seed=params["seed"],
+            res = reconstruct(x, ctx.G, steps_w=sched.steps_w, steps_n=sched.steps_n, seed=spec["embed_params"]["seed"],
                               init=init, encoder=encoder, lr_w=sched.lr_w, lr_n=sched.lr_n, vgg=ctx.vgg,
                               lpips=ctx.lpips or False, early_stop=sched.early_stop(),
                               autocast_dtype=engine.autocast_dtype if engine else None,
@@ -251,11 +301,14 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
             for k in ukeys:
                 key, src = make_source(image_bytes=unique[k].image_bytes, mask_bytes=None,
                                        generator_sha256=gen["sha256"], algorithm=OPS["reconstruct"].algorithm,
-                                       params=params, algorithm_version=ALGORITHM_VERSION,
+                                       params=params_of[k], algorithm_version=ALGORITHM_VERSION,
                                        generator_id=gen["id"], source_id=unique[k].row.id)
                 if key != k:
                     raise RuntimeError(f"cache key of {unique[k].row.id!r} changed since planning "
                                        "(was the file rewritten?)")
+                if unique[k].alignment is not None:
+                    src["alignment"] = _alignment_source(unique[k])
+                    alignments[k] = src["alignment"]
                 sources.append(src)
             timings = [{m: v for m, v in mt.items() if m in ("seconds", "steps_w", "steps_n", "steps")}
                        for mt in res.metrics]
@@ -281,17 +334,50 @@ def _run_embed(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, 
     stacked = Latents.stack([latents[keys[i]] for i in ready]).to(ctx.G.device)
     images = render(ctx.G, stacked.w, stacked.noise)
     metric = OPS["reconstruct"].metric
+    paste = JobConfig.from_json(spec["config"]).paste_back
+    originals = _originals([rows[i] for i in ready if aligns[i]], spec, out) if paste else {}
     for j, i in enumerate(ready):
         r, k = rows[i], keys[i]
-        url = _write_output(writer, r.id, images[j], r.row, out)
-        if url is None:
-            continue
+        extra: dict[str, Any] = {}
+        if paste and aligns[i]:
+            if r.id not in originals:
+                continue
+            if k not in alignments:
+                out.errors.append(error_record(r, FAILED, "the cached embedding has no alignment to paste back with"))
+                continue
+            urls = _write_pasted(writer, r.id, images[j], originals[r.id], FaceAlignment.from_dict(alignments[k]),
+                                 r.row, out)
+            if urls is None:
+                continue
+            url, extra["aligned_url"] = urls
+        else:
+            written = _write_output(writer, r.id, images[j], r.row, out)
+            if written is None:
+                continue
+            url = written
         m = metrics[k]
         out.outputs.append({"id": r.id, "row_id": r.id, "op": "reconstruct", "output_url": url,
                             "source_ids": [r.id], "source_urls": [r.image], "cache_keys": [k],
                             "inputs": {"image": r.image},
-                            "params": params, "psnr": m.get(metric.key) if metric else None, "lpips": m.get("lpips"),
-                            "ssim": m.get("ssim"), "metrics": jsonable_metrics(m)})
+                            "params": params_of[k], "psnr": m.get(metric.key) if metric else None,
+                            "lpips": m.get("lpips"),
+                            "ssim": m.get("ssim"), "metrics": jsonable_metrics(m),
+                            "alignment": _lineage(alignments.get(k), **extra)})
+
+
+def _originals(rows: Sequence[ManifestRow], spec: Mapping[str, Any], out: BatchOutcome) -> dict[str, Any]:
+    """The rows' images at their native size (PIL RGB) by row id, for paste-back; a row whose
+    image cannot be read is an error of that row."""
+    inputs = JobConfig.from_json(spec["config"]).input_policy()
+    fetched = read_all([r.image for r in rows], inputs)
+    got: dict[str, Any] = {}
+    for r in rows:
+        try:
+            got[r.id] = decode_row(ManifestRow(id=r.id, image=r.image, op=r.op, row=r.row), fetched,
+                                   inputs=inputs).image
+        except RowError as e:
+            out.errors.append(error_record(r, e.reason_code, e.message, e.field, e.url))
+    return got
 
 
 def _warm_state(cache: LatentCache, key: str | None) -> EmbeddingState | None:
@@ -324,7 +410,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                                            "(their embedding failed: see the errors of the rows that use them)"))
         else:
             ready_idx.append(idx)
-    loaded = _load([rows[i] for i in ready_idx], spec, out)
+    loaded = _load([rows[i] for i in ready_idx], spec, out, [bool(items[i].get("align")) for i in ready_idx])
     ok = [(i, lr) for i, lr in zip(ready_idx, loaded, strict=True) if lr is not None]
     if not ok:
         return
@@ -333,6 +419,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                     params=params, schedule=Schedule(**spec["schedule"]), cache=cache, generator=spec["generator"],
                     callback=step_callback(spec["batch_id"]))
     id_params = CATALOG.id_params(op.name)
+    paste = JobConfig.from_json(spec["config"]).paste_back
 
     def edit() -> None:
         res = op.run(batch)
@@ -344,9 +431,23 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                 m = res.metrics[n]
                 oid = f"{r.id}{suffix}"
                 out.edit_steps += int(m.get("steps_w", 0) or 0) + int(m.get("steps_n", 0) or 0)
-                url = _write_output(writer, oid, res.images[n], r.row, out)
-                if url is None:
-                    continue
+                lr = dict(ok)[i]
+                extra: dict[str, Any] = {}
+                if paste and lr.alignment is not None:  # rows an align column left unaligned: as they are
+                    urls = _write_pasted(writer, oid, res.images[n], lr.original, lr.alignment, r.row, out)
+                    if urls is None:
+                        continue
+                    url, extra["aligned_url"] = urls
+                else:
+                    written = _write_output(writer, oid, res.images[n], r.row, out)
+                    if written is None:
+                        continue
+                    url = written
+                alignment = None
+                if lr.alignment is not None:
+                    ref = lr.ref_alignment.to_dict() if lr.ref_alignment is not None else None
+                    alignment = _lineage(lr.alignment.to_dict(), **extra,
+                                         **({"ref": _lineage(ref)} if ref is not None else {}))
                 out.outputs.append({
                     "id": oid, "row_id": r.id, "op": op.name, "output_url": url,
                     "source_ids": [r.id] + [r.params[x] for x in id_params if x in r.params],
@@ -354,7 +455,7 @@ def _run_edit(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs, o
                     "inputs": {"image": r.image, "ref": r.ref, "mask": r.mask},
                     "cache_keys": list(items[i]["keys"].values()) + (res.cache_keys or [])[n:n + 1],
                     "psnr": m.get(op.metric.key) if op.metric else None, "lpips": None, "ssim": None,
-                    "metrics": jsonable_metrics(m)})
+                    "metrics": jsonable_metrics(m), "alignment": alignment})
 
     _isolated(edit, [lr.row for _, lr in ok], out)
 
@@ -370,7 +471,8 @@ def _run_augment(spec: Mapping[str, Any], ctx: WorkerContext, writer: RunOutputs
     need_pixels = {i for it in items if AUGMENTATIONS[it["augmentation"]["op"]].pixels for i in it["sources"]}
     rows = {i: row_from_json(s["row"]) for i, s in srcs.items()}
     pix_ids = sorted(need_pixels)
-    loaded = dict(zip(pix_ids, _load([rows[i] for i in pix_ids], spec, out), strict=True))
+    loaded = dict(zip(pix_ids, _load([rows[i] for i in pix_ids], spec, out,
+                                     [bool(srcs[i].get("align")) for i in pix_ids]), strict=True))
     augs: list[Augmentation] = []
     ok_items: list[dict[str, Any]] = []
     for it in items:

@@ -72,6 +72,9 @@ OUTPUT_SCHEMA = pa.schema([
     pa.field("lpips", pa.float64()),
     pa.field("ssim", pa.float64()),
     pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    # --align runs: the input's FFHQ transform (quad, size, source_size, faces found, box; JSON),
+    # with --paste-back the aligned output's URL too; null otherwise.
+    pa.field("alignment", pa.string()),
 ])
 
 _SUFFIX_RE = re.compile(r"[A-Za-z0-9._-]{0,64}")
@@ -144,6 +147,7 @@ class OutputRecord:
     ssim: float | None = None
     code_version: str | None = None  # None = :func:`code_version`
     created_at: _dt.datetime | None = None  # None = now (UTC)
+    alignment: Mapping[str, Any] | str | None = None
 
 
 _RECORD_FIELDS = {f.name for f in fields(OutputRecord)}
@@ -171,6 +175,15 @@ def _params_json(params: Mapping[str, Any] | str | None) -> str | None:
         json.loads(params)  # must be JSON already; fail here, not in a reader later
         return params
     return json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+
+
+def _alignment_json(alignment: Mapping[str, Any] | str | None) -> str | None:
+    if alignment is None or isinstance(alignment, str):
+        return alignment
+    d = dict(alignment)
+    if d.get("aligned_url"):
+        d["aligned_url"] = storage.redact(d["aligned_url"])
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 def _redact_opt(url: str | None) -> str | None:
@@ -257,6 +270,7 @@ class RunOutputs:
             "output_url": [_redact_opt(r.output_url) for r in recs],
             **{m: [float_or_none(getattr(r, m)) for r in recs] for m in METRICS},
             "created_at": [_utc(r.created_at) if r.created_at else now for r in recs],
+            "alignment": [_alignment_json(r.alignment) for r in recs],
         }
         return pa.Table.from_pydict(data, schema=OUTPUT_SCHEMA)
 

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from i2score.data import storage
+from i2score.data.align import ALIGN_VERSION
 from i2score.data.cache import LatentCache, source_key
 from i2score.data.manifest import (
     Manifest,
@@ -195,7 +196,16 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     validation = validate_manifest(Manifest.from_bytes(manifest_bytes, absolute_url(config.manifest)),
                                    CATALOG.for_generator(generator_limits(G, model)), kind=kind, inputs=inputs)
     rejected = list(validation.rejected)
-    rows = validation.rows
+    # Which rows are FFHQ-aligned (the job's --align, or a row's align column).
+    aligned: dict[str, bool] = {}
+    rows = []
+    for r in validation.rows:
+        try:
+            aligned[r.id] = config.aligns(r)
+        except RowError as e:
+            rejected.append(Rejection(r.row, r.id, e.reason_code, e.message, e.field, e.url))
+            continue
+        rows.append(r)
 
     # Every row's files once: their bytes make the cache keys.
     sha: dict[str, str] = {}
@@ -222,8 +232,9 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     if engine.precision != "fp32":
         embed_params["precision"] = engine.precision  # bf16 gives other (nearby) bits
 
-    def embed_key(url: str) -> str:
-        return cache_key_of(sha[url], None, gen["sha256"], OPS["reconstruct"].algorithm, embed_params)
+    def embed_key(url: str, align: bool) -> str:
+        return cache_key_of(sha[url], None, gen["sha256"], OPS["reconstruct"].algorithm,
+                            aligned_params(embed_params, align))
 
     # Rows already finished by an earlier attempt of this run.
     done = finished_rows(paths)
@@ -250,17 +261,18 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
                 rejected.append(Rejection(r.row, r.id, SOURCE_FAILED, f"params.{role} names row "
                                           f"{r.params[role]!r}, whose files cannot be used", "params"))
                 break
-            keys[role] = embed_key(url)
-            sources.setdefault(keys[role], source_json(keys[role], url, sid, origin, field))
+            keys[role] = embed_key(url, aligned[origin.id])
+            sources.setdefault(keys[role], _aligned_item(source_json(keys[role], url, sid, origin, field),
+                                                         aligned[origin.id]))
         else:
             row_keys[r.id] = keys
     todo = [r for r in todo if r.id in row_keys]
     if config.kind == "augment":
         # Partners come from every valid row, finished or not.
         for r in good:
-            k = embed_key(r.image)
+            k = embed_key(r.image, aligned[r.id])
             row_keys.setdefault(r.id, {"image": k})
-            sources.setdefault(k, source_json(k, r.image, r.id, r, "image"))
+            sources.setdefault(k, _aligned_item(source_json(k, r.image, r.id, r, "image"), aligned[r.id]))
 
     cache = LatentCache(config.root)
     hits = cache.lookup(list(sources)) if sources else {}
@@ -268,7 +280,9 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
 
     specs: list[dict[str, Any]] = []
     phases: list[list[str]] = []
-    warm = warm_start_sources(cache, misses, sha, gen["sha256"], embed_params)
+    warm = {k: v for a in (False, True)
+            for k, v in warm_start_sources(cache, [s for s in misses if bool(s.get("align")) == a], sha,
+                                           gen["sha256"], aligned_params(embed_params, a)).items()}
     for src in misses:
         if src["key"] in warm:
             src["warm"] = warm[src["key"]]
@@ -298,7 +312,7 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
             phases.append(ids)
 
     if config.kind == "reconstruct":
-        items = [{"row": spec_row(r), "key": row_keys[r.id]["image"]} for r in todo]
+        items = [_aligned_item({"row": spec_row(r), "key": row_keys[r.id]["image"]}, aligned[r.id]) for r in todo]
         miss_keys = {s["key"] for s in misses}
         embed_items = [{**i, "warm": warm[i["key"]]} if i["key"] in warm else i for i in items
                        if i["key"] in miss_keys]
@@ -310,13 +324,13 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
         if misses:
             add_phase("embed", _chunks([{"source": s} for s in misses], batch_size))
         if config.kind == "augment":
-            add_phase("augment", _augment_groups(config, good, todo, row_keys, gen["num_ws"], batch_size))
+            add_phase("augment", _augment_groups(config, good, todo, row_keys, gen["num_ws"], batch_size, aligned))
         else:
             groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
             for r in todo:
                 params = OPS[r.op].resolve_params(r.params, config)
                 groups[json.dumps([r.op, params], sort_keys=True)].append(
-                    {"row": spec_row(r), "keys": row_keys[r.id], "params": params})
+                    _aligned_item({"row": spec_row(r), "keys": row_keys[r.id], "params": params}, aligned[r.id]))
             add_phase("edit", [c for g in groups.values() for c in _chunks(g, batch_size)])
 
     counts = {"rows": validation.n_total, "valid": len(good), "rejected": len(rejected),
@@ -365,7 +379,7 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     """The job fields that make a run's id: everything that changes its results. Fields added
     later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
     defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
-    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks"}
+    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks", "align", "paste_back"}
     identity = {k: v for k, v in config.to_json().items()
                 if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
     # What w_closeness resolves to is in the schedule's identity; "none" and an unset default of
@@ -446,6 +460,18 @@ def warm_start_sources(cache: LatentCache, misses: Sequence[Mapping[str, Any]], 
     return out
 
 
+def aligned_params(embed_params: Mapping[str, Any], align: bool) -> dict[str, Any]:
+    """The embedding parameters of an image, aligned or not: an aligned image is another input,
+    so its embedding gets its own cache key (``align``: :data:`~i2score.data.align.ALIGN_VERSION`)."""
+    return {**embed_params, "align": ALIGN_VERSION} if align else dict(embed_params)
+
+
+def _aligned_item(item: dict[str, Any], align: bool) -> dict[str, Any]:
+    """A spec item, marked ``align: true`` when its image is aligned (unmarked otherwise, so the
+    specs of unaligned runs are unchanged)."""
+    return {**item, "align": True} if align else item
+
+
 def cache_key_of(image_sha: str, mask_sha: str | None, gen_sha: str, algorithm: str,
                  params: Mapping[str, Any]) -> str:
     """The cache key :func:`i2score.data.cache.make_source` gives, from hashes already computed."""
@@ -455,7 +481,7 @@ def cache_key_of(image_sha: str, mask_sha: str | None, gen_sha: str, algorithm: 
 
 def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[ManifestRow],
                     row_keys: Mapping[str, Mapping[str, str]], num_ws: int,
-                    batch_size: int) -> list[list[dict[str, Any]]]:
+                    batch_size: int, aligned: Mapping[str, bool]) -> list[list[dict[str, Any]]]:
     by_id = {r.id: r for r in good}
     augs = plan_augmentations([r.id for r in good], config.n_per_image, config.ops or AUGMENT_OPS,
                               seed=config.seed, num_ws=num_ws)
@@ -466,7 +492,8 @@ def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[Manif
             continue
         involved = [a.source_id] + ([a.partner_id] if a.partner_id else [])
         items.append({"augmentation": asdict(a),
-                      "sources": {i: {"row": spec_row(by_id[i]), "key": row_keys[i]["image"]} for i in involved}})
+                      "sources": {i: _aligned_item({"row": spec_row(by_id[i]), "key": row_keys[i]["image"]}, aligned[i])
+                                  for i in involved}})
     # One source image's variants stay in one batch (its record then finishes it whole).
     per_source: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for it in items:

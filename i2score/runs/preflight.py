@@ -93,6 +93,13 @@ def preflight(kind: str, params: Mapping[str, Any]) -> PreflightReport:
     t0 = time.perf_counter()
     config = check_arguments(kind, params)
     timed("arguments", t0)
+    if config.align:
+        from i2score.data.align import AlignUnavailableError, check_available
+
+        try:
+            found["align"] = check_available()
+        except AlignUnavailableError as e:
+            raise PreflightError("arguments", f"--align: {e}") from e
 
     t0 = time.perf_counter()
     found["device"] = check_device(config.device, str(params.get("runner", "local")))

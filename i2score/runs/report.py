@@ -54,7 +54,7 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
         {"id": o["id"], "op": o["op"], "output_url": o["output_url"], "source_ids": o["source_ids"],
          "source_urls": o["source_urls"], "cache_keys": o["cache_keys"], "params": o["params"],
          "generator_id": gen["id"], "generator_sha256": gen["sha256"], "psnr": o.get("psnr"),
-         "lpips": o.get("lpips"), "ssim": o.get("ssim")} for o in out_list])
+         "lpips": o.get("lpips"), "ssim": o.get("ssim"), "alignment": o.get("alignment")} for o in out_list])
     errors_url = ro.write_errors([Rejection(int(e.get("row") or 0), e.get("id"), e["reason_code"], e["message"],
                                             e.get("field"), e.get("url")) for e in err_list],
                                  source=plan["config"]["manifest"])

@@ -41,6 +41,10 @@ class LoadedRow:
         ref: ``[3, R, R]`` float32 in [-1, 1] or None.
         image_bytes, mask_bytes, ref_bytes: the files as read (for cache keys).
         image_size: native ``(width, height)`` of the image before fitting.
+        alignment, ref_alignment: the FFHQ alignment of the image and of the ref
+            (:class:`~i2score.data.align.FaceAlignment`) when the row was loaded with
+            ``align=True``, else None.
+        original: the image at its native size (PIL RGB) when aligned (for paste-back), else None.
     """
 
     row: ManifestRow
@@ -51,6 +55,9 @@ class LoadedRow:
     mask_bytes: bytes | None
     ref_bytes: bytes | None
     image_size: tuple[int, int]
+    alignment: Any | None = None
+    ref_alignment: Any | None = None
+    original: Any | None = None
 
 
 @dataclass
@@ -145,12 +152,51 @@ def fit_row(d: DecodedRow, resolution: int, policy: FitPolicy) -> tuple[Any, Any
     return image, mask, ref
 
 
+def _aligned(img: Any, resolution: int, row: ManifestRow, name: str) -> tuple[Any, Any]:
+    """FFHQ-align ``img``; no face -> :class:`RowError` ``no_face`` naming the row's file."""
+    from i2score.data.align import NoFaceError, align_face
+
+    try:
+        return align_face(img, resolution)
+    except NoFaceError as e:
+        url = row.image if name == "image" else row.ref
+        raise RowError(Reason.NO_FACE.value, f"{name}: {e}", field=name,
+                       url=storage.redact(url) if url else None) from None
+
+
+def align_row(d: DecodedRow, resolution: int) -> tuple[Any, Any | None, Any | None, Any, Any | None]:
+    """FFHQ-align a decoded row (:mod:`i2score.data.align`): the image and the ref each to their
+    own largest face, the mask warped with the image's transform (re-thresholded at 0.5).
+
+    Returns ``(image, mask, ref, alignment, ref_alignment)``: tensors as :func:`fit_row`'s.
+
+    Raises:
+        RowError: ``no_face`` when the image or the ref has no face.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from i2score.data.align import warp_quad
+
+    image, alignment = _aligned(d.image, resolution, d.row, "image")
+    mask = None
+    if d.mask is not None:
+        m = Image.fromarray((d.mask[0].numpy() * 255).astype(np.uint8), "L").convert("RGB")
+        warped = np.asarray(warp_quad(m, alignment.quad, resolution))[..., 0]
+        mask = torch.from_numpy((warped >= 128).astype(np.float32))[None]
+    ref = ref_alignment = None
+    if d.ref is not None:
+        ref, ref_alignment = _aligned(d.ref, resolution, d.row, "ref")
+    return (to_tensor(image), mask, None if ref is None else to_tensor(ref), alignment, ref_alignment)
+
+
 def load_row(row: ManifestRow, *, resolution: int, policy: FitPolicy = "center-crop",
              threshold: float = 0.5, mask_resize: Literal["nearest", "error"] = "nearest",
              max_pixels: int = DEFAULT_MAX_PIXELS,
              background: tuple[int, int, int] = (255, 255, 255),
              fetched: Mapping[str, bytes | BaseException] | None = None,
-             inputs: InputPolicy | None = None) -> LoadedRow:
+             inputs: InputPolicy | None = None, align: bool = False) -> LoadedRow:
     """Read, decode and fit one row's files to ``resolution x resolution``.
 
     Args:
@@ -162,6 +208,8 @@ def load_row(row: ManifestRow, *, resolution: int, policy: FitPolicy = "center-c
         fetched: bytes (or read errors) already fetched, e.g. by :meth:`InputPolicy.read_many`.
         inputs: what may be read (:class:`~i2score.data.inputs.InputPolicy`); None reads
             anywhere, still only regular files up to the default size limit.
+        align: FFHQ-align image and ref instead of fitting them (:func:`align_row`; ``policy``
+            is then unused); needs the ``align`` extra.
 
     Returns:
         :class:`LoadedRow` with ``image``/``ref`` ``[3, R, R]`` in [-1, 1] and ``mask``
@@ -171,10 +219,15 @@ def load_row(row: ManifestRow, *, resolution: int, policy: FitPolicy = "center-c
         RowError: with the reason codes validation uses (``missing_file``, ``unreadable_file``,
             ``empty_file``, ``truncated_image``, ``undecodable_image``, ``decompression_bomb``,
             ``mask_size_mismatch``, ``non_binary_mask``, ``outside_allowed_inputs``,
-            ``not_a_regular_file``, ``file_too_large``).
+            ``not_a_regular_file``, ``file_too_large``; with ``align``, ``no_face``).
     """
     d = decode_row(row, fetched, threshold=threshold, mask_resize=mask_resize,
                     max_pixels=max_pixels, background=background, inputs=inputs)
+    if align:
+        image, mask, ref, alignment, ref_alignment = align_row(d, resolution)
+        return LoadedRow(row=row, image=image, mask=mask, ref=ref, image_bytes=d.image_bytes,
+                         mask_bytes=d.mask_bytes, ref_bytes=d.ref_bytes, image_size=d.image.size,
+                         alignment=alignment, ref_alignment=ref_alignment, original=d.image)
     image, mask, ref = fit_row(d, resolution, policy)
     return LoadedRow(row=row, image=image, mask=mask, ref=ref, image_bytes=d.image_bytes,
                      mask_bytes=d.mask_bytes, ref_bytes=d.ref_bytes, image_size=d.image.size)

@@ -64,6 +64,7 @@ class Reason(str, Enum):
     NOT_A_REGULAR_FILE = "not_a_regular_file"
     FILE_TOO_LARGE = "file_too_large"
     CREDENTIALS_IN_URL = "credentials_in_url"
+    NO_FACE = "no_face"
 
 
 REASON_DESCRIPTIONS: dict[str, str] = {
@@ -104,6 +105,7 @@ REASON_DESCRIPTIONS: dict[str, str] = {
                           "to be written: a shard manifest of the sharded flow",
     "file_too_large": "a referenced file is larger than the input size limit (64 MiB by default, "
                       "--max-input-bytes)",
+    "no_face": "the face detector found no face in the image (or ref) of a run with --align, or of i2s align",
 }
 
 
