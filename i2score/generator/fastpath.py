@@ -68,7 +68,9 @@ def compiled_synthesis(G: StyleGAN2, *, channels_last: bool = False) -> Render:
 
 def renderer(G: StyleGAN2, *, channels_last: bool = False, compile: bool = False) -> Render:
     """The synthesis forward the optimisation loop calls: eager ``G.synthesize`` (default) or
-    the cached compiled one; both optionally channels_last."""
+    the cached compiled one; both optionally channels_last (StyleGAN2 only)."""
+    if compile and G.family != "stylegan2":
+        raise ValueError(f"compile is a StyleGAN2 engine option; {G.family} generators run eager only")
     if compile:
         compiled = compiled_synthesis(G, channels_last=channels_last)
 

@@ -350,7 +350,7 @@ def nvidia_from_pickle(data: Any, key: str = "G_ema") -> StyleGAN2:
         names = sorted((synthesis.state.get("_modules") or {}) if synthesis is not None else [])
         raise UnsupportedCheckpointError(
             "NVIDIA pickle: the generator's synthesis network has no StyleGAN2 blocks (b4, b8, ...); "
-            f"found {names[:8]}. StyleGAN3 (alias-free) generators are not supported.")
+            f"found {names[:8]}. (StyleGAN3 generators load through load_generator_file.)")
     tensors = _module_tensors(gen)
     kw = resolve_nvidia_kwargs(gen, _nvidia_init_kwargs(gen), tensors)
     cfg = nvidia_config(kw)
