@@ -33,7 +33,7 @@ import torch
 
 from i2score.features import VGG16Features
 from i2score.generator.checkpoints.errors import UnsupportedCheckpointError
-from i2score.generator.checkpoints.load import detect_format, load_generator_file, nvidia_noise_const
+from i2score.generator.checkpoints.load import detect_format, load_generator_file, nvidia_noise_const, save_generator
 from i2score.generator.checkpoints.pickles import PickledObject, restricted_pickle_load
 from i2score.generator.checkpoints.stylegan3 import stylegan3_from_pickle
 from i2score.generator.stylegan3 import NoNoiseInputsError, StyleGAN3, resample2d
@@ -183,3 +183,22 @@ def test_stylegan2_engine_options_are_refused(G_t: StyleGAN3) -> None:
         renderer(G_t, compile=True)
     with pytest.raises(ValueError, match="channels_last is a StyleGAN2 engine option; stylegan3-t"):
         G_t.synthesize(G_t.map(G_t.random_z(1, 0)), [], channels_last=True)
+    with pytest.raises(ValueError, match="native format holds StyleGAN2 generators; keep the stylegan3-t"):
+        save_generator(G_t, Path("/nonexistent/never-written.pt"))
+
+
+def test_attribute_transfer_on_stylegan3(G_t: StyleGAN3) -> None:
+    from i2score.data.latents import Latents
+    from i2score.method.applications.attribute import attribute_transfer
+
+    gen = torch.Generator().manual_seed(2)
+    a, b = (Latents(torch.randn(1, 16, 32, generator=gen), [], {}) for _ in range(2))
+    with torch.no_grad():
+        base = G_t.synthesize(a.w, [])
+    kept = attribute_transfer(a, b, torch.zeros(1, 1, 32, 32), G_t)  # default layer 4 = L4
+    assert torch.equal(kept.images, base) and kept.latents.meta["layer"] == G_t.layer_names[4]
+    mask = torch.zeros(1, 1, 32, 32)
+    mask[..., 16:, :] = 1
+    moved = attribute_transfer(a, b, mask, G_t, layer="L8")
+    change = (moved.images - base).abs().mean(dim=(0, 1, 3))
+    assert change[16:].mean() > 3 * change[:16].mean()  # the edit lands mostly in the masked half

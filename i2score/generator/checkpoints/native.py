@@ -30,8 +30,11 @@ def save_generator(G: StyleGAN2, path: str | os.PathLike[str], *, dtype: torch.d
     Besides config and state dict the file keeps ``has_w_avg`` and, when present, the
     checkpoint noise maps, so a native copy of a converted checkpoint loses nothing.
     ``dtype=torch.float16`` halves the file (the bundled demo model); loading always gives
-    float32 parameters, equal to the float16-rounded values.
+    float32 parameters, equal to the float16-rounded values. StyleGAN2 only: a StyleGAN3
+    generator is kept as its NVIDIA pickle (refused here with a ValueError).
     """
+    if G.family != "stylegan2":
+        raise ValueError(f"the native format holds StyleGAN2 generators; keep the {G.family} model's NVIDIA pickle")
     payload: dict[str, Any] = {
         "format": NATIVE_FORMAT,
         "version": NATIVE_VERSION,
