@@ -77,6 +77,31 @@ def _apply_axes(x: Tensor, mx: Tensor, my: Tensor) -> Tensor:
     return torch.matmul(my.t(), torch.matmul(x, mx))
 
 
+MATRIX_MAX_SIZE = 256
+"""Above this (up-sampled) side, :func:`resample2d` convolves instead of multiplying by the
+dense per-axis matrices, whose work grows with the side squared instead of the filter length."""
+
+
+def _resample_conv(x: Tensor, terms: Sequence[tuple[Tensor, Tensor]], up: int, down: int,
+                   padding: tuple[int, int, int, int]) -> Tensor:
+    """:func:`resample2d` by zero insertion and strided 1-D convolutions (channels folded into
+    the batch: every channel is filtered alike), one pair per separable term."""
+    b, c, h, w = x.shape
+    if up > 1:
+        x = F.pad(x.reshape(b, c, h, 1, w, 1), (0, up - 1, 0, 0, 0, up - 1)).reshape(b, c, h * up, w * up)
+    x0, x1, y0, y1 = padding
+    x = F.pad(x, (max(x0, 0), max(x1, 0), max(y0, 0), max(y1, 0)))
+    x = x[:, :, max(-y0, 0): x.shape[2] - max(-y1, 0), max(-x0, 0): x.shape[3] - max(-x1, 0)]
+    flat = x.reshape(b * c, 1, x.shape[2], x.shape[3])
+    out: Tensor | None = None
+    for fy, fx in terms:
+        y = F.conv2d(flat, fx.to(dtype=x.dtype, device=x.device).view(1, 1, 1, -1), stride=(1, down))
+        y = F.conv2d(y, fy.to(dtype=x.dtype, device=x.device).view(1, 1, -1, 1), stride=(down, 1))
+        out = y if out is None else out + y
+    assert out is not None
+    return out.reshape(b, c, out.shape[2], out.shape[3])
+
+
 def resample2d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1,
                padding: tuple[int, int, int, int] = (0, 0, 0, 0), gain: float = 1.0) -> Tensor:
     """Up-sample by zero insertion, pad (negative = crop), FIR-filter, down-sample by decimation.
@@ -92,8 +117,10 @@ def resample2d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1,
     Returns:
         ``[B, C, ceil((H*up + y0 + y1 - k + 1) / down), ...]``.
 
-    Each axis is one small matrix (the whole up/pad/filter/down chain is linear), so the work is
-    two matrix products per filter instead of a convolution over the zero-inserted grid. A 2-D
+    Up to :data:`MATRIX_MAX_SIZE` each axis is one small matrix (the whole up/pad/filter/down
+    chain is linear): two matrix products per filter instead of a convolution over the
+    zero-inserted grid; larger layers use strided 1-D convolutions (same values to float
+    rounding). A 2-D
     filter (config R's radial one) is split by SVD into separable terms, keeping those with a
     singular value above 1e-8 of the largest (below float32 rounding; the released radial
     filters need 4-5 terms: their spectra fall to 2e-7 by the third).
@@ -107,6 +134,8 @@ def resample2d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1,
         u, sv, vh = torch.linalg.svd(f64)
         keep = int((sv > 1e-8 * sv[0]).sum())
         terms = [(u[:, k] * sv[k].sqrt(), vh[k] * sv[k].sqrt()) for k in range(keep)]
+    if max(h, w) * up > MATRIX_MAX_SIZE:
+        return _resample_conv(x, terms, up, down, padding)
     out: Tensor | None = None
     for fy, fx in terms:
         mx = _axis_matrix(w, fx, up, down, x0, x1).to(dtype=x.dtype, device=x.device)

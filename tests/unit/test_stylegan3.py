@@ -32,6 +32,7 @@ import pytest
 import torch
 
 from i2score.features import VGG16Features
+from i2score.generator import stylegan3
 from i2score.generator.checkpoints.errors import UnsupportedCheckpointError
 from i2score.generator.checkpoints.load import detect_format, load_generator_file, nvidia_noise_const, save_generator
 from i2score.generator.checkpoints.pickles import PickledObject, restricted_pickle_load
@@ -81,11 +82,15 @@ def test_the_clamp_fires_in_the_clamp_fixture() -> None:
         assert float((H.synthesize(torch.from_numpy(rec["w"]), []) - torch.from_numpy(rec["img_w"])).abs().max()) > 10
 
 
-def test_resample2d_is_upfirdn() -> None:
+@pytest.mark.parametrize("matrix_max", [256, 0])  # per-axis matrices / strided convolutions
+def test_resample2d_is_upfirdn(matrix_max: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Against the definition: zero insertion, padding, a true convolution, decimation."""
+    monkeypatch.setattr(stylegan3, "MATRIX_MAX_SIZE", matrix_max)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 9, 7, generator=gen)
-    for f in (torch.randn(5, generator=gen), torch.randn(4, 4, generator=gen)):
+    radial = torch.outer(torch.randn(4, generator=gen), torch.randn(4, generator=gen))
+    radial = radial + 1e-3 * torch.outer(torch.randn(4, generator=gen), torch.randn(4, generator=gen))
+    for f in (torch.randn(5, generator=gen), torch.randn(4, 4, generator=gen), radial):
         f2 = f if f.ndim == 2 else torch.outer(f, f)
         for up, down, pad in ((1, 1, (0, 0, 0, 0)), (2, 1, (3, 2, 1, 4)), (1, 2, (2, 2, 2, 2)), (2, 2, (-1, 3, 2, -2))):
             z = torch.zeros(2, 3, 9 * up, 7 * up)
