@@ -24,7 +24,6 @@ as 32768 (both fixtures refused with ``CheckpointMismatchError``).
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -133,9 +132,11 @@ def test_layers_that_disagree_on_the_clamp_are_refused() -> None:
 
 
 def test_fixture_pickles_hold_no_code() -> None:
-    for path in FIXTURES.glob("*.pkl"):
+    """NVIDIA's embedded module source was replaced before dumping: only data is committed."""
+    paths = sorted(FIXTURES.glob("*.pkl"))
+    assert len(paths) == 6
+    for path in paths:
         raw = path.read_bytes()
-        assert b"import torch" not in raw and b"def forward" not in raw
+        assert b"import torch" not in raw and b"def forward" not in raw and b"NVIDIA CORPORATION" not in raw
+        assert b"module source removed" in raw
         assert len(raw) < 400_000
-        with pytest.raises(Exception):  # noqa: B017 - without NVIDIA's packages a plain load fails
-            pickle.loads(raw)
