@@ -52,6 +52,7 @@ __all__ = [
     "MODELS",
     "ChecksumMismatchError",
     "Domain",
+    "Family",
     "ModelFormat",
     "ModelSpec",
     "ModelUnavailableError",
@@ -76,16 +77,18 @@ ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt", "i2score-p
 * ``i2score-pt``: this project's own format (:func:`~i2score.generator.checkpoints.load.save_generator`).
 """
 
+Family = Literal["stylegan2", "stylegan3-t", "stylegan3-r"]
+"""Generator architecture: ``stylegan2`` (:class:`~i2score.generator.network.StyleGAN2`: any
+StyleGAN2 file, TF, stylegan2-ada-pytorch, the stylegan3 repository's ``networks_stylegan2``,
+rosinality, ours) or the alias-free ``stylegan3-t`` / ``stylegan3-r``
+(:class:`~i2score.generator.stylegan3.StyleGAN3`: no noise inputs, W+ only)."""
+
 Domain = Literal["face", "other"]
 """``face`` models are embedded starting from the mean latent (the paper's choice for FFHQ);
 ``other`` models need a different initialisation (random or per-domain)."""
 
-FAMILIES: tuple[str, ...] = ("stylegan2", "stylegan3-t", "stylegan3-r")
-"""Generator families: ``stylegan2`` (any StyleGAN2 file: TF, stylegan2-ada-pytorch, the stylegan3
-repository's ``networks_stylegan2``, rosinality, ours) and the alias-free ``stylegan3-t`` /
-``stylegan3-r`` (:mod:`i2score.generator.stylegan3`: no noise inputs, W+ only)."""
-
 FORMATS: tuple[str, ...] = get_args(ModelFormat)
+FAMILIES: tuple[str, ...] = get_args(Family)
 DOMAINS: tuple[str, ...] = get_args(Domain)
 
 ENV_CACHE_DIR = "I2S_CACHE_DIR"
@@ -175,7 +178,7 @@ class ModelSpec:
     valid_hw: tuple[int, int] | None = None
     # Where the URL is documented, so an entry can be re-checked later.
     reference: str = ""
-    family: str = "stylegan2"
+    family: Family = "stylegan2"
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -240,13 +243,13 @@ def _ngc_stylegan2(data: str, res: int, domain: Domain, what: str, channel_multi
         description=f"{what} {res}, StyleGAN2 (NGC, stylegan3-repository pickle)", reference=_REF_NGC)
 
 
-def _ngc_stylegan3(cfg: str, data: str, res: int, domain: Domain, what: str) -> ModelSpec:
+def _ngc_stylegan3(cfg: Literal["t", "r"], data: str, res: int, domain: Domain, what: str) -> ModelSpec:
     """A StyleGAN3 (alias-free) pickle: config ``t`` (translation) or ``r`` (rotation equivariant)."""
     return ModelSpec(
         name=f"stylegan3-{cfg}-{data}-{res}", url=f"{_NGC_SG3}/stylegan3-{cfg}-{data}-{res}x{res}.pkl",
         sha256=None, format="nvidia-pkl", resolution=res, domain=domain, n_mapping=2,
-        family=f"stylegan3-{cfg}", description=f"{what} {res}, StyleGAN3-{cfg.upper()} (NGC)",
-        reference=_REF_NGC)
+        family="stylegan3-t" if cfg == "t" else "stylegan3-r",
+        description=f"{what} {res}, StyleGAN3-{cfg.upper()} (NGC)", reference=_REF_NGC)
 
 
 _NGC_SG3_MODELS: tuple[tuple[str, int, Domain, str], ...] = (
@@ -353,7 +356,8 @@ _SPECS: tuple[ModelSpec, ...] = (
     _ngc_stylegan2("celebahq", 256, "face", "CelebA-HQ"),
     _ngc_stylegan2("lsundog", 256, "other", "LSUN Dog"),
     # --- StyleGAN3 (alias-free): no noise inputs, so W+ only (see README "StyleGAN3") ---------
-    *(_ngc_stylegan3(cfg, *model) for cfg in ("t", "r") for model in _NGC_SG3_MODELS),
+    *(_ngc_stylegan3("t", *model) for model in _NGC_SG3_MODELS),
+    *(_ngc_stylegan3("r", *model) for model in _NGC_SG3_MODELS),
 )
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
