@@ -122,8 +122,8 @@ def resample2d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1,
     zero-inserted grid; larger layers use strided 1-D convolutions (same values to float
     rounding). A 2-D
     filter (config R's radial one) is split by SVD into separable terms, keeping those with a
-    singular value above 1e-8 of the largest (below float32 rounding; the released radial
-    filters need 4-5 terms: their spectra fall to 2e-7 by the third).
+    singular value above 1e-8 of the largest (below float32 rounding; the test model's radial
+    filters keep 4 terms, their singular values falling to 2e-7 of the first by the third).
     """
     x0, x1, y0, y1 = padding
     h, w = x.shape[2], x.shape[3]

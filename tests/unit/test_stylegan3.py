@@ -207,3 +207,15 @@ def test_attribute_transfer_on_stylegan3(G_t: StyleGAN3) -> None:
     moved = attribute_transfer(a, b, mask, G_t, layer="L8")
     change = (moved.images - base).abs().mean(dim=(0, 1, 3))
     assert change[16:].mean() > 3 * change[:16].mean()  # the edit lands mostly in the masked half
+
+
+@pytest.mark.parametrize("name", ["sg3t_32", "sg3r_32"])
+def test_render_is_batch_invariant_on_cpu(name: str) -> None:
+    from i2score.kernels import batch_invariant
+
+    G = load_generator_file(FIXTURES / f"{name}.pkl")
+    w = torch.randn(3, 16, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), batch_invariant("cpu"):
+        batch = G.synthesize(w, [])
+        alone = torch.cat([G.synthesize(w[i:i + 1], []) for i in range(3)])
+    assert torch.equal(batch, alone)
