@@ -127,13 +127,14 @@ def resample2d(x: Tensor, f: Tensor, *, up: int = 1, down: int = 1,
     """
     x0, x1, y0, y1 = padding
     h, w = x.shape[2], x.shape[3]
-    f64 = (f.double() * gain ** (f.ndim / 2)).flip(list(range(f.ndim)))
+    f64 = (f.detach().double() * gain ** (f.ndim / 2)).flip(list(range(f.ndim)))
     if f.ndim == 1:
         terms = [(f64, f64)]
     else:
-        u, sv, vh = torch.linalg.svd(f64)
+        # A 12x12 SVD: on the CPU (no device round trip per layer), the terms moved back.
+        u, sv, vh = torch.linalg.svd(f64.cpu())
         keep = int((sv > 1e-8 * sv[0]).sum())
-        terms = [(u[:, k] * sv[k].sqrt(), vh[k] * sv[k].sqrt()) for k in range(keep)]
+        terms = [((u[:, k] * sv[k].sqrt()).to(f.device), (vh[k] * sv[k].sqrt()).to(f.device)) for k in range(keep)]
     if max(h, w) * up > MATRIX_MAX_SIZE:
         return _resample_conv(x, terms, up, down, padding)
     out: Tensor | None = None
