@@ -43,9 +43,10 @@ from i2score.generator.network import GeneratorConfig, MappingNetwork, StyleGAN2
 from i2score.generator.ops import EqualLinear
 from i2score.kernels import batch_invariance_enabled, batch_invariant
 
-__all__ = ["NoNoiseInputsError", "SG3LayerSpec", "StyleGAN3", "StyleGAN3Config", "filtered_lrelu", "resample2d"]
+__all__ = ["STYLEGAN3_FAMILIES", "NoNoiseInputsError", "SG3LayerSpec", "StyleGAN3", "StyleGAN3Config", "filtered_lrelu",
+           "resample2d"]
 
-FAMILIES_WITHOUT_NOISE = ("stylegan3-t", "stylegan3-r")
+STYLEGAN3_FAMILIES = ("stylegan3-t", "stylegan3-r")
 
 
 class NoNoiseInputsError(ValueError):
@@ -201,8 +202,8 @@ class StyleGAN3Config:
     layers: tuple[SG3LayerSpec, ...]
 
     def __post_init__(self) -> None:
-        if self.family not in FAMILIES_WITHOUT_NOISE:
-            raise ValueError(f"family must be one of {FAMILIES_WITHOUT_NOISE}, got {self.family!r}")
+        if self.family not in STYLEGAN3_FAMILIES:
+            raise ValueError(f"family must be one of {STYLEGAN3_FAMILIES}, got {self.family!r}")
         if not self.layers or not self.layers[-1].is_torgb:
             raise ValueError("the last StyleGAN3 layer must be the ToRGB layer")
 
