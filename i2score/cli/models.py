@@ -33,23 +33,24 @@ def models_list(cache_dir: CacheDirOption = None) -> None:
     url_width = max(len(spec.url) for spec, _ in rows)
     # URLs are long; folding them inside a cell breaks copy-paste, so in a narrow terminal
     # they go below the table on lines of their own instead.
-    inline_urls = console.width >= url_width + 75
+    inline_urls = console.width >= url_width + 80
 
-    table = Table(title="i2score model registry", box=box.SIMPLE_HEAD)
+    # Fits 80 columns: one-space gaps, the default model and pinned checksums in the caption.
+    table = Table(title="i2score model registry", box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False,
+                  caption=f"* default model; sha256 pinned: "
+                          f"{', '.join(s.name for s, _ in rows if s.sha256) or 'none'}")
     table.add_column("name", no_wrap=True, style="bold")
     table.add_column("family", no_wrap=True)
     table.add_column("format", no_wrap=True)
     table.add_column("res", justify="right")
     table.add_column("domain")
-    table.add_column("sha256")
     table.add_column("cached")
-    table.add_column("default")
     if inline_urls:
         table.add_column("url", no_wrap=True)
     for spec, cached in rows:
-        cells = [spec.name, spec.family, spec.format, str(spec.resolution), spec.domain,
-                 "known" if spec.sha256 else "-", "bundled" if spec.url.startswith("bundled://")
-                 else "yes" if cached else "no", "*" if spec.name == DEFAULT_MODEL else ""]
+        cells = [spec.name + (" *" if spec.name == DEFAULT_MODEL else ""), spec.family, spec.format,
+                 str(spec.resolution), spec.domain,
+                 "bundled" if spec.url.startswith("bundled://") else "yes" if cached else "no"]
         table.add_row(*cells, *([spec.url] if inline_urls else []))
     console.print(table)
     if not inline_urls:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from i2score.generator.network import StyleGAN2, SynthesisNetwork
+from i2score.generator.stylegan3 import STYLEGAN3_FAMILIES
 
 Render = Callable[[Tensor, Sequence[Tensor]], Tensor]
 """``render(w [B, L, w_dim], noise list of [B, 1, r, r]) -> image [B, 3, R, R]`` in [-1, 1]."""
@@ -68,7 +69,9 @@ def compiled_synthesis(G: StyleGAN2, *, channels_last: bool = False) -> Render:
 
 def renderer(G: StyleGAN2, *, channels_last: bool = False, compile: bool = False) -> Render:
     """The synthesis forward the optimisation loop calls: eager ``G.synthesize`` (default) or
-    the cached compiled one; both optionally channels_last."""
+    the cached compiled one; both optionally channels_last (not for StyleGAN3)."""
+    if compile and G.family in STYLEGAN3_FAMILIES:
+        raise ValueError(f"compile is a StyleGAN2 engine option; {G.family} generators run eager only")
     if compile:
         compiled = compiled_synthesis(G, channels_last=channels_last)
 

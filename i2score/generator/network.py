@@ -218,6 +218,8 @@ class StyleGAN2(nn.Module):
     """
 
     w_avg: Tensor
+    #: Model family (``i2s models list``); :class:`~i2score.generator.stylegan3.StyleGAN3` sets its own.
+    family: str = "stylegan2"
 
     def __init__(self, resolution: int | GeneratorConfig, *, channel_multiplier: float = 2,
                  channel_max: int = 512, n_mapping: int = 8, w_dim: int = 512, seed: int = 0,

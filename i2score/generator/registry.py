@@ -77,9 +77,12 @@ ModelFormat = Literal["nvidia-pkl", "nvidia-tf-pkl", "rosinality-pt", "i2score-p
 * ``i2score-pt``: this project's own format (:func:`~i2score.generator.checkpoints.load.save_generator`).
 """
 
-Family = Literal["stylegan1", "stylegan2"]
-"""Generator architecture: ``stylegan1`` (Karras et al. 2019, :class:`~i2score.generator.stylegan1.StyleGAN1`)
-or ``stylegan2`` (:class:`~i2score.generator.network.StyleGAN2`)."""
+Family = Literal["stylegan1", "stylegan2", "stylegan3-t", "stylegan3-r"]
+"""Generator architecture: ``stylegan1`` (Karras et al. 2019, :class:`~i2score.generator.stylegan1.StyleGAN1`),
+``stylegan2`` (:class:`~i2score.generator.network.StyleGAN2`: any StyleGAN2 file, TF,
+stylegan2-ada-pytorch, the stylegan3 repository's ``networks_stylegan2``, rosinality, ours) or the
+alias-free ``stylegan3-t`` / ``stylegan3-r`` (:class:`~i2score.generator.stylegan3.StyleGAN3`: no
+noise inputs, W+ only)."""
 
 Domain = Literal["face", "other"]
 """``face`` models are embedded starting from the mean latent (the paper's choice for FFHQ);
@@ -207,7 +210,10 @@ class ModelSpec:
 
     @property
     def num_ws(self) -> int:
-        """Number of per-layer w vectors the synthesis network consumes (18 at 1024)."""
+        """Number of per-layer w vectors the synthesis network consumes (18 at 1024 for StyleGAN2;
+        StyleGAN3's 16 at every resolution: 14 layers, the input and the ToRGB)."""
+        if self.family.startswith("stylegan3"):
+            return 16
         return 2 * int(math.log2(self.resolution)) - 2
 
     @property
@@ -223,11 +229,39 @@ DEMO_SHA256 = "e7ca94f73a6c1b5695e50da952c94ac51bc6eb6a897954846ae8bc0d1c6d4756"
 _ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained"
 _ADA_TL = f"{_ADA}/transfer-learning-source-nets"
 _SG2 = "https://nvlabs-fi-cdn.nvidia.com/stylegan2/networks"
+# NVIDIA's current downloads (NGC), listed in NVlabs/stylegan3's README "Additional material".
+_NGC_SG2 = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan2/versions/1/files"
+_NGC_SG3 = "https://api.ngc.nvidia.com/v2/models/nvidia/research/stylegan3/versions/1/files"
 
 # Where the URLs are published (checked in the upstream repositories):
 _REF_ADA_README = "NVlabs/stylegan2-ada-pytorch README.md, 'Data repository' table"
 _REF_ADA_TRAIN = "NVlabs/stylegan2-ada-pytorch train.py, resume_specs"
 _REF_SG2 = "NVlabs/stylegan2 README.md 'networks' table + pretrained_networks.py gdrive_urls"
+_REF_NGC = "NVlabs/stylegan3 README.md, 'Additional material' (StyleGAN2 / StyleGAN3 pre-trained models)"
+
+
+def _ngc_stylegan2(data: str, res: int, domain: Domain, what: str, channel_multiplier: float = 2) -> ModelSpec:
+    """A StyleGAN2 pickle of NVIDIA's stylegan3 repository (``networks_stylegan2``: synthesis
+    settings as top-level kwargs, clamp 256 unless trained in fp32)."""
+    return ModelSpec(
+        name=f"stylegan2-{data}-{res}", url=f"{_NGC_SG2}/stylegan2-{data}-{res}x{res}.pkl", sha256=None,
+        format="nvidia-pkl", resolution=res, domain=domain, channel_multiplier=channel_multiplier,
+        description=f"{what} {res}, StyleGAN2 (NGC, stylegan3-repository pickle)", reference=_REF_NGC)
+
+
+def _ngc_stylegan3(cfg: Literal["t", "r"], data: str, res: int, domain: Domain, what: str) -> ModelSpec:
+    """A StyleGAN3 (alias-free) pickle: config ``t`` (translation) or ``r`` (rotation equivariant)."""
+    return ModelSpec(
+        name=f"stylegan3-{cfg}-{data}-{res}", url=f"{_NGC_SG3}/stylegan3-{cfg}-{data}-{res}x{res}.pkl",
+        sha256=None, format="nvidia-pkl", resolution=res, domain=domain, n_mapping=2,
+        family="stylegan3-t" if cfg == "t" else "stylegan3-r",
+        description=f"{what} {res}, StyleGAN3-{cfg.upper()} (NGC)", reference=_REF_NGC)
+
+
+_NGC_SG3_MODELS: tuple[tuple[str, int, Domain, str], ...] = (
+    ("ffhq", 1024, "face", "FFHQ"), ("ffhqu", 1024, "face", "FFHQ-U (unaligned)"),
+    ("ffhqu", 256, "face", "FFHQ-U (unaligned)"), ("metfaces", 1024, "face", "MetFaces"),
+    ("metfacesu", 1024, "face", "MetFaces-U (unaligned)"), ("afhqv2", 512, "other", "AFHQv2"))
 
 _SPECS: tuple[ModelSpec, ...] = (
     # --- bundled with the package -------------------------------------------------------------
@@ -309,6 +343,27 @@ _SPECS: tuple[ModelSpec, ...] = (
         name="lsun-horse-256", url=f"{_SG2}/stylegan2-horse-config-f.pkl", sha256=None,
         format="nvidia-tf-pkl", resolution=256, domain="other",
         description="LSUN Horse 256, StyleGAN2 config-f", reference=_REF_SG2),
+    # --- NGC StyleGAN2 (stylegan3 repository layout). Widths, clamp and mapping depth are read
+    # from each file; channel_multiplier here is informative (cbase 16384 for the 256 px FFHQ
+    # ones per the stylegan3 configs). stylegan2-cifar10-32x32 is conditional (10 classes): not
+    # listed, the loader refuses class-conditional generators.
+    _ngc_stylegan2("ffhq", 1024, "face", "FFHQ"),
+    _ngc_stylegan2("ffhq", 512, "face", "FFHQ"),
+    _ngc_stylegan2("ffhq", 256, "face", "FFHQ", channel_multiplier=1),
+    _ngc_stylegan2("ffhqu", 1024, "face", "FFHQ-U (unaligned)"),
+    _ngc_stylegan2("ffhqu", 256, "face", "FFHQ-U (unaligned)", channel_multiplier=1),
+    _ngc_stylegan2("metfaces", 1024, "face", "MetFaces"),
+    _ngc_stylegan2("metfacesu", 1024, "face", "MetFaces-U (unaligned)"),
+    _ngc_stylegan2("afhqv2", 512, "other", "AFHQv2 (cats, dogs, wild)"),
+    _ngc_stylegan2("afhqcat", 512, "other", "AFHQ Cat"),
+    _ngc_stylegan2("afhqdog", 512, "other", "AFHQ Dog"),
+    _ngc_stylegan2("afhqwild", 512, "other", "AFHQ Wild"),
+    _ngc_stylegan2("brecahad", 512, "other", "BreCaHAD (histology)"),
+    _ngc_stylegan2("celebahq", 256, "face", "CelebA-HQ"),
+    _ngc_stylegan2("lsundog", 256, "other", "LSUN Dog"),
+    # --- StyleGAN3 (alias-free): no noise inputs, so W+ only (see README "StyleGAN3") ---------
+    *(_ngc_stylegan3("t", *model) for model in _NGC_SG3_MODELS),
+    *(_ngc_stylegan3("r", *model) for model in _NGC_SG3_MODELS),
 )
 
 # --- StyleGAN (v1): the networks of the StyleGAN paper, TF pickles on Google Drive only ---------

@@ -29,6 +29,7 @@ from torch import Tensor
 from i2score.features import VGG16Features
 from i2score.generator.fastpath import Render, renderer
 from i2score.generator.network import StyleGAN2, SynthesisState
+from i2score.generator.stylegan3 import NoNoiseInputsError
 from i2score.kernels import batch_invariant
 from i2score.method.objective import ImageTarget, Objective, Target
 
@@ -355,6 +356,8 @@ def optimize_noise(G: StyleGAN2, *, M: Tensor | None, w: Tensor, n_ini: Sequence
     Returns:
         ``(noise list of [B, 1, r, r], BlockResult)``.
     """
+    if not G.noise_shapes:
+        raise NoNoiseInputsError(G.family, "noise optimisation (Mk_n)")
     targets = [ImageTarget(x, Mm=M)]
     # With M all ones, no pixel is left for y.
     if y is not None and M is not None:
@@ -393,7 +396,9 @@ def blend_activations(G: StyleGAN2, base: tuple[Tensor, Sequence[Tensor]], donor
     Args:
         base, donor: ``(w [B, L, w_dim], noise list)`` of the two images.
         M1, M2: ``[B, 1, R, R]`` in [0, 1].
-        layer: ``"conv{i}"`` or ``i``.
+        layer: ``"conv{i}"`` or ``i`` (StyleGAN3: ``"L{i}..."``; its activations include a margin
+            around the image, and the masks are placed on the image part by
+            ``G.mask_to_activation``).
 
     Returns:
         ``[B, 3, R, R]`` in [-1, 1] (nominal).
@@ -407,12 +412,20 @@ def blend_activations(G: StyleGAN2, base: tuple[Tensor, Sequence[Tensor]], donor
     sa = G.synthesize_until(wa, na, layer)
     sb = G.synthesize_until(wb, nb, layer)
 
+    # A generator whose activations extend past the image (StyleGAN3's margins) places the
+    # masks itself; StyleGAN2's activations cover exactly the image.
+    place = getattr(G, "mask_to_activation", None)
+    index = G.layer_index(layer)
+
+    def resize(m: Tensor, size: tuple[int, int]) -> Tensor:
+        return place(m, index, size) if place is not None else F.interpolate(m, size=size, mode="nearest")
+
     def combine(a: Tensor | None, b: Tensor | None) -> Tensor | None:
         if a is None or b is None:
             return None
         size = (a.shape[-2], a.shape[-1])
-        m1 = F.interpolate(M1, size=size, mode="nearest").to(a.dtype)
-        m2 = F.interpolate(M2, size=size, mode="nearest").to(a.dtype)
+        m1 = resize(M1, size).to(a.dtype)
+        m2 = resize(M2, size).to(a.dtype)
         copy = m1 * a + (1 - m2) * b
         if mode == "copy" or (mode == "channels" and channels is not None and a.shape[1] != channels.numel()):
             return copy

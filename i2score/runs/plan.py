@@ -17,7 +17,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from i2score.data import storage
@@ -169,6 +169,8 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
     assert G.weights_sha256 is not None, "load_generator sets the weights hash"
     gen: GeneratorRecord = {"id": model, "sha256": G.weights_sha256, "resolution": G.resolution,
                             "num_ws": G.num_ws}
+    if not G.noise_shapes:  # StyleGAN3: no noise inputs, so reconstruct's noise stage is skipped
+        schedule = replace(schedule, steps_n=0)
     init = schedule.resolved_init(G.domain)
     encoder = plan_encoder(config, model, G) if init == "encoder" else None
     device = resolve_device(config.device)
@@ -231,6 +233,11 @@ def plan_run(config: JobConfig, *, attempt: str | None = None, identity: RunIden
                                                encoder_sha256=encoder["sha256"] if encoder else None)
     if engine.precision != "fp32":
         embed_params["precision"] = engine.precision  # bf16 gives other (nearby) bits
+    if not G.noise_shapes:
+        # StyleGAN3 has no noise inputs: reconstruct runs the W+ stage only (steps_n is 0
+        # above), so lr_n changes nothing, and the lineage says why.
+        embed_params.pop("lr_n", None)
+        embed_params["noise_stage"] = f"skipped: {G.family} has no noise inputs (W+ only)"
 
     def embed_key(url: str, align: bool) -> str:
         return cache_key_of(sha[url], None, gen["sha256"], OPS["reconstruct"].algorithm,

@@ -165,6 +165,7 @@ def _nvidia_module_tree(tensors: dict[str, np.ndarray], init_kwargs: dict[str, A
     """Rebuild NVIDIA's module tree (names, params vs buffers) from the fixture tensors."""
     root = _PersistentModule("Generator", module_src)
     root._init_kwargs = {k: easydict(v) if isinstance(v, dict) else v for k, v in init_kwargs.items()}
+    sk, mk = init_kwargs.get("synthesis_kwargs", {}), init_kwargs.get("mapping_kwargs", {})
     for dotted, arr in tensors.items():
         *path, leaf = dotted.split(".")
         mod = root
@@ -176,12 +177,33 @@ def _nvidia_module_tree(tensors: dict[str, np.ndarray], init_kwargs: dict[str, A
                     child.weight_gain = np.float64(0.125)
                 mod.add_module(part, child)
             mod = mod._modules[part]  # type: ignore[assignment]
+        _nvidia_layer_attrs(path, mod, sk, mk)
         t = torch.from_numpy(np.array(arr))
         if leaf in ("resample_filter", "noise_const", "w_avg"):
             mod.register_buffer(leaf, t)
         else:
             mod.register_parameter(leaf, torch.nn.Parameter(t, requires_grad=False))
     return root
+
+
+def _nvidia_layer_attrs(path: list[str], mod: torch.nn.Module, sk: dict[str, Any], mk: dict[str, Any]) -> None:
+    """The attributes stylegan2-ada-pytorch's modules keep from their init kwargs (with that code's
+    defaults), which the loader reads before the kwargs: what their forward actually uses."""
+    kind = getattr(mod, "_pclass", "")
+    attrs: dict[str, Any] = {}
+    if kind == "SynthesisLayer":
+        attrs = {"conv_clamp": sk.get("conv_clamp"), "activation": sk.get("activation", "lrelu"),
+                 "use_noise": sk.get("use_noise", True)}
+    elif kind == "ToRGBLayer":
+        attrs = {"conv_clamp": sk.get("conv_clamp")}
+    elif kind == "SynthesisBlock":
+        attrs = {"architecture": sk.get("architecture", "skip")}
+    elif kind == "FullyConnectedLayer" and path[:1] == ["mapping"]:
+        attrs = {"activation": mk.get("activation", "lrelu"), "bias_gain": mk.get("lr_multiplier", 0.01)}
+    elif kind == "MappingNetwork":
+        attrs = {"num_layers": mk.get("num_layers", 8)}
+    for name, value in attrs.items():
+        setattr(mod, name, value)
 
 
 @pytest.fixture(scope="module")

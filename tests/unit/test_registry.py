@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from i2score.cli.app import app
 from i2score.generator.registry import (
     DOMAINS,
+    FAMILIES,
     FORMATS,
     MODELS,
     ChecksumMismatchError,
@@ -106,9 +107,12 @@ def test_specs_are_well_formed() -> None:
         assert spec.resolution >= 4 and spec.resolution & (spec.resolution - 1) == 0
         assert spec.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", spec.sha256)
         assert spec.description and spec.reference
-        assert spec.num_ws == {256: 14, 512: 16, 1024: 18}[spec.resolution]
+        assert spec.family in FAMILIES
+        assert spec.num_ws == (16 if spec.family.startswith("stylegan3")
+                               else {256: 14, 512: 16, 1024: 18}[spec.resolution])
         assert spec.filename.endswith(".pkl")
-        assert spec.domain == ("face" if spec.name.startswith(("ffhq", "metfaces", "celebahq")) else "other")
+        data = re.sub(r"^stylegan[23](-[tr])?-", "", spec.name)
+        assert spec.domain == ("face" if data.startswith(("ffhq", "metfaces", "celebahq")) else "other")
 
 
 def test_registry_covers_the_required_models() -> None:
@@ -123,6 +127,16 @@ def test_registry_covers_the_required_models() -> None:
     for scene in ("car", "cat", "church"):
         assert formats[f"lsun-{scene}-{512 if scene == 'car' else 256}"] == "nvidia-tf-pkl"
     assert MODELS["lsun-car-512"].valid_hw == (384, 512)
+    # NVIDIA's current (NGC) downloads, as NVlabs/stylegan3's README lists them.
+    ngc = "https://api.ngc.nvidia.com/v2/models/nvidia/research"
+    assert MODELS["stylegan2-ffhq-1024"].url == f"{ngc}/stylegan2/versions/1/files/stylegan2-ffhq-1024x1024.pkl"
+    assert MODELS["stylegan2-ffhq-1024"].family == "stylegan2"
+    for cfg in ("t", "r"):
+        for name in ("ffhq-1024", "ffhqu-1024", "ffhqu-256", "metfaces-1024", "metfacesu-1024", "afhqv2-512"):
+            spec = MODELS[f"stylegan3-{cfg}-{name}"]
+            data, res = name.rsplit("-", 1)
+            assert spec.url == f"{ngc}/stylegan3/versions/1/files/stylegan3-{cfg}-{data}-{res}x{res}.pkl"
+            assert spec.family == f"stylegan3-{cfg}" and spec.format == "nvidia-pkl" and spec.sha256 is None
     # Distinct URLs, and therefore distinct cache files.
     assert len({s.url for s in MODELS.values()}) == len(MODELS)
 
@@ -324,6 +338,8 @@ def test_cli_models_list(tmp_path: Path) -> None:
     for name, spec in MODELS.items():
         assert name in result.output
         assert spec.url in result.output
+    for family in ("stylegan2", "stylegan3-t", "stylegan3-r"):
+        assert f" {family} " in result.output
 
 
 def test_cli_models_fetch(memory_url: str, tmp_path: Path) -> None:

@@ -16,6 +16,8 @@ Supported formats (detected from the file's *content*, never from its name):
     globals (tensor/storage rebuilders, ``OrderedDict``, a few numpy scalar helpers) and
     replaces NVIDIA's persistence hook by a stub that merely records the class name and the
     state, so no code from the file runs and NVIDIA's packages are not needed.
+    StyleGAN3 (alias-free, configs T and R) pickles of the same kind load as
+    :class:`~i2score.generator.stylegan3.StyleGAN3` (:mod:`.stylegan3`): no noise inputs.
 ``nvidia-tf-pkl``
     The original TensorFlow StyleGAN2 pickles (``(G, D, Gs)`` of ``dnnlib.tflib.network.Network``)
     read the same way (only their variable arrays are used), converted like
@@ -64,6 +66,7 @@ from i2score.generator.checkpoints.rosinality import (
     save_rosinality,
     to_rosinality_state,
 )
+from i2score.generator.checkpoints.stylegan3 import is_stylegan3_pickle, stylegan3_from_pickle
 from i2score.generator.checkpoints.tensorflow import tf_from_pickle
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import DEFAULT_MODEL, MODELS, resolve_model_file, sha256_file
@@ -130,7 +133,8 @@ def load_generator_file(path: str | os.PathLike[str], *, device: str | torch.dev
         G = _load_torch_save(path)
     elif fmt == "nvidia-pkl":
         with open(path, "rb") as f:
-            G = nvidia_from_pickle(restricted_pickle_load(f, context=f"NVIDIA pickle {path.name}"))
+            data = restricted_pickle_load(f, context=f"NVIDIA pickle {path.name}")
+        G = stylegan3_from_pickle(data) if is_stylegan3_pickle(data) else nvidia_from_pickle(data)
     elif fmt == "nvidia-tf-pkl":
         with open(path, "rb") as f:
             G = tf_from_pickle(restricted_pickle_load(f, context=f"TensorFlow pickle {path.name}"))

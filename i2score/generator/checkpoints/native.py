@@ -19,6 +19,7 @@ from i2score.generator.checkpoints.build import build_generator
 from i2score.generator.checkpoints.errors import UnsupportedCheckpointError
 from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.stylegan1 import StyleGAN1Config
+from i2score.generator.stylegan3 import STYLEGAN3_FAMILIES
 
 __all__ = ["NATIVE_FORMAT", "NATIVE_VERSION", "atomic_torch_save", "from_native", "save_generator"]
 
@@ -32,8 +33,11 @@ def save_generator(G: StyleGAN2, path: str | os.PathLike[str], *, dtype: torch.d
     Besides config and state dict the file keeps ``has_w_avg`` and, when present, the
     checkpoint noise maps, so a native copy of a converted checkpoint loses nothing.
     ``dtype=torch.float16`` halves the file (the bundled demo model); loading always gives
-    float32 parameters, equal to the float16-rounded values.
+    float32 parameters, equal to the float16-rounded values. A StyleGAN3 generator is kept as
+    its NVIDIA pickle (refused here with a ValueError).
     """
+    if G.family in STYLEGAN3_FAMILIES:
+        raise ValueError(f"the native format does not hold {G.family} generators; keep the model's NVIDIA pickle")
     payload: dict[str, Any] = {
         "format": NATIVE_FORMAT,
         "version": NATIVE_VERSION,

@@ -24,7 +24,8 @@ from i2score.generator.network import GeneratorConfig, StyleGAN2
 from i2score.generator.ops import make_fir_filter
 from i2score.weights.unpickle import NDArrayRecord
 
-__all__ = ["nvidia_config", "nvidia_conv_names", "nvidia_from_pickle", "nvidia_to_canonical", "read_nvidia_pickle"]
+__all__ = ["nvidia_config", "nvidia_conv_names", "nvidia_from_pickle", "nvidia_to_canonical", "read_nvidia_pickle",
+           "resolve_nvidia_kwargs"]
 
 
 def _module_tensors(obj: Any, prefix: str = "") -> dict[str, Tensor]:
@@ -103,40 +104,162 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+_MISSING = object()
+
+
+def _state_attr(obj: PickledObject | None, name: str) -> Any:
+    """Attribute ``name`` of a pickled module (what its forward reads), or ``_MISSING``."""
+    if obj is None or not isinstance(obj.state, Mapping) or name not in obj.state:
+        return _MISSING
+    return _plain(obj.state[name])
+
+
+def _uniform(fmt: str, name: str, values: list[tuple[str, Any]]) -> Any:
+    """The one value every layer in ``values`` (``[(layer, value)]``) holds, or ``_MISSING``."""
+    found = [(layer, v) for layer, v in values if v is not _MISSING]
+    if not found:
+        return _MISSING
+    if len(found) != len(values):
+        absent = [layer for layer, v in values if v is _MISSING]
+        raise UnsupportedCheckpointError(f"{fmt}: {name} is stored on some layers but not on {absent[:4]}")
+    distinct = {repr(v) for _, v in found}
+    if len(distinct) > 1:
+        raise UnsupportedCheckpointError(
+            f"{fmt}: layers differ in {name} ({', '.join(f'{layer}={v!r}' for layer, v in found[:6])}); "
+            "our network uses one value for all layers")
+    return found[0][1]
+
+
+def _first(fmt: str, name: str, *candidates: tuple[str, Any]) -> Any:
+    """First candidate ``(where, value)`` that is not ``_MISSING``; else an error naming ``name``."""
+    for _where, value in candidates:
+        if value is not _MISSING:
+            return value
+    places = ", ".join(where for where, _ in candidates)
+    raise UnsupportedCheckpointError(f"{fmt}: cannot find the generator's {name!r} (looked in {places})")
+
+
+def resolve_nvidia_kwargs(gen: PickledObject, kw: Mapping[str, Any], tensors: Mapping[str, Tensor],
+                          fmt: str = "nvidia-pkl") -> dict[str, Any]:
+    """Every architecture argument of a pickled StyleGAN2 ``Generator``, found where the code keeps it.
+
+    stylegan2-ada-pytorch's ``Generator`` takes ``synthesis_kwargs={...}`` (nested); the stylegan3
+    repository's ``networks_stylegan2.Generator`` takes them as top-level keyword arguments
+    (``**synthesis_kwargs``), and anything the training script left out takes that code's default
+    (``conv_clamp=256`` there, ``None`` in stylegan2-ada-pytorch). Defaults are never assumed: a
+    value comes from the attribute the pickled module's forward actually reads (``conv_clamp``,
+    ``activation``, ``use_noise`` on every layer, ``architecture`` on every block, the mapping
+    layers' ``activation`` and ``bias_gain`` = lr multiplier), else from the init kwargs (top level,
+    then nested), else from the tensors where they decide it (noise buffers present = noise used;
+    resample filters, checked later). ``channel_base`` and ``channel_max`` exist only as init
+    kwargs. Returns the stylegan2-ada layout (``mapping_kwargs``/``synthesis_kwargs`` nested),
+    complete.
+
+    Raises:
+        UnsupportedCheckpointError: a value is in none of those places (the message names it), or
+            layers disagree on a value our network shares.
+    """
+    top = dict(kw)
+    sk = dict(top.get("synthesis_kwargs") or {})
+    mk = dict(top.get("mapping_kwargs") or {})
+    synthesis = _submodule(gen, "synthesis")
+    mapping = _submodule(gen, "mapping")
+    blocks = [(n, b) for n, b in ((synthesis.state.get("_modules") or {}) if synthesis is not None else {}).items()
+              if isinstance(b, PickledObject)]
+    layers = [(f"{bn}.{ln}", sub) for bn, b in blocks for ln in ("conv0", "conv1")
+              if (sub := _submodule(b, ln)) is not None]
+    torgbs = [(f"{bn}.torgb", sub) for bn, b in blocks if (sub := _submodule(b, "torgb")) is not None]
+    fcs = [(n, m) for n, m in ((mapping.state.get("_modules") or {}) if mapping is not None else {}).items()
+           if isinstance(m, PickledObject) and str(n).startswith("fc")]
+
+    def kwarg(name: str, nested: Mapping[str, Any], nested_name: str) -> list[tuple[str, Any]]:
+        return [(f"init kwarg {name}", top.get(name, _MISSING)),
+                (f"{nested_name}[{name!r}]", nested.get(name, _MISSING))]
+
+    def layer_attr(name: str, mods: list[tuple[str, PickledObject]], where: str) -> tuple[str, Any]:
+        return (f"{where}.{name}", _uniform(fmt, name, [(n, _state_attr(m, name)) for n, m in mods]))
+
+    out: dict[str, Any] = {}
+    for name in ("z_dim", "w_dim", "img_resolution", "img_channels", "c_dim"):
+        out[name] = _first(fmt, name, (f"init kwarg {name}", top.get(name, _MISSING)),
+                           (f"Generator.{name}", _state_attr(gen, name)))
+    synth: dict[str, Any] = {}
+    for name in ("channel_base", "channel_max"):
+        synth[name] = _first(fmt, name, *kwarg(name, sk, "synthesis_kwargs"))
+    synth["conv_clamp"] = _first(fmt, "conv_clamp", layer_attr("conv_clamp", layers + torgbs, "layers"),
+                                 *kwarg("conv_clamp", sk, "synthesis_kwargs"))
+    synth["architecture"] = _first(fmt, "architecture", layer_attr("architecture", blocks, "blocks"),
+                                   *kwarg("architecture", sk, "synthesis_kwargs"))
+    synth["activation"] = _first(fmt, "activation", layer_attr("activation", layers, "layers"),
+                                 *kwarg("activation", sk, "synthesis_kwargs"))
+    has_noise = any(k.endswith(".noise_const") for k in tensors)
+    synth["use_noise"] = _first(fmt, "use_noise", layer_attr("use_noise", layers, "layers"),
+                                *kwarg("use_noise", sk, "synthesis_kwargs"), ("noise_const buffers", has_noise))
+    # The filter itself is in every layer's resample_filter buffer, which nvidia_to_canonical checks.
+    rf = _first(fmt, "resample_filter", *kwarg("resample_filter", sk, "synthesis_kwargs"),
+                ("resample_filter buffers", None))
+    if rf is not None:
+        synth["resample_filter"] = rf
+    mapk: dict[str, Any] = {}
+    mapk["num_layers"] = _first(fmt, "mapping num_layers", ("MappingNetwork.num_layers",
+                                                             _state_attr(mapping, "num_layers")),
+                                ("mapping_kwargs['num_layers']", mk.get("num_layers", _MISSING)))
+    mapk["activation"] = _first(fmt, "mapping activation", layer_attr("activation", fcs, "mapping"),
+                                ("mapping_kwargs['activation']", mk.get("activation", _MISSING)))
+    # FullyConnectedLayer keeps lr_multiplier as bias_gain (weight_gain also divides by sqrt(fan-in)).
+    mapk["lr_multiplier"] = _first(fmt, "mapping lr_multiplier", layer_attr("bias_gain", fcs, "mapping"),
+                                   ("mapping_kwargs['lr_multiplier']", mk.get("lr_multiplier", _MISSING)))
+    # None means w_dim in NVIDIA's code; the fc weight shapes are checked against it later.
+    mapk["layer_features"] = mk.get("layer_features")
+    out["mapping_kwargs"] = mapk
+    out["synthesis_kwargs"] = synth
+    return out
+
+
+def _required(fmt: str, kw: Mapping[str, Any], name: str, where: str) -> Any:
+    if name not in kw:
+        raise UnsupportedCheckpointError(f"{fmt}: the generator's {name!r} is missing ({where})")
+    return kw[name]
+
+
 def nvidia_config(kw: Mapping[str, Any], fmt: str = "nvidia-pkl") -> GeneratorConfig:
-    """Our config from NVIDIA ``Generator`` init kwargs; refuse what our network cannot run."""
+    """Our config from complete NVIDIA ``Generator`` kwargs (stylegan2-ada layout: nested
+    ``mapping_kwargs``/``synthesis_kwargs``, as :func:`resolve_nvidia_kwargs` returns them);
+    refuse what our network cannot run. A missing value is an error naming it, never a default."""
     mk = dict(kw.get("mapping_kwargs") or {})
     sk = dict(kw.get("synthesis_kwargs") or {})
     problems = []
     if int(kw.get("c_dim", 0) or 0) > 0:
         problems.append(f"conditional generator (c_dim={kw.get('c_dim')}): class labels are not supported")
-    if int(kw.get("img_channels", 3)) != 3:
+    if int(_required(fmt, kw, "img_channels", "init kwargs")) != 3:
         problems.append(f"img_channels={kw.get('img_channels')} (only RGB generators are supported)")
-    if sk.get("architecture", "skip") != "skip":
-        problems.append(f"synthesis architecture {sk.get('architecture')!r} (only 'skip', the "
+    architecture = _required(fmt, sk, "architecture", "synthesis kwargs")
+    if architecture != "skip":
+        problems.append(f"synthesis architecture {architecture!r} (only 'skip', the "
                         "StyleGAN2 config-e/f generator, is supported)")
-    for name, val in (("mapping activation", mk.get("activation", "lrelu")),
-                      ("synthesis activation", sk.get("activation", "lrelu"))):
+    for name, val in (("mapping activation", _required(fmt, mk, "activation", "mapping kwargs")),
+                      ("synthesis activation", _required(fmt, sk, "activation", "synthesis kwargs"))):
         if val != "lrelu":
             problems.append(f"{name} {val!r} (only 'lrelu')")
-    if mk.get("layer_features") not in (None, kw.get("w_dim", 512)):
+    w_dim = int(_required(fmt, kw, "w_dim", "init kwargs"))
+    if mk.get("layer_features") not in (None, w_dim):
         problems.append(f"mapping layer_features={mk.get('layer_features')} != w_dim")
-    rf = sk.get("resample_filter", [1, 3, 3, 1])
+    rf = sk.get("resample_filter", [1, 3, 3, 1])  # absent: the buffers decide (checked on load)
     if list(rf) != [1, 3, 3, 1]:
         problems.append(f"resample_filter {rf} (only [1, 3, 3, 1])")
     if problems:
         raise UnsupportedCheckpointError(f"{fmt}: cannot load this generator: " + "; ".join(problems))
-    channel_base = int(sk.get("channel_base", 32768))
+    channel_base = int(_required(fmt, sk, "channel_base", "synthesis kwargs"))
     cm = channel_base / 16384
-    conv_clamp = sk.get("conv_clamp")
+    conv_clamp = _required(fmt, sk, "conv_clamp", "synthesis kwargs")
     return GeneratorConfig(
-        resolution=int(kw["img_resolution"]),
+        resolution=int(_required(fmt, kw, "img_resolution", "init kwargs")),
         channel_multiplier=int(cm) if cm.is_integer() else cm,
-        channel_max=int(sk.get("channel_max", 512)),
-        n_mapping=int(mk.get("num_layers", 8)),
-        w_dim=int(kw.get("w_dim", 512)),
-        z_dim=int(kw.get("z_dim", 512)),
-        mapping_lr_mul=float(mk.get("lr_multiplier", 0.01)),
+        channel_max=int(_required(fmt, sk, "channel_max", "synthesis kwargs")),
+        n_mapping=int(_required(fmt, mk, "num_layers", "mapping kwargs")),
+        w_dim=w_dim,
+        z_dim=int(_required(fmt, kw, "z_dim", "init kwargs")),
+        mapping_lr_mul=float(_required(fmt, mk, "lr_multiplier", "mapping kwargs")),
         conv_clamp=None if conv_clamp is None else float(conv_clamp),
     )
 
@@ -227,9 +350,10 @@ def nvidia_from_pickle(data: Any, key: str = "G_ema") -> StyleGAN2:
         names = sorted((synthesis.state.get("_modules") or {}) if synthesis is not None else [])
         raise UnsupportedCheckpointError(
             "NVIDIA pickle: the generator's synthesis network has no StyleGAN2 blocks (b4, b8, ...); "
-            f"found {names[:8]}. StyleGAN3 (alias-free) generators are not supported.")
-    kw = _nvidia_init_kwargs(gen)
+            f"found {names[:8]}. (StyleGAN3 generators load through load_generator_file.)")
+    tensors = _module_tensors(gen)
+    kw = resolve_nvidia_kwargs(gen, _nvidia_init_kwargs(gen), tensors)
     cfg = nvidia_config(kw)
-    use_noise = bool(dict(kw.get("synthesis_kwargs") or {}).get("use_noise", True))
-    sd, noise, has_w_avg = nvidia_to_canonical(cfg, _module_tensors(gen), "nvidia-pkl", use_noise)
+    use_noise = bool(kw["synthesis_kwargs"]["use_noise"])
+    sd, noise, has_w_avg = nvidia_to_canonical(cfg, tensors, "nvidia-pkl", use_noise)
     return build_generator(cfg, sd, "nvidia-pkl", has_w_avg=has_w_avg, noise=noise)

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from i2score.data.latents import Latents
 from i2score.generator.network import StyleGAN2
-from i2score.method.applications.common import EditResult, algorithm_meta, render
+from i2score.method.applications.common import EditResult, algorithm_meta, render, require_noise
 from i2score.method.masks import free_hole, rect_hole
 
 MASK_KINDS: tuple[str, ...] = ("rect", "free")
@@ -39,6 +39,7 @@ def crossover_mask(kind: str, mask_seed: int, resolution: int) -> Tensor:
 def resample_noise(latents: Latents, seeds: Sequence[int], G: StyleGAN2) -> EditResult:
     """Each image's ``w`` with new noise maps drawn from ``seeds`` (one per image, so an image's
     noise does not depend on its batch-mates). Metrics: none per image (empty dicts)."""
+    require_noise(G, "noise resampling")
     if len(seeds) != len(latents):
         raise ValueError(f"{len(seeds)} seeds for {len(latents)} images")
     src = latents.to(G.device)

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from i2score.data.latents import Latents
 from i2score.generator.network import StyleGAN2
+from i2score.generator.stylegan3 import NoNoiseInputsError
 from i2score.kernels import batch_invariant
 from i2score.method.blocks import BlockResult, StepCallback
 from i2score.method.metrics import psnr
@@ -91,6 +92,13 @@ def after_steps(callback: StepCallback | None, steps: int) -> StepCallback | Non
     if callback is None:
         return None
     return lambda step, loss: callback(steps + step, loss)
+
+
+def require_noise(G: StyleGAN2, what: str) -> None:
+    """Refuse, before any work, an application that optimises or resamples noise maps on a
+    generator without noise inputs (StyleGAN3: W+ only); the error names the model family."""
+    if not G.noise_shapes:
+        raise NoNoiseInputsError(G.family, what)
 
 
 def embedding(w: Tensor, noise: Sequence[Tensor], meta: dict[str, Any]) -> Latents:

@@ -24,6 +24,7 @@ from i2score.method.applications.common import (
     check_batch,
     embedding,
     render,
+    require_noise,
 )
 from i2score.method.blocks import StepCallback, optimize_noise, optimize_w
 from i2score.method.masks import as_mask, gaussian_blur
@@ -50,6 +51,7 @@ def crossover(image: Tensor, base: Tensor, mask: Tensor, base_latents: Latents, 
         (inside the mask's core, vs ``image``) and ``psnr_base_region`` (outside the blurred band,
         vs ``base``), in dB.
     """
+    require_noise(G, "crossover (its noise stage)")
     I_1, I_2 = as_images(image, G, "image"), as_images(base, G, "base")
     batch = I_1.shape[0]
     check_batch("base_latents", base_latents, batch)

@@ -29,6 +29,7 @@ from i2score.method.applications.common import (
     embedding,
     images_to_tensor,
     render,
+    require_noise,
 )
 from i2score.method.blocks import StepCallback, optimize_noise, optimize_w
 from i2score.method.masks import as_mask, enlarged_soft_mask
@@ -111,6 +112,7 @@ def inpaint(images: Tensor | Sequence[Image.Image] | Image.Image, masks: Tensor,
     Returns:
         :class:`InpaintResult` with ``B*k`` rows.
     """
+    require_noise(G, "inpainting (its noise stage)")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     image = images_to_tensor(images, G.resolution, G.device)

@@ -190,6 +190,10 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
             (:mod:`i2score.method.priors`; 0 = off): the codes edit better, at some cost in
             reconstruction.
 
+    A generator without noise inputs (StyleGAN3) gets the W+ stage only: ``steps_n`` is not run,
+    ``steps_n`` in the metrics is 0, ``psnr_wn`` equals ``psnr_w``, the latents have no noise
+    maps, and ``meta["noise_stage"]`` says why.
+
     Returns:
         :class:`ReconstructionResult`.
     """
@@ -240,10 +244,16 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
         for k, b in enumerate(idx):
             w_states[b] = res_w.states[k]
 
-    # 3. n_out = Mk_n(1, w_out, n_ini, I_m, 0)
+    # 3. n_out = Mk_n(1, w_out, n_ini, I_m, 0); skipped on generators without noise inputs
+    # (StyleGAN3): the embedding is W+ only, and the result's meta says so.
     n_states: list[StageState | None] = [None] * batch
     n_start: list[int | None] = []
+    has_noise = bool(G.noise_shapes)
     for b, r in enumerate(prior):
+        if not has_noise:
+            n_start.append(None)
+            n_states[b] = StageState(params=[], exp_avg=[], exp_avg_sq=[], adam_step=0, steps=0, stopped=False)
+            continue
         # A new w, or a noise stage longer than asked (it cannot be rewound): start over.
         if r is None or w_start[b] is not None or r.noise_stage.steps > steps_n:
             n_start.append(0)
@@ -253,6 +263,8 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
             n_start.append(r.noise_stage.steps)
     n_out = [n.clone() for n in n_ini]
     for start, idx in _groups(n_start).items():
+        if start is None and not has_noise:
+            continue
         if start is None:
             for b in idx:
                 state = prior[b]
@@ -313,6 +325,9 @@ def reconstruct(images: Tensor | Sequence[Image.Image] | Image.Image, G: StyleGA
         })
     meta = algorithm_meta(G, "reconstruct", steps_w=steps_w, steps_n=steps_n, seed=seed, init=init, lr_w=lr_w,
                           lr_n=lr_n)
+    if not has_noise:
+        meta["noise_stage"] = (f"skipped: {G.family} has no noise inputs, "
+                               "the embedding is W+ only")
     if encoder is not None and init == "encoder":
         meta["encoder"], meta["encoder_sha256"] = encoder.source, encoder.weights_sha256
     return ReconstructionResult(embedding(w_out, n_out, meta), final.detach(), images_w.detach(), metrics, states)

@@ -29,6 +29,7 @@ from i2score.method.applications.common import (
     embedding,
     locality_metrics,
     render,
+    require_noise,
 )
 from i2score.method.blocks import StepCallback, optimize_noise, optimize_w
 from i2score.method.masks import as_mask, enlarged_soft_mask
@@ -67,6 +68,7 @@ def scribble_edit(original_latents: Latents, scribbled: Tensor, scribble_mask: T
         :func:`~i2score.method.applications.common.locality_metrics` (outside the strokes the
         scribbled image is the original).
     """
+    require_noise(G, "scribble editing (its noise stage)")
     I_scr = as_images(scribbled, G, "scribbled")
     batch = I_scr.shape[0]
     check_batch("original_latents", original_latents, batch)

@@ -26,6 +26,7 @@ from i2score.method.applications.common import (
     embedding,
     locality_metrics,
     render,
+    require_noise,
 )
 from i2score.method.blocks import StepCallback, optimize_noise, optimize_w
 from i2score.method.masks import as_mask, enlarged_soft_mask
@@ -53,6 +54,7 @@ def local_style_transfer(content_latents: Latents, content: Tensor, style: Tenso
         :class:`~i2score.method.applications.common.EditResult`; metrics: see
         :func:`~i2score.method.applications.common.locality_metrics` (vs ``content``).
     """
+    require_noise(G, "local style transfer (its noise stage)")
     I_1 = as_images(content, G, "content")
     I_2 = as_images(style, G, "style")
     batch = I_1.shape[0]
