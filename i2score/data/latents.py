@@ -22,7 +22,8 @@ class Latents:
 
     Attributes:
         w: ``[B, L, w_dim]`` float32.
-        noise: list of ``L - 1`` tensors ``[B, 1, r, r]`` in synthesis order (4x4 first).
+        noise: one tensor ``[B, 1, r, r]`` per noise input, in synthesis order (4x4 first):
+            ``G.noise_shapes``, ``L - 1`` on StyleGAN2, ``L`` on StyleGAN1, none on StyleGAN3.
         meta: free-form JSON-serialisable metadata (generator id, schedule, seed, ...).
     """
 

@@ -7,7 +7,7 @@
 3. :func:`blend_activations`: masked activation tensor operation ``I_att(M1, M2, w, n, l)``.
 
 Every block takes per-image spatial masks ``[B, 1, R, R]`` in [0, 1] and per-image variable
-masks (``wm [B, L]`` over the rows of w, ``nm [B, L-1]`` over the noise maps), sums per-image
+masks (``wm [B, L]`` over the rows of w, ``nm [B, N]`` over the generator's N noise maps), sums per-image
 losses over the batch (so image ``b`` never influences image ``b'``), and is deterministic:
 there is no randomness inside the loops.
 

@@ -7,7 +7,7 @@ jobs (an encoder, a classifier on edits, ...)::
     for batch in DataLoader(ds, batch_size=8, shuffle=True, num_workers=2):
         batch["image"]     # [B, 3, H, W] float32 in [-1, 1]
         batch["w"]         # [B, L, w_dim] float32
-        batch["noise"]     # L - 1 tensors [B, 1, r, r] (4x4 first), as the generator takes them
+        batch["noise"]     # the noise maps (L - 1 on StyleGAN2): [B, 1, r, r] (4x4 first), as the generator takes them
 
 The dataset holds URLs and cache keys only (it pickles small, so ``num_workers > 0`` works);
 each item reads one PNG and one verified NPZ.
@@ -57,7 +57,7 @@ class RunDataset(Dataset[dict[str, Any]]):
 
     An item is a dict: ``id`` (output id), ``op``, ``source_id`` (whose latents these are),
     ``image`` (``[3, H, W]`` float32 in [-1, 1], the generator's range; ``(x + 1) / 2`` is
-    [0, 1]), ``w`` (``[L, w_dim]`` float32) and ``noise`` (``L - 1`` tensors ``[1, r, r]``,
+    [0, 1]), ``w`` (``[L, w_dim]`` float32) and ``noise`` (one per noise input, ``L - 1`` on StyleGAN2: ``[1, r, r]``,
     float32, 4x4 first). PyTorch's default collate stacks them into ``[B, ...]`` (``noise`` into
     a list of ``[B, 1, r, r]``). Every key is checked against the cache index when the dataset
     is made, so a missing entry fails here, not in the middle of an epoch.

@@ -444,7 +444,7 @@ class RunView:
 
     def latents(self, source_id: str) -> Latents:
         """The cached latents the run used for a source (a manifest row id; an edit's second image
-        is ``<row id>.ref``): ``w`` ``[1, L, w_dim]`` and ``L - 1`` noise maps ``[1, 1, r, r]``,
+        is ``<row id>.ref``): ``w`` ``[1, L, w_dim]`` and its noise maps (``L - 1`` on StyleGAN2) ``[1, 1, r, r]``,
         float32 on the CPU, verified against the entry's checksum."""
         return self._cache.load(self.entry(source_id))
 

@@ -6,7 +6,7 @@ notebook or a training job asks::
     cache = i2score.open_cache("./i2s-data")
     for e in cache.entries():                  # newest first
         print(e.source_id, e.generator_id, settings_label(e.params), e.metrics["psnr_wn"])
-    lat = cache.latents("heldout-00")          # Latents: w [1, L, w_dim], L - 1 noise maps [1, 1, r, r]
+    lat = cache.latents("heldout-00")          # Latents: w [1, L, w_dim], noise maps [1, 1, r, r]
 
 A source id is the manifest row id of the row that first embedded an image (an edit's second
 image is ``<row id>.ref``): the cache is content-addressed, so a later run whose row names the
@@ -175,9 +175,10 @@ class CacheView:
         """The verified latents of one entry, by ``source_id`` (see :meth:`find`) or by ``key``.
 
         Returns :class:`~i2score.data.latents.Latents` of one image: ``w`` ``[1, L, w_dim]``
-        float32 and ``L - 1`` noise maps ``[1, 1, r, r]`` (float32) in synthesis order, on the
-        CPU; ``meta["cache"]`` holds the entry's metadata. Raises :class:`NotInCacheError` when
-        the NPZ is missing or fails its checksum.
+        float32 and the noise maps ``[1, 1, r, r]`` float32 (``G.noise_shapes``: ``L - 1`` on
+        StyleGAN2, ``L`` on v1, none on StyleGAN3) in synthesis order, on the CPU;
+        ``meta["cache"]`` holds the entry's metadata. Raises :class:`NotInCacheError` when the
+        NPZ is missing or fails its checksum.
         """
         if (source_id is None) == (key is None):
             raise ValueError("pass either a source id or key=")
