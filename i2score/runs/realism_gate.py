@@ -171,5 +171,5 @@ def score_augment_run(originals: Sequence[ManifestRow], outputs: Sequence[Mappin
     info = {"feature": REALISM_FEATURE, "k": k, "min_realism": min_realism,
             "reference_images": reference.size, "reference_originals": n_orig,
             "reference_extra": reference.size - n_orig, "scored": len(scores), "dropped": len(dropped),
-            "median_by_op": medians, "dropped_rows": dropped}
+            "median_by_op": medians, "dropped_rows": dropped, "not_scored": None}
     return RealismGate(scores, dropped, info)

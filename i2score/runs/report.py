@@ -593,7 +593,7 @@ def report_html(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]], e
         metrics=_metrics_in_order(summary),
         meanings=psnr_meanings(outs), cards=cards, rows=rows, n_outputs=len(outs), errors=list(errors[:500]),
         n_errors=len(errors), reasons=reasons,
-        metric_plot=METRICS_PLOT if summary["files"].get("metrics_plot") else None,
+        metric_plot=METRICS_PLOT if summary["files"].get("metrics_plot") else None, realism=summary.get("realism"),
         sheet="sheet.png" if summary["files"].get("sheet") else None)
 
 
