@@ -108,3 +108,22 @@ def test_an_original_scores_real_against_its_near_copies_and_noise_does_not(vgg)
     assert 0.9 <= s_original < 1e6, s_original
     assert s_noise < 0.4 and s_noise < s_original / 3, (s_noise, s_original)
     assert math.isfinite(s_original)
+
+
+def test_the_job_checks_the_gate_settings():
+    from i2score.runs.config import DEFAULT_MIN_REALISM, JobConfig
+    from i2score.runs.plan import job_identity
+
+    base = JobConfig("augment", "/data/m.csv", "/root")
+    assert base.min_realism == DEFAULT_MIN_REALISM and base.realism_k == 3
+    # Defaults stay out of the run id (earlier runs keep theirs); a threshold enters it.
+    assert "min_realism" not in job_identity(base)
+    assert job_identity(JobConfig("augment", "/data/m.csv", "/root", min_realism=0.5))["min_realism"] == 0.5
+    with pytest.raises(ValueError, match="min_realism must be a finite number >= 0"):
+        JobConfig("augment", "/data/m.csv", "/root", min_realism=-0.1)
+    with pytest.raises(ValueError, match="min_realism must be a finite number >= 0"):
+        JobConfig("augment", "/data/m.csv", "/root", min_realism=float("nan"))
+    with pytest.raises(ValueError, match="realism_k must be an integer >= 1"):
+        JobConfig("augment", "/data/m.csv", "/root", realism_k=0)
+    with pytest.raises(ValueError, match="belong to augment jobs, not to a reconstruct job"):
+        JobConfig("reconstruct", "/data/m.csv", "/root", min_realism=0.5)
