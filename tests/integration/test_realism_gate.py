@@ -85,3 +85,21 @@ def test_too_few_reference_images_leave_the_column_empty_and_say_so(tmp_path):
     with pytest.raises(ValueError, match="min_realism 0.5 needs realism scores"):
         augment(str(manifest), root=str(tmp_path / "store"), n_per_image=1, ops=["jitter"], schedule=SCHEDULE,
                 device="cpu", min_realism=0.5)
+
+
+def test_realism_heldout_renders_demo_portraits_past_the_sample_data_once(tmp_path):
+    import typer
+    from PIL import Image
+
+    from i2score.demo.portraits import render_portrait
+    from i2score.flows.cli import _heldout_reference
+
+    folder = _heldout_reference(str(tmp_path / "root"), None, 2)
+    files = sorted(p.name for p in Path(folder).iterdir())
+    assert files == ["heldout-1000016.png", "heldout-1000017.png"]
+    assert (Image.open(Path(folder) / files[0]).tobytes() == Image.fromarray(render_portrait(1_000_016, 64)).tobytes())
+    mtime = (Path(folder) / files[0]).stat().st_mtime_ns
+    assert _heldout_reference(str(tmp_path / "root"), "demo-faces-64", 2) == folder
+    assert (Path(folder) / files[0]).stat().st_mtime_ns == mtime  # not rewritten
+    with pytest.raises(typer.BadParameter, match="only for the demo model"):
+        _heldout_reference(str(tmp_path / "root"), "ffhq-1024", 2)
