@@ -274,4 +274,7 @@ def _result(summary: dict[str, Any], noop: bool = False) -> dict[str, Any]:
             "errors": storage.join(summary["run_url"], "errors.parquet"),
             "embedding_steps": 0 if noop else summary["embedding_steps"],
             "cache_hits": 0 if noop else summary["cache_hits"], "run_url": summary["run_url"],
-            "report": summary["files"]["report"], "summary": storage.join(summary["run_url"], "summary.json")}
+            "report": summary["files"]["report"], "summary": storage.join(summary["run_url"], "summary.json"),
+            # Augment runs: augmented rows the realism gate left out of dataset.csv (not failures).
+            **({"realism_dropped": summary["realism"]["dropped"], "min_realism": summary["realism"]["min_realism"],
+                "realism_not_scored": summary["realism"].get("not_scored")} if summary.get("realism") else {})}

@@ -15,7 +15,7 @@ from i2score.flows._common import (
     plain_url,
     run_job,
 )
-from i2score.runs.config import JobConfig
+from i2score.runs.config import DEFAULT_MIN_REALISM, DEFAULT_REALISM_K, JobConfig
 
 
 @called_for_state_data
@@ -27,7 +27,8 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
                 precision: str = "auto", w_closeness: str | None = None,
             channels_last: bool | None = None, compile: bool = False,
         allowed_inputs: list[str] | None = None, max_input_bytes: int | None = None,
-        wait_for_lease: bool = False, align: bool = False) -> State[dict[str, Any]]:
+        wait_for_lease: bool = False, align: bool = False, min_realism: float = DEFAULT_MIN_REALISM,
+        realism_k: int = DEFAULT_REALISM_K, realism_reference: str | None = None) -> State[dict[str, Any]]:
     """``n_per_image`` variants of every image of ``manifest`` (a reconstruct manifest, or a folder
     or glob of images): style mixing and interpolation with other images of the set, crossover with a random partner
     through a random mask, noise resampling and latent jitter (``ops``, default all; see
@@ -39,6 +40,9 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
     ``wait_for_lease``: when another process is running the same job, wait for it (and resume
     or find the run finished) instead of failing with "run ... is active".
     ``align``: FFHQ-align every image first (README "Face alignment"; no face: a ``no_face`` row).
+    ``min_realism``, ``realism_k``, ``realism_reference``: the realism gate (every image of
+    ``dataset.csv`` gets a ``realism`` score; augmented rows below ``min_realism`` are left out and
+    listed in the summary and report; :mod:`i2score.runs.realism_gate`).
     """
     return run_job(JobConfig("augment", plain_url(manifest), root, model, schedule, batch_size, device, seed, run_id,
                              n_per_image=n_per_image, ops=tuple(ops) if ops else None,
@@ -46,4 +50,5 @@ def augment(manifest: str | SecretStr, root: str = DEFAULT_ROOT, n_per_image: in
                              init=init, encoder=encoder, w_closeness=w_closeness, precision=precision,
                              channels_last=channels_last,
                              compile=compile, allowed_inputs=inputs_tuple(allowed_inputs),
-                             max_input_bytes=max_input_bytes, align=align), runner, wait_for_lease)
+                             max_input_bytes=max_input_bytes, align=align, min_realism=min_realism,
+                             realism_k=realism_k, realism_reference=realism_reference), runner, wait_for_lease)

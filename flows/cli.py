@@ -30,6 +30,7 @@ from i2score.cli.app import app
 from i2score.cli.manifest import MASKS_HELP
 from i2score.cli.progress_bar import StepProgressBar
 from i2score.data import storage
+from i2score.runs.config import DEFAULT_MIN_REALISM, DEFAULT_REALISM_K
 from i2score.runs.lease import RunActiveError
 from i2score.runs.secret_urls import has_credentials
 
@@ -221,6 +222,11 @@ def _report(result: dict[str, Any]) -> None:
     console.print(f"  report:  {result['report']}  (and report.html, sheet.png, summary.json)")
     if result["failed"]:
         console.print(f"  [yellow]failed rows: see {result['run_url']}/errors.parquet or the report[/yellow]")
+    if result.get("realism_not_scored"):
+        console.print(f"  [yellow]realism gate: {result['realism_not_scored']}[/yellow]")
+    elif "realism_dropped" in result:
+        console.print(f"  realism gate: {result['realism_dropped']} augmented rows below min_realism "
+                      f"{result['min_realism']:g} left out of dataset.csv (listed in summary.json and the report)")
 
 
 def _finish(result: dict[str, Any]) -> None:
@@ -294,6 +300,38 @@ def edit_cmd(
                  **_inputs(allow, max_input_bytes)))
 
 
+#: Held-out portraits of the realism reference start past the 16 that ship as the demo's sample
+#: data (``heldout-00..15``, which the demo augments): a reference must not hold the inputs themselves.
+HELDOUT_REFERENCE_OFFSET = 16
+
+
+def _heldout_reference(root: str, model: str | None, n: int) -> str:
+    """``--realism-heldout N``: render held-out demo portraits (seeds ``1_000_016`` on) into
+    ``<root>/realism-reference/demo-heldout-<n>/`` once, and return that folder's URL."""
+    from i2score.demo.portraits import HELDOUT_SEED_BASE, render_portrait
+    from i2score.generator.registry import DEFAULT_MODEL
+
+    if model not in (None, DEFAULT_MODEL):
+        raise typer.BadParameter(f"--realism-heldout adds demo portraits, which are real images only for the demo "
+                                 f"model ({DEFAULT_MODEL}), not for {model!r}; use --realism-reference FOLDER")
+    if not 1 <= n <= 1024:
+        raise typer.BadParameter(f"--realism-heldout must be in 1..1024, got {n}")
+    import io
+
+    from PIL import Image
+
+    base = root if "://" in root else os.path.abspath(os.path.expanduser(root))
+    folder = storage.join(base, "realism-reference", f"demo-heldout-{n}")
+    for i in range(n):
+        seed = HELDOUT_SEED_BASE + HELDOUT_REFERENCE_OFFSET + i
+        url = storage.join(folder, f"heldout-{seed}.png")
+        if not storage.exists(url):  # a pure function of the seed: an existing file is the same image
+            buf = io.BytesIO()
+            Image.fromarray(render_portrait(seed, 64)).save(buf, format="PNG")
+            storage.write_bytes(url, buf.getvalue())
+    return folder
+
+
 @app.command("augment")
 def augment_cmd(
     manifest: Annotated[str, typer.Argument(help="Manifest with id, image (the dataset to augment), or a folder or "
@@ -309,13 +347,26 @@ def augment_cmd(
     channels_last: ChannelsLast = None, compile: Compile = False, allow: Allow = None,
     max_input_bytes: MaxInputBytes = None, wait: Wait = False,
     align: AlignOpt = False,
+    min_realism: Annotated[float, typer.Option(
+        help="Leave augmented rows whose realism score (Kynkäänniemi et al. 2019, VGG16, against the originals) "
+             "is below this out of dataset.csv; 0 keeps all (README \"Realism gate\").")] = DEFAULT_MIN_REALISM,
+    realism_k: Annotated[int, typer.Option(help="Neighbour rank k of the realism score (needs k + 1 reference "
+                                                "images).")] = DEFAULT_REALISM_K,
+    realism_reference: Annotated[str | None, typer.Option(
+        help="A folder, glob or manifest of more real images for the realism reference set.")] = None,
+    realism_heldout: Annotated[int, typer.Option(
+        help="Demo model only: add N held-out demo portraits to the realism reference set.")] = 0,
 ) -> None:
-    """Write N variants of every image and a dataset.csv manifest with their lineage."""
+    """Write N variants of every image and a dataset.csv manifest with their lineage and realism scores."""
+    if realism_heldout:
+        if realism_reference is not None:
+            raise typer.BadParameter("give --realism-reference or --realism-heldout, not both")
+        realism_reference = _heldout_reference(root, model, realism_heldout)
     _finish(_run("augment", verbose, manifest=manifest, root=root, n_per_image=n_per_image,
                  ops=[o.strip() for o in ops.split(",") if o.strip()], include_originals=originals, model=model,
                  schedule=schedule, device=device, runner=runner, seed=seed,
                  run_id=run_id,
-                 align=align,
+                 align=align, min_realism=min_realism, realism_k=realism_k, realism_reference=realism_reference,
                  wait_for_lease=wait, **_engine(batch_size, init, encoder, precision, channels_last, compile),
                  w_closeness=w_closeness,
                  **_inputs(allow, max_input_bytes)))

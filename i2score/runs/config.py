@@ -3,6 +3,7 @@ parameters), and the device a worker computes on."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -24,6 +25,11 @@ FAST_PATIENCE, FAST_MIN_DELTA_DB, FAST_CHECK_EVERY = 50, 0.05, 25
 
 #: The kinds of job (a flow each).
 JOB_KINDS = ("reconstruct", "inpaint", "edit", "augment")
+
+#: An augment job's ``min_realism`` when it sets none (measured on the demo: README "Realism gate").
+DEFAULT_MIN_REALISM = 0.0
+#: The realism score's neighbour rank (Kynkäänniemi et al. 2019 use k = 3).
+DEFAULT_REALISM_K = 3
 
 
 #: How an embedding's W+ search starts: ``auto`` (the generator's domain decides: mean for faces,
@@ -194,6 +200,11 @@ class JobConfig:
         w_closeness: the embedding's W-closeness penalties (:meth:`WCloseness.parse`: ``none``,
             ``offset=λ``, ``pnorm=λ``); None = the job kind's default
             (:data:`DEFAULT_W_CLOSENESS`).
+        min_realism, realism_k, realism_reference: the realism gate of an augment job
+            (:mod:`i2score.runs.realism_gate`): augmented rows scoring below ``min_realism`` are
+            left out of ``dataset.csv`` (0 keeps all), ``realism_k`` is the score's neighbour
+            rank, ``realism_reference`` a folder, glob or manifest of more real images for the
+            reference set (None = the run's originals only).
         masks: the masks folder of a folder or glob ``manifest`` (``<masks>/<id>.<ext>`` is the
             mask of image ``<id>``; :mod:`i2score.data.manifest.discover`); None = the
             ``name_mask.<ext>`` rule. Inpaint jobs only.
@@ -232,6 +243,9 @@ class JobConfig:
     w_closeness: str | None = None
     align: bool = False
     paste_back: bool = False
+    min_realism: float = DEFAULT_MIN_REALISM
+    realism_k: int = DEFAULT_REALISM_K
+    realism_reference: str | None = None
 
     def __post_init__(self) -> None:
         if self.w_closeness is not None:
@@ -263,6 +277,15 @@ class JobConfig:
             raise ValueError(f"an edit job needs a manifest (an op and its inputs per row), not the folder or glob "
                              f"{storage.redact(self.manifest)}: `i2s manifest init SRC -o edits.csv` writes one "
                              "to add the op column to (manifests/README.md)")
+        if (isinstance(self.min_realism, bool) or not isinstance(self.min_realism, int | float)
+                or not math.isfinite(self.min_realism) or self.min_realism < 0):
+            raise ValueError(f"min_realism must be a finite number >= 0, got {self.min_realism!r}")
+        if isinstance(self.realism_k, bool) or not isinstance(self.realism_k, int) or self.realism_k < 1:
+            raise ValueError(f"realism_k must be an integer >= 1, got {self.realism_k!r}")
+        if self.kind != "augment" and (self.min_realism != DEFAULT_MIN_REALISM or self.realism_k != DEFAULT_REALISM_K
+                                       or self.realism_reference is not None):
+            raise ValueError(f"min_realism, realism_k and realism_reference belong to augment jobs, "
+                             f"not to a {self.kind} job")
         if self.masks is not None and not (folder and self.kind == "inpaint"):
             raise ValueError("masks (a masks folder) goes with an inpaint job of a folder or glob of images; "
                              f"the {self.kind} job of {storage.redact(self.manifest)} takes none")

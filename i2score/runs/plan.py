@@ -386,7 +386,8 @@ def job_identity(config: JobConfig) -> dict[str, Any]:
     """The job fields that make a run's id: everything that changes its results. Fields added
     later enter only when set, so earlier runs keep their ids (and finished ones stay no-ops)."""
     defaults = JobConfig(config.kind, config.manifest, config.root).to_json()
-    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks", "align", "paste_back"}
+    added = {"init", "encoder", "precision", "allowed_inputs", "max_input_bytes", "masks", "align", "paste_back",
+             "min_realism", "realism_k", "realism_reference"}
     identity = {k: v for k, v in config.to_json().items()
                 if k not in _NOT_IDENTITY and not (k in added and v == defaults[k])}
     # What w_closeness resolves to is in the schedule's identity; "none" and an unset default of
@@ -490,6 +491,12 @@ def _augment_groups(config: JobConfig, good: list[ManifestRow], todo: list[Manif
                     row_keys: Mapping[str, Mapping[str, str]], num_ws: int,
                     batch_size: int, aligned: Mapping[str, bool]) -> list[list[dict[str, Any]]]:
     by_id = {r.id: r for r in good}
+    if config.min_realism > 0 and config.realism_reference is None and len(good) < config.realism_k + 1:
+        # Found before any work, rather than when the run is finished (i2score.runs.realism_gate).
+        raise ValueError(f"min_realism {config.min_realism:g} needs realism scores, and the realism score with "
+                         f"k={config.realism_k} needs at least {config.realism_k + 1} reference images; this "
+                         f"augment job has {len(good)} valid images. Add a realism reference, lower realism_k, "
+                         "or set min_realism 0")
     augs = plan_augmentations([r.id for r in good], config.n_per_image, config.ops or AUGMENT_OPS,
                               seed=config.seed, num_ws=num_ws)
     todo_ids = {r.id for r in todo}

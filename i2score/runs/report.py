@@ -14,11 +14,12 @@ from typing import Any
 
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy
-from i2score.data.manifest import Rejection, validate_manifest
+from i2score.data.manifest import ManifestRow, Rejection, validate_manifest
 from i2score.runs.config import JobConfig
 from i2score.runs.lease import lease_folder
 from i2score.runs.ops import CATALOG, OPS
 from i2score.runs.prefetch import read_all
+from i2score.runs.realism_gate import RealismGate, score_augment_run
 from i2score.runs.records import RunPaths, batch_records, read_json
 from i2score.runs.secret_urls import manifest_url_for
 
@@ -101,7 +102,9 @@ def finish_run(root: str, run_id: str, attempt: str, *, wall_seconds: float | No
     }
     if config["kind"] == "augment":
         source = manifest_url_for(config["manifest"], manifest_url)
-        summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config, source))
+        gate = _realism_gate(paths, out_list, JobConfig.from_json(config), source, int(gen["resolution"]))
+        summary["realism"] = gate.info
+        summary["files"]["dataset"] = storage.redact(_write_dataset(paths, out_list, config, source, gate))
     write_report(paths, summary, out_list, err_list, JobConfig.from_json(config))
     # summary.json last: its presence marks the run finished.
     storage.write_json(paths.url("summary.json"), summary)
@@ -196,27 +199,60 @@ def _by_attempt(records: Sequence[Mapping[str, Any]], owners: Mapping[str, str])
     return dict(sorted(out.items()))
 
 
+def _realism_gate(paths: RunPaths, outs: Sequence[Mapping[str, Any]], job: JobConfig, manifest_url: str,
+                  resolution: int) -> RealismGate:
+    """Realism scores of an augmentation run's originals and outputs, and the gated rows
+    (:mod:`i2score.runs.realism_gate`)."""
+    from i2score.runs.config import resolve_device
+
+    originals = validate_manifest(job.read_manifest(manifest_url), CATALOG, kind="reconstruct",
+                                  inputs=job.input_policy()).rows
+    extra: list[ManifestRow] = []
+    if job.realism_reference is not None:
+        ref_job = JobConfig("augment", job.realism_reference, job.root, max_input_bytes=job.max_input_bytes)
+        checked = validate_manifest(ref_job.read_manifest(), CATALOG, kind="reconstruct", inputs=ref_job.input_policy())
+        if checked.rejected:
+            first = checked.rejected[0]
+            raise ValueError(f"realism reference {storage.redact(job.realism_reference)}: {len(checked.rejected)} "
+                             f"rejected rows (first: row {first.row}, {first.reason_code}: {first.message})")
+        extra = checked.rows
+    policy = job.input_policy()
+    if extra and policy.allowed is not None:
+        ref_allowed = ref_job.input_policy().allowed
+        policy = InputPolicy(None if ref_allowed is None else (*policy.allowed, *ref_allowed), policy.max_bytes)
+    return score_augment_run(originals, outs, resolution=resolution, policy=policy,
+                             output_policy=InputPolicy((paths.run_url,)), min_realism=job.min_realism,
+                             k=job.realism_k, extra_reference=extra, device=resolve_device(job.device))
+
+
 def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: Mapping[str, Any],
-                   manifest_url: str) -> str:
-    """``dataset.csv`` of an augmentation run: a manifest (id, image + lineage columns) that a
-    training job or another i2score run can read directly."""
+                   manifest_url: str, gate: RealismGate) -> str:
+    """``dataset.csv`` of an augmentation run: a manifest (id, image + lineage columns and the
+    ``realism`` score) that a training job or another i2score run can read directly; the rows
+    the realism gate dropped are left out (``summary.json`` lists them)."""
     import csv
     import io
+
+    def score(i: str) -> str:
+        return f"{gate.scores[i]:.6g}" if i in gate.scores else ""
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     # Not "op"/"params": those columns mean an edit to a manifest reader; these are lineage.
-    w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params"])
+    w.writerow(["id", "image", "source_id", "partner_id", "augmentation", "augmentation_params", "realism"])
     if config.get("include_originals", True):
         job = JobConfig.from_json(config)
         originals = job.read_manifest(manifest_url)
         for r in validate_manifest(originals, CATALOG, kind="reconstruct", inputs=job.input_policy()).rows:
-            w.writerow([r.id, r.image, r.id, "", "original", "{}"])
+            w.writerow([r.id, r.image, r.id, "", "original", "{}", score(r.id)])
+    dropped = {d["id"] for d in gate.dropped}
     for o in outs:
+        if o["id"] in dropped:
+            continue
         rel = "outputs/" + storage.basename(o["output_url"])
         partner = o["source_ids"][1] if len(o["source_ids"]) > 1 else ""
         w.writerow([o["id"], rel, o["source_ids"][0], partner, o["op"].split("/", 1)[-1],
-                    json.dumps(o["params"], sort_keys=True)])
+                    json.dumps(o["params"], sort_keys=True), score(o["id"])])
     url = paths.url("dataset.csv")
     storage.write_text(url, buf.getvalue())
     return url
@@ -461,6 +497,7 @@ def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]
     lines.append("")
     if files.get("metrics_plot"):
         lines += [picture("metric histograms", METRICS_PLOT), ""]
+    lines += _realism_lines(s.get("realism"))
     meanings = psnr_meanings(outs)
     if meanings:
         lines += ["psnr, by op: " + "; ".join(f"{op}: {what} (`{key}`)" for op, what, key in meanings) + ".", ""]
@@ -481,6 +518,30 @@ def report_markdown(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]
     if len(outs) > max_links:
         lines.append(f"- … {len(outs) - max_links} more in manifest.parquet")
     return "\n".join(lines) + "\n"
+
+
+def _realism_lines(r: Mapping[str, Any] | None) -> list[str]:
+    """The report's realism-gate section of an augmentation run (none for other runs)."""
+    if not r:
+        return []
+    lines = ["## Realism gate", ""]
+    if r.get("not_scored"):
+        return [*lines, f"Not scored: {r['not_scored']}.", ""]
+    lines += [f"Realism (Kynkäänniemi et al. 2019, k={r['k']}, {r['feature']}) against {r['reference_images']} "
+              f"reference images ({r['reference_originals']} originals, {r['reference_extra']} extra); "
+              f"min_realism {r['min_realism']:g}: {r['dropped']} augmented rows left out of dataset.csv "
+              "(their images stay in outputs/).", "",
+              "| op | median realism |", "|---|---:|"]
+    lines += [f"| {op} | {v} |" for op, v in r["median_by_op"].items()]
+    lines.append("")
+    if r["dropped_rows"]:
+        lines += ["| id | augmentation | realism | reason |", "|---|---|---:|---|"]
+        lines += [f"| {d['id']} | {d['augmentation']} | {d['realism']:.4f} | {d['reason_code']} |"
+                  for d in r["dropped_rows"][:100]]
+        if len(r["dropped_rows"]) > 100:
+            lines.append(f"| … {len(r['dropped_rows']) - 100} more in summary.json | | | |")
+        lines.append("")
+    return lines
 
 
 def _reason_text(code: str) -> str:
@@ -532,7 +593,7 @@ def report_html(summary: Mapping[str, Any], outs: Sequence[Mapping[str, Any]], e
         metrics=_metrics_in_order(summary),
         meanings=psnr_meanings(outs), cards=cards, rows=rows, n_outputs=len(outs), errors=list(errors[:500]),
         n_errors=len(errors), reasons=reasons,
-        metric_plot=METRICS_PLOT if summary["files"].get("metrics_plot") else None,
+        metric_plot=METRICS_PLOT if summary["files"].get("metrics_plot") else None, realism=summary.get("realism"),
         sheet="sheet.png" if summary["files"].get("sheet") else None)
 
 
