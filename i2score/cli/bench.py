@@ -321,7 +321,7 @@ def bench_editability_cmd(
     model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = "demo-faces-64",
     n_pairs: Annotated[int, typer.Option(help="Held-out (source, donor) pairs (>= 2).")] = 4,
     schedule: Annotated[str, typer.Option(help="Embedding schedule: a name or 'W+N' (a setting's 'embed' "
-                                               "overrides it).")] = "50+50",
+                                               "overrides it).")] = "40+40/10+10",
     settings: Annotated[list[str] | None, typer.Option(
         "--settings", help="Named settings of i2score.bench.editability.SETTINGS (repeat, or comma-separated); "
                            "default: mean, encoder (when the model has one), mean-w-only.")] = None,
