@@ -17,7 +17,9 @@ from i2score.runs.ops import AUGMENT_OPS
 def test_bench_editability_cli_tiny(tmp_path):
     out = tmp_path / "eb"
     result = CliRunner().invoke(app, ["bench", "editability", "--n-pairs", "2", "--schedule", "2+2/1+1",
-                                      "--settings", "mean-w-only", "--n-reference", "4", "--n-samples", "2",
+                                      "--settings", "mean-w-only", "--define",
+                                      'k2={"embed": {"init": "mean", "steps_n": 0}, "ops": {"style_mix": {"k": 2}}}',
+                                      "--n-reference", "4", "--n-samples", "2",
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
     for suffix in (".json", ".md", "-curve.png", "-mean-w-only.png"):
@@ -35,3 +37,9 @@ def test_bench_editability_cli_tiny(tmp_path):
             assert r["no_edit"][row["edit"]]["lpips"] > 0
     assert r["reconstruction"]["psnr"] > 5 and r["summary"]["kid_edits"] > report["kid_fixed"]["heldout"]["kid"]
     assert "| mean-w-only | hair | attribute_transfer |" in result.output
+    # The defined setting shares the embedding and differs in the style mix alone.
+    k2 = report["settings"]["k2"]
+    assert k2["reconstruction"] == r["reconstruction"] and k2["edits"]["hair/attribute_transfer"] == \
+        r["edits"]["hair/attribute_transfer"]
+    assert k2["edits"]["background/style_mix"]["lpips"] != r["edits"]["background/style_mix"]["lpips"]
+    assert '--define \'k2={"embed"' in report["command"]

@@ -58,11 +58,13 @@ def test_edit_metrics_zero_for_the_truth_and_positive_for_another_image():
     lp = load_lpips()
     same = eb.edit_metrics(truth, truth, src, src, region, lp)
     assert all(m["lpips"] == 0 and m["change_outside"] == 0 and m["leak_outside"] == 0 for m in same)
+    assert all(m["psnr"] == m["psnr_region"] > 120 for m in same)  # metrics.psnr's cap: 10·log10(4/1e-12)
     other = eb.edit_metrics(src.flip(0), truth, src, src, region, lp)
     assert all(m["lpips"] > 0.01 and m["change_outside"] > 1 and np.isfinite(m["psnr"]) for m in other)
-    # The source itself: far from the truth inside the hair region, identical outside it.
+    # The source itself: far from the truth inside the hair region, identical outside it, so the
+    # region's PSNR is the lower one.
     base = eb.edit_metrics(src, truth, src, src, region, lp)
-    assert all(m["lpips"] > 0 and m["change_outside"] == 0 for m in base)
+    assert all(m["lpips"] > 0 and m["change_outside"] == 0 and m["psnr_region"] < m["psnr"] for m in base)
 
 
 def test_poly_mmd2_matches_torchmetrics_and_separates_distributions():
@@ -159,3 +161,19 @@ def test_settings_with_one_embedding_share_it(small_G, vgg):
     with pytest.raises(ValueError, match="n_pairs must be >= 2"):
         eb.editability_report(small_G, settings=settings, schedule=Schedule.parse("1+1"), n_pairs=1, vgg=vgg,
                               lpips=load_lpips())
+
+
+@pytest.mark.parametrize(("define", "message"), [
+    ("k2", "expected NAME=JSON"),
+    ("k2={bad", "Expecting property name"),
+    ("k2=[1]", "must be an object"),
+    ('k2={"embedding": {}}', "unknown key"),
+])
+def test_cli_rejects_bad_defines_before_loading_anything(define, message):
+    from typer.testing import CliRunner
+
+    from i2score.cli.app import app
+
+    result = CliRunner().invoke(app, ["bench", "editability", "--define", define, "--model", "no-such-model"])
+    flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
+    assert result.exit_code == 2 and message in flat, result.output
