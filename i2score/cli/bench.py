@@ -349,6 +349,9 @@ def bench_editability_cmd(
     from i2score.generator.checkpoints import load_generator
     from i2score.runs.config import Schedule
 
+    if n_pairs < 2:
+        raise typer.BadParameter(f"need at least 2 pairs (KID needs two images per set), got {n_pairs}",
+                                 param_hint="--n-pairs")
     try:
         sched = Schedule.parse(schedule)
     except ValueError as e:

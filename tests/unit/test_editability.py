@@ -163,17 +163,20 @@ def test_settings_with_one_embedding_share_it(small_G, vgg):
                               lpips=load_lpips())
 
 
-@pytest.mark.parametrize(("define", "message"), [
+@pytest.mark.parametrize(("define", "message"), [  # a --define, or another option
     ("k2", "expected NAME=JSON"),
     ("k2={bad", "Expecting property name"),
     ("k2=[1]", "must be an object"),
     ('k2={"embedding": {}}', "unknown key"),
+    ("--n-pairs=1", "need at least 2 pairs"),
+    ("--schedule=fast-ish", "schedule 'fast-ish'"),
 ])
-def test_cli_rejects_bad_defines_before_loading_anything(define, message):
+def test_cli_rejects_bad_arguments_before_loading_anything(define, message):
     from typer.testing import CliRunner
 
     from i2score.cli.app import app
 
-    result = CliRunner().invoke(app, ["bench", "editability", "--define", define, "--model", "no-such-model"])
+    args = [define] if define.startswith("--") else ["--define", define]
+    result = CliRunner().invoke(app, ["bench", "editability", *args, "--model", "no-such-model"])
     flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert result.exit_code == 2 and message in flat, result.output
