@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -314,3 +314,95 @@ def bench_frontier_cmd(
     typer.echo(json.dumps(report["targets"], indent=2))
     typer.echo(f"wrote {out}.json, {out}.md, {out}.png")
 
+
+
+@bench_app.command("editability")
+def bench_editability_cmd(
+    model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = "demo-faces-64",
+    n_pairs: Annotated[int, typer.Option(help="Held-out (source, donor) pairs (>= 2).")] = 4,
+    schedule: Annotated[str, typer.Option(help="Embedding schedule: a name or 'W+N' (a setting's 'embed' "
+                                               "overrides it).")] = "40+40/10+10",
+    settings: Annotated[list[str] | None, typer.Option(
+        "--settings", help="Named settings of i2score.bench.editability.SETTINGS (repeat, or comma-separated); "
+                           "default: mean, encoder (when the model has one), mean-w-only.")] = None,
+    define: Annotated[list[str] | None, typer.Option(
+        "--define", help="An ad-hoc setting NAME=JSON (repeat), run after the --settings ones (alone when "
+                         "--settings is not given), e.g. 'k2={\"embed\": {\"init\": \"mean\"}, \"ops\": "
+                         "{\"style_mix\": {\"k\": 2}}}'.")] = None,
+    n_reference: Annotated[int, typer.Option(help="Held-out portraits of KID's reference set.")] = 64,
+    n_samples: Annotated[int, typer.Option(help="Random samples of the generator whose KID is reported.")] = 32,
+    encoder: Annotated[str | None, typer.Option(help="Encoder of 'encoder' settings (default: the model's).")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Writes OUT.json, OUT.md, OUT-curve.png and "
+                                                          "OUT-<setting>.png.")] = Path("bench-editability"),
+    seed: int = 0,
+) -> None:
+    """Edits against ground truth on held-out procedural portraits (LPIPS, PSNR, change outside the
+    edited region) and realism (KID on VGG16 features) of samples, reconstructions, edits and
+    augmentations, for each setting: the distortion-editability curve."""
+    import json
+    import shlex
+
+    from i2score.bench.editability import SETTINGS, check_setting, editability_report, to_markdown, write_outputs
+    from i2score.encoders.registry import default_encoder_for
+    from i2score.features import load_lpips, load_vgg16
+    from i2score.generator.checkpoints import load_generator
+    from i2score.runs.config import Schedule
+
+    if n_pairs < 2:
+        raise typer.BadParameter(f"need at least 2 pairs (KID needs two images per set), got {n_pairs}",
+                                 param_hint="--n-pairs")
+    try:
+        sched = Schedule.parse(schedule)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--schedule") from None
+    enc_source = encoder or default_encoder_for(model)
+    defined: dict[str, dict[str, Any]] = {}
+    for text in define or []:
+        name, eq, value = text.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError("expected NAME=JSON")
+            setting = json.loads(value)
+            if not isinstance(setting, dict):
+                raise ValueError("the JSON must be an object")
+            check_setting(name.strip(), setting)
+        except ValueError as e:  # json.JSONDecodeError is a ValueError
+            raise typer.BadParameter(f"{text!r}: {e}", param_hint="--define") from None
+        defined[name.strip()] = setting
+    if settings:
+        names = [s.strip() for v in settings for s in v.split(",") if s.strip()]
+    elif defined:
+        names = []
+    else:
+        names = [n for n in SETTINGS if n != "encoder" or enc_source is not None]
+    unknown = [n for n in names if n not in SETTINGS]
+    if unknown:
+        raise typer.BadParameter(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}", param_hint="--settings")
+    chosen = {**{n: SETTINGS[n] for n in names}, **defined}
+    needs_encoder = any(s.get("embed", {}).get("init") == "encoder" for s in chosen.values())
+    if needs_encoder and enc_source is None:
+        raise typer.BadParameter(f"{model} has no default encoder: pass --encoder or leave out the encoder settings")
+    G = load_generator(model, device=device)
+    E = None
+    if needs_encoder and enc_source is not None:
+        from i2score.encoders.checkpoints import load_encoder
+
+        E = load_encoder(enc_source, device=device)
+    # The command that gives these numbers again, every option spelled out.
+    command = "i2s bench editability " + shlex.join([
+        "--model", model, "--n-pairs", str(n_pairs), "--schedule", schedule,
+        *(["--settings", ",".join(names)] if names else []),
+        *[a for name, value in defined.items() for a in ("--define", f"{name}={json.dumps(value)}")],
+        "--n-reference", str(n_reference), "--n-samples", str(n_samples),
+        *(["--encoder", enc_source] if needs_encoder and enc_source else []), "--device", device,
+        "-o", str(out), "--seed", str(seed)])
+    console = Console(stderr=True)
+    console.print(f"model {model}, {n_pairs} pairs, schedule {schedule}, settings {', '.join(chosen)}, device {device}")
+    report, pictures = editability_report(G, settings=chosen, schedule=sched, n_pairs=n_pairs,
+                                          n_reference=n_reference, n_samples=n_samples,
+                                          vgg=load_vgg16(device=device), lpips=load_lpips(device=device),
+                                          encoder=E, seed=seed, command=command, log=console.print)
+    paths = write_outputs(report, pictures, out)
+    typer.echo(to_markdown(report))
+    typer.echo("wrote " + ", ".join(str(p) for p in paths))
