@@ -231,6 +231,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "encoder": {"embed": {"init": "encoder"}},
     # W+ only: the noise stays the seeded start (no image content in the noise maps).
     "mean-w-only": {"embed": {"init": "mean", "steps_n": 0}},
+    # W-closeness of the W+ stage (i2score.method.priors), from the encoder start.
+    "encoder-offset-1e-3": {"embed": {"init": "encoder", "w_offset_weight": 1e-3}},
+    "encoder-offset-3e-3": {"embed": {"init": "encoder", "w_offset_weight": 3e-3}},
+    "encoder-pnorm-3e-4": {"embed": {"init": "encoder", "pnorm_weight": 3e-4}},
+    "encoder-pnorm-1e-3": {"embed": {"init": "encoder", "pnorm_weight": 1e-3}},
 }
 """Named settings of the sweep: ``embed`` (overrides of ``reconstruct``'s keyword arguments),
 ``ops`` ({op: keyword overrides}) and ``augment`` ({augmentation op: params merged into every
@@ -248,6 +253,11 @@ def noise_policy_setting(policy: str, **embed: Any) -> dict[str, Any]:
     (for :data:`SETTINGS` once the ops take that parameter)."""
     return {"embed": dict(embed), "ops": {op: {"noise_policy": policy} for op in NOISE_POLICY_OPS},
             "augment": {op: {"noise_policy": policy} for op in NOISE_POLICY_AUGMENTS}}
+
+
+# Noise policies of the global edits and augmentation partner ops, on the encoder embedding.
+SETTINGS.update({f"encoder-noise-{policy}": noise_policy_setting(policy, init="encoder")
+                 for policy in ("content", "interpolate", "resample", "refit")})
 
 
 def check_setting(name: str, setting: Mapping[str, Any]) -> None:

@@ -1,5 +1,9 @@
 """Generator quality (``i2s bench generator``): perceptual path length and realism of samples.
 
+**Realism**: KID of seeded random samples against held-out procedural portraits, on VGG16
+features (:data:`i2score.features.kid.KID_NOTE`: Inception weights cannot be fetched here, so the
+figures compare our models with each other, not with published FID/KID).
+
 **Perceptual path length** (StyleGAN, Karras et al. 2019, Sec. 3; the ``ppl_wend`` of the
 StyleGAN2 paper): for ``w1, w2`` mapped from random ``z``, the LPIPS distance between
 ``G(w1)`` and ``G(lerp(w1, w2, ε))`` (same noise), divided by ``ε²``; the mean after dropping
@@ -11,10 +15,13 @@ resolution, not with published FFHQ numbers.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-from i2score.features import LPIPS
+from i2score.features import LPIPS, VGG16Features
+from i2score.features.kid import KIDFeatures, kid
 from i2score.generator.network import StyleGAN2
 from i2score.kernels import batch_invariant
 
@@ -47,3 +54,24 @@ def perceptual_path_length(G: StyleGAN2, lpips: LPIPS, *, n: int = 1000, seed: i
     lo, hi = np.percentile(all_d, 1, method="lower"), np.percentile(all_d, 99, method="higher")
     kept = all_d[(all_d >= lo) & (all_d <= hi)]
     return {"ppl": float(kept.mean()), "ppl_median": float(np.median(all_d)), "n": int(len(all_d))}
+
+
+def generator_quality(G: StyleGAN2, vgg: VGG16Features, lpips: LPIPS, *, n_samples: int = 256,
+                      n_reference: int = 256, n_ppl: int = 500, seed: int = 0) -> dict[str, Any]:
+    """Realism and smoothness of a generator trained on the procedural portraits.
+
+    KID (:mod:`i2score.features.kid`, VGG16 features) of ``n_samples`` seeded random samples
+    against the first ``n_reference`` held-out portraits, and :func:`perceptual_path_length`
+    over ``n_ppl`` pairs. Returns a JSON-able dict (``kid``, ``kid_std``, ``ppl``, ``ppl_median``,
+    the counts and the weights' hash).
+    """
+    from i2score.demo.portraits import heldout_images
+
+    extractor = KIDFeatures(vgg)
+    with torch.no_grad():
+        reference = extractor(heldout_images(n_reference, G.resolution).to(G.device))
+        samples = torch.cat([G.sample(min(64, n_samples - s), seed * 1_000_003 + s)[0].clamp(-1, 1)
+                             for s in range(0, n_samples, 64)])
+        realism = kid(extractor(samples), reference, seed=seed)
+    return {"sha256": G.weights_sha256, "kid": realism.kid, "kid_std": realism.std, "n_samples": n_samples,
+            "n_reference": n_reference, **perceptual_path_length(G, lpips, n=n_ppl, seed=seed)}

@@ -406,3 +406,52 @@ def bench_editability_cmd(
     paths = write_outputs(report, pictures, out)
     typer.echo(to_markdown(report))
     typer.echo("wrote " + ", ".join(str(p) for p in paths))
+
+
+@bench_app.command("generator")
+def bench_generator_cmd(
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Generator (registry name, path or URL) trained on the procedural portraits; repeat to "
+                        "compare (default: demo-faces-64).")] = None,
+    n_samples: Annotated[int, typer.Option(help="Random samples per model for KID.")] = 256,
+    n_reference: Annotated[int, typer.Option(help="Held-out portraits of KID's reference set.")] = 256,
+    n_ppl: Annotated[int, typer.Option(help="Pairs of the perceptual path length.")] = 500,
+    seed: Annotated[int, typer.Option(help="Seed of samples and pairs (the same for every model).")] = 0,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Writes OUT.json and OUT.md.")] = Path("bench-generator"),
+) -> None:
+    """Realism (KID on VGG16 features vs held-out portraits) and perceptual path length of
+    generators side by side, with the same seeds."""
+    import json
+    import time
+
+    from i2score.bench.generator import generator_quality
+    from i2score.features import load_lpips, load_vgg16
+    from i2score.features.kid import KID_NOTE
+    from i2score.generator.checkpoints import load_generator
+
+    models = model or ["demo-faces-64"]
+    vgg, lpips = load_vgg16(device=device), load_lpips(device=device)
+    rows = []
+    for name in models:
+        G = load_generator(name, device=device)
+        t0 = time.perf_counter()
+        row = {"model": name, **generator_quality(G, vgg, lpips, n_samples=n_samples, n_reference=n_reference,
+                                                  n_ppl=n_ppl, seed=seed), "seconds": 0.0}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        rows.append(row)
+        typer.echo(f"{name}: KID {row['kid']:.4f} ± {row['kid_std']:.4f}, PPL {row['ppl']:.2f} "
+                   f"(median {row['ppl_median']:.2f}), {row['seconds']} s")
+    base = rows[0]
+    lines = [f"`i2s bench generator {' '.join('--model ' + m for m in models)} --n-samples {n_samples} "
+             f"--n-reference {n_reference} --n-ppl {n_ppl} --seed {seed}`", "",
+             "| model | KID (± std) | KID / first | PPL (W, ends) | PPL / first |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['kid']:.4f} ± {r['kid_std']:.4f} | {r['kid'] / base['kid']:.2f} | "
+                     f"{r['ppl']:.2f} | {r['ppl'] / base['ppl']:.2f} |")
+    lines += ["", KID_NOTE]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{out}.json").write_text(json.dumps({"rows": rows, "kid_note": KID_NOTE}, indent=2))
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
+    typer.echo("\n".join(lines))
+    typer.echo(f"wrote {out}.json, {out}.md")

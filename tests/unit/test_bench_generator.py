@@ -23,3 +23,19 @@ def test_path_length_is_seeded_and_grows_with_the_speed_of_w(small_G, vgg) -> No
         fast.mapping.fcs[-1].bias.mul_(2)
     b = perceptual_path_length(fast, lpips, n=12, batch=5, seed=1)
     assert b["ppl"] > 1.4 * a["ppl"], (a, b)
+
+
+def test_bench_generator_cli_compares_models(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from i2score.cli.app import app
+
+    out = tmp_path / "gen"
+    result = CliRunner().invoke(app, ["bench", "generator", "--model", "demo-faces-64", "--n-samples", "8",
+                                      "--n-reference", "8", "--n-ppl", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    row = json.loads(out.with_suffix(".json").read_text())["rows"][0]
+    assert row["kid"] > 0 and row["ppl"] > 0 and row["n_samples"] == 8
+    assert "| demo-faces-64 |" in out.with_suffix(".md").read_text()
