@@ -23,6 +23,10 @@ def train_cmd(
                                                   "demo-faces-64; 2: StyleGAN2's, demo-faces-64-v2).")] = 2.0,
     init_from: Annotated[str, typer.Option(help="Start the generator from this model (registry name or "
                                                 "path; same architecture) with a fresh discriminator.")] = "",
+    d_warmup_steps: Annotated[int, typer.Option(help="Discriminator-only steps first (for --init-from: a fresh "
+                                                     "discriminator must learn before it teaches).")] = 0,
+    ema_rampup: Annotated[float, typer.Option(help="EMA half-life ramp-up as a fraction of images seen (0: the "
+                                                   "full half-life from the start, for --init-from).")] = 0.05,
     seed: Annotated[int, typer.Option(help="Seed of weights, latents, noise and data order.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
@@ -46,7 +50,8 @@ def train_cmd(
 
     cfg = TrainConfig(resolution=resolution, channel_multiplier=channel_multiplier, channel_max=channel_max,
                       batch=batch, kimg=kimg, r1_gamma=r1_gamma, dataset_size=dataset_size, seed=seed,
-                      pl_weight=pl_weight, init_from=init_from)
+                      pl_weight=pl_weight, init_from=init_from, d_warmup_steps=d_warmup_steps,
+                      ema_rampup=ema_rampup)
     typer.echo("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
     path = train(cfg, out, device=device, amp=amp, max_steps=max_steps, render_workers=render_workers,
                  log=lambda msg: typer.echo(msg))

@@ -141,6 +141,9 @@ class TrainConfig:
     pl_decay: float = 0.01
     #: Model source (registry name or path) whose weights start the generator and its EMA.
     init_from: str = ""
+    #: Discriminator-only steps before the generator moves: a fresh discriminator facing a
+    #: trained generator gives it noise for gradients at first, and the generator degrades.
+    d_warmup_steps: int = 0
 
     @property
     def generator_config(self) -> GeneratorConfig:
@@ -262,12 +265,13 @@ class Trainer:
         with self._autocast():
             fake = self.G.synthesize(self.fake_ws(n), self.noise(n))
             loss_g = F.softplus(-self.D(fake).float()).mean()
-        self.opt_G.zero_grad(set_to_none=True)
-        loss_g.backward()
-        self.opt_G.step()
         stats["loss_g"] = float(loss_g.detach())
-        if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
-            stats["pl_length"] = self._path_length_step()
+        if self.step >= cfg.d_warmup_steps:
+            self.opt_G.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_G.step()
+            if cfg.pl_weight > 0 and self.step % cfg.pl_every == 0:
+                stats["pl_length"] = self._path_length_step()
         # Discriminator: softplus(D(fake)) + softplus(-D(real)).
         self.D.requires_grad_(True)
         real = self.real_batch()
@@ -314,7 +318,10 @@ class Trainer:
         (grad,) = torch.autograd.grad((fake.float() * direction).sum(), ws, create_graph=True)
         lengths = grad.float().square().sum(2).mean(1).sqrt()
         with torch.no_grad():
-            self.pl_mean.copy_(self.pl_mean.lerp(lengths.mean(), cfg.pl_decay))
+            # The running mean starts at the first measurement, not at 0: from 0 the penalty
+            # would pull every path length of a trained generator towards 0 (a collapse).
+            first = self.pl_mean == 0
+            self.pl_mean.copy_(torch.where(first, lengths.mean(), self.pl_mean.lerp(lengths.mean(), cfg.pl_decay)))
         penalty = (lengths - self.pl_mean).square().mean()
         self.opt_G.zero_grad(set_to_none=True)
         (penalty * cfg.pl_weight * cfg.pl_every).backward()

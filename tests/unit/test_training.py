@@ -160,3 +160,20 @@ def test_init_from_starts_the_generator_from_an_exported_model(tmp_path: Path, t
     wide = TrainConfig(**{**TINY.__dict__, "channel_max": 32, "init_from": str(first / "generator.pt")})
     with pytest.raises(ValueError, match="does not match"):
         train(wide, tmp_path / "third", max_steps=1, log=lambda m: None)
+
+
+def test_discriminator_warmup_keeps_the_generator_still(tiny_data: torch.Tensor) -> None:
+    cfg = TrainConfig(**{**TINY.__dict__, "d_warmup_steps": 2, "pl_every": 1})
+    with kernels.fast_kernels():
+        t = Trainer(cfg, tiny_data)
+        def weights(m: torch.nn.Module) -> torch.Tensor:  # parameters only: the tracked mean w may move
+            return torch.cat([p.detach().flatten() for p in m.parameters()])
+
+        g0, d0 = weights(t.G).clone(), weights(t.D).clone()
+        stats = [t.train_step() for _ in range(2)]
+        assert torch.equal(weights(t.G), g0) and not torch.equal(weights(t.D), d0)
+        assert not any("pl_length" in s for s in stats)
+        after = t.train_step()
+    assert not torch.equal(weights(t.G), g0) and "pl_length" in after
+    # The path-length mean starts at the first measurement, not at 0.
+    assert float(t.pl_mean) == pytest.approx(after["pl_length"], rel=1e-5)
