@@ -38,7 +38,6 @@ from torch import Tensor, nn
 
 from i2score.generator.network import GeneratorConfig, MappingNetwork, StyleGAN2, SynthesisNetwork, SynthesisState
 from i2score.generator.ops import LRELU_SLOPE, EqualLinear, make_fir_filter, upfirdn2d
-from i2score.kernels import batch_invariant
 
 __all__ = ["StyleGAN1", "StyleGAN1Config", "StyleGAN1Layer", "StyleGAN1Synthesis"]
 
@@ -199,13 +198,6 @@ class StyleGAN1Synthesis(SynthesisNetwork):
         self.convs = nn.ModuleList(layers)
         self.to_rgbs = nn.ModuleList([StyleGAN1ToRGB(cfg.channels(cfg.resolution))])
         self.register_buffer("fir", make_fir_filter(), persistent=False)  # unused; the parent declares it
-
-    def run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int | None = None,
-            *, channels_last: bool = False) -> SynthesisState:
-        """Run layers ``state.layer + 1 .. stop`` (``0 .. stop`` when ``state`` is None)."""
-        with batch_invariant(self.const.device):
-            return self._run(state, w, noise, self.cfg.num_convs - 1 if stop is None else stop,
-                             channels_last=channels_last)
 
     def _run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int,
              channels_last: bool = False) -> SynthesisState:

@@ -19,6 +19,17 @@ SCHEDULE = "3+3/2+2"
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
+def _manifest(tmp_path, n: int):
+    """An augment manifest of the first ``n`` demo portraits, inside its own folder."""
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    for i in range(n):
+        (folder / "images" / f"h{i}.png").write_bytes((DEMO / "images" / f"heldout-0{i}.png").read_bytes())
+    manifest = folder / "aug.csv"
+    manifest.write_text("id,image\n" + "".join(f"h{i},images/h{i}.png\n" for i in range(n)))
+    return manifest
+
+
 def _dataset(result: dict) -> list[dict[str, str]]:
     text = storage.read_bytes(storage.join(result["run_url"], "dataset.csv")).decode()
     return list(csv.DictReader(io.StringIO(text)))
@@ -27,12 +38,7 @@ def _dataset(result: dict) -> list[dict[str, str]]:
 def test_augment_scores_every_row_and_min_realism_drops_exactly_those_below(tmp_path):
     from i2score.flows.augment import augment
 
-    folder = tmp_path / "data"
-    (folder / "images").mkdir(parents=True)
-    for i in range(3):
-        (folder / "images" / f"h{i}.png").write_bytes((DEMO / "images" / f"heldout-0{i}.png").read_bytes())
-    manifest = folder / "aug.csv"
-    manifest.write_text("id,image\n" + "".join(f"h{i},images/h{i}.png\n" for i in range(3)))
+    manifest = _manifest(tmp_path, 3)
     root = str(tmp_path / "store")
     # Three images: k = 2 (the default k = 3 needs four reference images).
     common: dict[str, Any] = {"root": root, "n_per_image": 1, "ops": ["noise", "jitter"], "schedule": SCHEDULE,
@@ -72,12 +78,7 @@ def test_augment_scores_every_row_and_min_realism_drops_exactly_those_below(tmp_
 def test_too_few_reference_images_leave_the_column_empty_and_say_so(tmp_path):
     from i2score.flows.augment import augment
 
-    folder = tmp_path / "data"
-    (folder / "images").mkdir(parents=True)
-    for i in range(2):
-        (folder / "images" / f"h{i}.png").write_bytes((DEMO / "images" / f"heldout-0{i}.png").read_bytes())
-    manifest = folder / "aug.csv"
-    manifest.write_text("id,image\n" + "".join(f"h{i},images/h{i}.png\n" for i in range(2)))
+    manifest = _manifest(tmp_path, 2)
     res = augment(str(manifest), root=str(tmp_path / "store"), n_per_image=1, ops=["jitter"], schedule=SCHEDULE,
                   device="cpu")
     assert res["failed"] == 0 and "needs at least k + 1 = 4 reference images" in res["realism_not_scored"]
