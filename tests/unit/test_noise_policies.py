@@ -58,7 +58,8 @@ def test_policies_take_the_maps_they_name(small_G, codes: Latents) -> None:
     per_row = maps("resample", [1, 2, 3])
     assert not torch.equal(per_row[0][0], per_row[0][1])
     # Refitting moves the resampled maps towards the target (here: flat grey) and changes the render.
-    refit = maps("refit", 7)
+    with torch.no_grad():  # how edits run: forward only; refit turns gradients on for itself
+        refit = maps("refit", 7)
     assert not torch.equal(refit[-1], fresh[-1])
     with torch.no_grad():
         err_fresh = (small_G.synthesize(w, fresh) - target).square().mean()

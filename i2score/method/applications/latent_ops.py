@@ -64,7 +64,9 @@ def edit_noise(G: StyleGAN2, policy: str, w: Tensor, *, content: Sequence[Tensor
     fresh = [m.to(G.device) for m in G.random_noise(w.shape[0], seeds)]
     if policy == "resample" or refit_steps == 0:
         return fresh
-    maps, _ = optimize_noise(G, M=None, w=w, n_ini=fresh, x=refit_target, steps=refit_steps)
+    # Edits run under no_grad (forward only); the refit stage needs gradients for the maps.
+    with torch.enable_grad():
+        maps, _ = optimize_noise(G, M=None, w=w, n_ini=fresh, x=refit_target, steps=refit_steps)
     return [m.detach() for m in maps]
 
 
