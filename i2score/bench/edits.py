@@ -167,7 +167,9 @@ def edits_report(G: StyleGAN2, data: str | Path, out: str | Path, *, embed_steps
     # -- global edits ------------------------------------------------------------------------
     def run_global() -> dict[str, Any]:
         ts = [0.0, 0.25, 0.5, 0.75, 1.0]
-        m = [morph(lat[10], lat[11], t, G).images[0] for t in ts]
+        # A strip from one reconstruction to the other: interpolated maps keep its ends exact
+        # (checked below); the default resampled maps are the midpoints' choice, not the ends'.
+        m = [morph(lat[10], lat[11], t, G, noise_policy="interpolate").images[0] for t in ts]
         ks = [0, 2, 4, 6, 8, G.num_ws]
         s = [style_mix(lat[12], lat[13], k, G).images[0] for k in ks]
         e = expression_transfer(lat[[0, 1, 2, 3]], lat[16], lat[17], 1.0, G).images

@@ -176,10 +176,12 @@ def test_jitter_moves_w_by_sigma_and_keeps_noise(data, plan, result) -> None:
 def test_partner_ops_agree_with_the_edits(small_G, vgg, data, plan, result) -> None:
     latents, images = data
     for n, a in _by_op(plan, result, "interpolate"):
-        ref = morph(latents[a.source_id], latents[a.partner_id], a.params["t"], small_G)
+        ref = morph(latents[a.source_id], latents[a.partner_id], a.params["t"], small_G,
+                    noise_policy=a.params["noise_policy"], noise_seed=a.params["noise_seed"])
         assert torch.equal(result.images[n], ref.images[0]) and torch.equal(result.latents.w[n], ref.latents.w[0])
     for n, a in _by_op(plan, result, "style_mix"):
-        ref = style_mix(latents[a.source_id], latents[a.partner_id], a.params["k"], small_G)
+        ref = style_mix(latents[a.source_id], latents[a.partner_id], a.params["k"], small_G,
+                        noise_policy=a.params["noise_policy"], noise_seed=a.params["noise_seed"])
         assert torch.equal(result.images[n], ref.images[0]) and torch.equal(result.latents.w[n], ref.latents.w[0])
     kinds = set()
     for n, a in _by_op(plan, result, "crossover"):
