@@ -15,6 +15,7 @@ from typing import Any
 from i2score.data import storage
 from i2score.data.inputs import InputPolicy
 from i2score.data.manifest import ManifestRow, Rejection, validate_manifest
+from i2score.method.priors import WCloseness
 from i2score.runs.config import JobConfig
 from i2score.runs.lease import lease_folder
 from i2score.runs.ops import CATALOG, OPS
@@ -409,6 +410,9 @@ def _start_and_engine(s: Mapping[str, Any]) -> list[tuple[str, str]]:
         stop = (f", each image stops when its loss gains < {sch['min_delta_db']} dB over {sch['patience']} steps"
                 if sch.get("converge") else "")
         lines.append(("embeddings start from", f"{start}{stop}"))
+    closeness = WCloseness(sch.get("w_offset_weight", 0.0), sch.get("pnorm_weight", 0.0))
+    if closeness.active:
+        lines.append(("W-closeness", f"`{closeness.spec()}` (penalties of the W+ stage)"))
     if eng:
         repro = "bit-reproducible for a seed on this device" if eng["bit_reproducible"] else (
             "reproducible to float tolerance, not bit for bit")

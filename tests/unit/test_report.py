@@ -245,3 +245,12 @@ def test_public_url_of_local_files_is_an_absolute_file_url(tmp_path, monkeypatch
         storage.public_url("memory://b/x.png")
     with pytest.raises(ValueError, match="expires_s must be in"):
         storage.public_url("a b/x.png", expires_s=8 * 24 * 3600)
+
+
+def test_w_closeness_is_a_config_line_only_when_set():
+    from i2score.runs.report import config_lines
+
+    assert "W-closeness" not in dict(config_lines(_summary()))
+    sched = {"name": "demo", "steps_w": 80, "steps_n": 80, "edit_steps_w": 80, "edit_steps_n": 80,
+             "w_offset_weight": 0.001, "pnorm_weight": 0.0}
+    assert dict(config_lines(_summary(schedule=sched)))["W-closeness"].startswith("`offset=0.001`")
