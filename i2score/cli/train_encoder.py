@@ -24,6 +24,9 @@ def train_encoder_cmd(
     latent: Annotated[float, typer.Option(help="W-space loss weight on generator samples.")] = 1.0,
     n_portraits: Annotated[int, typer.Option(help="Portraits 0..N-1 form the real-image pool.")] = 8192,
     seed: Annotated[int, typer.Option(help="Seed of weights, latents, noise and data order.")] = 0,
+    init_from: Annotated[str, typer.Option(help="Start from this encoder (registry name or file; same "
+                                                "architecture), e.g. the old generator's after fine-tuning "
+                                                "the generator.")] = "",
     device: Annotated[str, typer.Option(help="cpu or cuda[:N].")] = "cpu",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads. Runs repeat bit for bit on one "
                                                      "thread; with more, oneDNN's parallel reductions differ.")] = None,
@@ -52,7 +55,7 @@ def train_encoder_cmd(
         torch.set_num_threads(threads)
     cfg = EncoderTrainConfig(arch=arch, backbone=backbone, width=width, steps=steps, batch=batch, lr=lr,
                              lpips=lpips, lpips_images=lpips_images, latent=latent, n_portraits=n_portraits,
-                             seed=seed)
+                             seed=seed, init_from=init_from)
     typer.echo("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
     G = load_generator(generator, device=device)
     lp = load_lpips(device=device)

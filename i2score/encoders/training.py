@@ -70,6 +70,9 @@ class EncoderTrainConfig:
         seed: seeds weights, latents, noise and data order.
         snapshot_every, log_every, eval_every: cadence of checkpoints, log lines and
             held-out evaluations (0 = never).
+        init_from: an encoder (registry name or file) of the same architecture whose weights
+            and ``latent_avg`` start the run: after fine-tuning a generator, its encoder
+            continues from the old generator's instead of from random weights.
     """
 
     arch: str = "e4e"
@@ -91,6 +94,7 @@ class EncoderTrainConfig:
     snapshot_every: int = 250
     log_every: int = 25
     eval_every: int = 500
+    init_from: str = ""
 
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step`` (0-based)."""
@@ -255,6 +259,13 @@ class EncoderTrainer:
         self.gen.set_state(state["gen"])
         torch.set_rng_state(state["torch_rng"])
 
+    def init_encoder(self, source: Encoder) -> None:
+        """Start from ``source``'s weights and ``latent_avg`` (same :class:`EncoderConfig`)."""
+        if source.config != self.encoder.config:
+            raise ValueError(f"init_from {self.cfg.init_from!r} is a {source.config}, but this run trains a "
+                             f"{self.encoder.config}")
+        self.encoder.load_state_dict({k: v.to(self.device) for k, v in source.state_dict().items()})
+
     def export_encoder(self) -> Encoder:
         """A copy of the encoder for inference (CPU, eval, no grad)."""
         enc = build_encoder(self.encoder.config)
@@ -294,6 +305,11 @@ def train_encoder(cfg: EncoderTrainConfig, out_dir: str | os.PathLike[str], G: S
     if ckpt.is_file():
         trainer.load_state(torch.load(ckpt, map_location="cpu", weights_only=False))
         log(f"resumed from {ckpt} at step {trainer.step}")
+    elif cfg.init_from:
+        from i2score.encoders.checkpoints import load_encoder
+
+        trainer.init_encoder(load_encoder(cfg.init_from, device="cpu"))
+        log(f"encoder initialised from {cfg.init_from}")
     end = cfg.steps if max_steps is None else min(cfg.steps, trainer.step + max_steps)
     t_last, step_last = time.perf_counter(), trainer.step
     with open(out / "log.jsonl", "a") as logf:

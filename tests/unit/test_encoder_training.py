@@ -138,6 +138,36 @@ def test_tiny_training_is_deterministic_and_resumable(tmp_path: Path, tiny_lpips
                       log=lambda _: None)
 
 
+def test_init_from_starts_from_an_exported_encoder(tmp_path: Path, tiny_lpips: torch.nn.Module,
+                                                   one_thread: None) -> None:
+    G = _tiny_generator()
+    pool = load_portrait_dataset(TrainConfig(resolution=64, dataset_size=TINY.n_portraits))
+    torch.manual_seed(3)
+    source = build_encoder(TINY.encoder_config(G), torch.randn(32))
+    save_encoder(source, tmp_path / "source.pt", generator="tiny")
+    cfg = dataclasses.replace(TINY, init_from=str(tmp_path / "source.pt"))
+    # No steps: the run's encoder is the source encoder, latent_avg included.
+    start = train_encoder(cfg, tmp_path / "start", G, pool, lpips=tiny_lpips, max_steps=0, log=lambda _: None)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(start.encoder.eval().encode(x), source.eval().encode(x))
+    # It trains on from there, and a resume keeps to the same start.
+    trained = train_encoder(cfg, tmp_path / "run", G, pool, lpips=tiny_lpips, log=lambda _: None)
+    train_encoder(TINY, tmp_path / "scratch", G, pool, lpips=tiny_lpips, log=lambda _: None)
+    a, b = _weights(tmp_path / "run"), _weights(tmp_path / "scratch")
+    assert not torch.equal(a["latent_avg"], b["latent_avg"])
+    assert any(not torch.equal(a[k], source.state_dict()[k]) for k in a if k != "latent_avg")
+    assert trained.step == TINY.steps
+    with pytest.raises(ValueError, match="trained with"):
+        train_encoder(TINY, tmp_path / "run", G, pool, lpips=tiny_lpips, log=lambda _: None)
+    # Another architecture is refused by name.
+    other = build_encoder(_config("psp"), torch.randn(32))
+    save_encoder(other, tmp_path / "psp.pt", generator="tiny")
+    with pytest.raises(ValueError, match="init_from .*psp.pt"):
+        train_encoder(dataclasses.replace(TINY, init_from=str(tmp_path / "psp.pt")), tmp_path / "bad", G, pool,
+                      lpips=tiny_lpips, log=lambda _: None)
+
+
 def test_psnr_matches_the_method_metric() -> None:
     from i2score.method.metrics import psnr as method_psnr
 
