@@ -327,7 +327,8 @@ def bench_editability_cmd(
                            "default: mean, encoder (when the model has one), mean-w-only.")] = None,
     define: Annotated[list[str] | None, typer.Option(
         "--define", help="An ad-hoc setting NAME=JSON (repeat), run after the --settings ones (alone when "
-                         "--settings is not given), e.g. 'k2={\"embed\": {\"init\": \"mean\"}, \"ops\": "
+                         "--settings is not given; --settings may name it to set the order), e.g. "
+                         "'k2={\"embed\": {\"init\": \"mean\"}, \"ops\": "
                          "{\"style_mix\": {\"k\": 2}}}'.")] = None,
     n_reference: Annotated[int, typer.Option(help="Held-out portraits of KID's reference set.")] = 64,
     n_samples: Annotated[int, typer.Option(help="Random samples of the generator whose KID is reported.")] = 32,
@@ -376,10 +377,12 @@ def bench_editability_cmd(
         names = []
     else:
         names = [n for n in SETTINGS if n != "encoder" or enc_source is not None]
-    unknown = [n for n in names if n not in SETTINGS]
+    # A --settings name may be one of the --define names (it then runs in that order).
+    unknown = [n for n in names if n not in SETTINGS and n not in defined]
     if unknown:
-        raise typer.BadParameter(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}", param_hint="--settings")
-    chosen = {**{n: SETTINGS[n] for n in names}, **defined}
+        known = ", ".join([*SETTINGS, *defined])
+        raise typer.BadParameter(f"unknown setting(s) {unknown}; known: {known}", param_hint="--settings")
+    chosen = {**{n: defined.get(n, SETTINGS.get(n, {})) for n in names}, **defined}
     needs_encoder = any(s.get("embed", {}).get("init") == "encoder" for s in chosen.values())
     if needs_encoder and enc_source is None:
         raise typer.BadParameter(f"{model} has no default encoder: pass --encoder or leave out the encoder settings")

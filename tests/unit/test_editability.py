@@ -180,3 +180,18 @@ def test_cli_rejects_bad_arguments_before_loading_anything(define, message):
     result = CliRunner().invoke(app, ["bench", "editability", *args, "--model", "no-such-model"])
     flat = " ".join(result.output.replace("│", " ").split())  # rich wraps the message in a box
     assert result.exit_code == 2 and message in flat, result.output
+
+
+def test_cli_settings_may_name_a_defined_setting():
+    from typer.testing import CliRunner
+
+    from i2score.cli.app import app
+
+    k2 = 'k2={"embed": {"init": "mean"}}'
+    run = CliRunner().invoke
+    bad = run(app, ["bench", "editability", "--settings", "mean,k3", "--define", k2, "--model", "no-such-model"])
+    flat = " ".join(bad.output.replace("│", " ").split())
+    assert bad.exit_code == 2 and "unknown setting(s) ['k3']" in flat and "k2" in flat, bad.output
+    # Named by --settings, the defined one passes the checks; the run stops later, at the model.
+    ok = run(app, ["bench", "editability", "--settings", "k2,mean", "--define", k2, "--model", "no-such-model"])
+    assert "unknown setting" not in ok.output and "no-such-model" in str(ok.exception or ok.output), ok.output
