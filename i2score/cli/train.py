@@ -33,6 +33,12 @@ def train_cmd(
                                             help="bf16 autocast (default: on for CUDA, off on CPU).")] = None,
     max_steps: Annotated[int | None, typer.Option(help="Stop after this many steps (resume later).")] = None,
     render_workers: Annotated[int, typer.Option(help="Processes rendering the dataset once.")] = 2,
+    resume_from: Annotated[Path | None, typer.Option(help="Start from this compact training state (written by "
+                                                         "--export-state) when OUT has no checkpoint.pt yet: how a "
+                                                         "fresh clone continues a committed run.")] = None,
+    export_state: Annotated[Path | None, typer.Option(help="Keep the run's compact state (float16 networks, random "
+                                                           "streams, no Adam moments; small enough to commit) here, "
+                                                           "rewritten at every snapshot and at the stop.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also write the final EMA generator here, in "
                                                      "float16 (how the bundled model was made).")] = None,
 ) -> None:
@@ -54,7 +60,7 @@ def train_cmd(
                       ema_rampup=ema_rampup)
     typer.echo("config: " + ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(cfg).items()))
     path = train(cfg, out, device=device, amp=amp, max_steps=max_steps, render_workers=render_workers,
-                 log=lambda msg: typer.echo(msg))
+                 resume_from=resume_from, export_state=export_state, log=lambda msg: typer.echo(msg))
     typer.echo(f"generator: {path}")
     if export is not None:
         save_generator(load_generator_file(path), export, dtype=torch.float16)

@@ -13,7 +13,13 @@ published model ended without its training checkpoint.
 Runs on CPU (slowly) and CUDA (``amp`` = bf16 autocast there). Deterministic for a seed on
 a given device and thread count, and resumable: ``train`` continues from ``checkpoint.pt`` in
 its output folder with the optimiser states and every random stream, so a run interrupted and
-resumed produces the same weights as an uninterrupted one.
+resumed produces the same weights as an uninterrupted one. ``checkpoint.pt`` is large (74 MB for
+the demo model) and lives in an ignored run folder, which a fresh clone does not have; a
+*compact* state (:func:`compact_state`: the three networks in float16 and the random streams,
+without the Adam moments; 17 MB) is small enough to commit, and ``train(resume_from=...)``
+continues a run from it on another machine: same step, networks, data order and random
+streams, with the weights rounded to float16 and fresh Adam moments (so not bit-identical to an
+uninterrupted run).
 """
 
 from __future__ import annotations
@@ -361,6 +367,7 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state` (exactly) or from a :func:`compact_state` (fresh Adam moments)."""
         saved = TrainConfig(**state["config"])
         # The run length and the logging cadence may change on resume (train longer, or stop
         # at an earlier snapshot); everything that shapes the weights must not.
@@ -376,8 +383,11 @@ class Trainer:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])
-        self.opt_G.load_state_dict(state["opt_G"])
-        self.opt_D.load_state_dict(state["opt_D"])
+        # A compact state has no Adam moments: the optimisers start fresh (with betas
+        # (0, 0.99) the second moments re-estimate within a few hundred steps).
+        if "opt_G" in state:
+            self.opt_G.load_state_dict(state["opt_G"])
+            self.opt_D.load_state_dict(state["opt_D"])
         self.gen.set_state(state["gen"])
         self.rng.bit_generator.state = state["rng"]
         self.order = state["order"].numpy().copy()
@@ -392,6 +402,20 @@ class Trainer:
         return G
 
 
+def compact_state(state: dict[str, Any], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
+    """A :meth:`Trainer.state` small enough to commit: networks in ``dtype``, no Adam moments.
+
+    Keeps the step, config, random streams, data order and path-length mean exactly, so
+    :meth:`Trainer.load_state` continues the same run (see the module docstring for what is lost).
+    """
+    out = {k: v for k, v in state.items() if k not in ("opt_G", "opt_D")}
+    for key in ("G", "D", "G_ema"):
+        out[key] = {name: t.detach().cpu().to(dtype) if t.is_floating_point() else t.detach().cpu()
+                    for name, t in state[key].items()}
+    out["compact_dtype"] = str(dtype).removeprefix("torch.")
+    return out
+
+
 def sample_grid(G: StyleGAN2, n: int = 64, seed: int = 0) -> np.ndarray:
     """``n`` random samples (a square number) as one ``uint8 [H, W, 3]`` grid."""
     side = int(round(math.sqrt(n)))
@@ -404,6 +428,8 @@ def sample_grid(G: StyleGAN2, n: int = 64, seed: int = 0) -> np.ndarray:
 
 def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "cpu",
           amp: bool | None = None, max_steps: int | None = None, render_workers: int = 1,
+          resume_from: str | os.PathLike[str] | None = None,
+          export_state: str | os.PathLike[str] | None = None,
           log: Callable[[str], None] = print) -> Path:
     """Train (or resume) a run in ``out_dir``; returns the path of the exported generator.
 
@@ -412,6 +438,10 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
     the EMA generator at each snapshot) and ``generator.pt`` (the EMA generator in the native
     format, loadable with :func:`~i2score.generator.checkpoints.load.load_generator`). ``max_steps``
     stops early (a later call resumes).
+
+    ``resume_from`` (a :func:`compact_state` file) starts a run whose folder has no
+    ``checkpoint.pt`` yet, e.g. a fresh clone continuing a committed run; ``export_state`` writes
+    that compact state at every snapshot and at the stop, so the file always holds the newest one.
     """
     from PIL import Image
 
@@ -424,6 +454,14 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
         if ckpt.is_file():
             trainer.load_state(torch.load(ckpt, map_location=trainer.device, weights_only=False))
             log(f"resumed from {ckpt} at step {trainer.step}")
+        elif resume_from is not None:
+            state = torch.load(resume_from, map_location=trainer.device, weights_only=False)
+            if "compact_dtype" not in state:
+                raise ValueError(f"{resume_from} is not a compact training state (see compact_state); "
+                                 f"a full checkpoint.pt resumes by being the run folder's checkpoint.pt")
+            trainer.load_state(state)
+            log(f"resumed from the compact state {resume_from} at step {trainer.step} "
+                f"(weights rounded to {state['compact_dtype']}, fresh Adam moments)")
         elif cfg.init_from:
             from i2score.generator.checkpoints import load_generator
 
@@ -432,6 +470,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
                 raise ValueError(f"init_from {cfg.init_from!r} is not a StyleGAN2 of this project")
             trainer.init_generator(G0)
             log(f"generator initialised from {cfg.init_from}")
+        saved_step = trainer.step if ckpt.is_file() else -1
         end = cfg.total_steps if max_steps is None else min(cfg.total_steps, trainer.step + max_steps)
         t_last, step_last = time.perf_counter(), trainer.step
         with open(out / "log.jsonl", "a") as logf:
@@ -452,8 +491,18 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
                         f"{sec_per_step:.2f} s/step G {stats['loss_g']:.3f} D {stats['loss_d']:.3f}"
                         + (f" pl {trainer.pl_mean.item():.3f}" if cfg.pl_weight > 0 else ""))
                 if trainer.step % cfg.snapshot_every == 0 or trainer.step == end:
-                    atomic_torch_save(trainer.state(), ckpt)
+                    state = trainer.state()
+                    atomic_torch_save(state, ckpt)
+                    saved_step = trainer.step
+                    if export_state is not None:
+                        atomic_torch_save(compact_state(state), Path(export_state))
                     G = trainer.export_generator()
                     save_generator(G, out / "generator.pt")
                     Image.fromarray(sample_grid(G, 64, seed=cfg.seed)).save(out / "samples.png")
+        # A run started from a compact state with nothing left to train still leaves its files.
+        if saved_step != trainer.step:
+            atomic_torch_save(trainer.state(), ckpt)
+            save_generator(trainer.export_generator(), out / "generator.pt")
+        if export_state is not None:
+            atomic_torch_save(compact_state(trainer.state()), Path(export_state))
     return out / "generator.pt"

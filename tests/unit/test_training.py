@@ -81,6 +81,33 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert sample_grid(G, 4, seed=0).shape == (32, 32, 3)
 
 
+def test_compact_state_continues_the_run_in_a_fresh_folder(tmp_path: Path) -> None:
+    first, fresh = tmp_path / "first", tmp_path / "fresh"
+    state_file = tmp_path / "state" / "run.pt"
+    train(TINY, first, max_steps=4, export_state=state_file, log=lambda m: None)
+    full = torch.load(first / "checkpoint.pt", weights_only=False)
+    compact = torch.load(state_file, weights_only=False)
+    assert compact["step"] == 4 and "opt_G" not in compact and compact["compact_dtype"] == "float16"
+    assert state_file.stat().st_size < 0.5 * (first / "checkpoint.pt").stat().st_size
+    # Nothing left to train: the fresh folder still gets its checkpoint and generator.
+    train(TINY, fresh, max_steps=0, resume_from=state_file, log=lambda m: None)
+    resumed = torch.load(fresh / "checkpoint.pt", weights_only=False)
+    assert resumed["step"] == 4 and resumed["cursor"] == full["cursor"]
+    assert torch.equal(resumed["order"], full["order"]) and torch.equal(resumed["gen"], full["gen"])
+    for key in ("G", "D", "G_ema"):
+        for name, t in full[key].items():
+            assert resumed[key][name].dtype == t.dtype
+            assert torch.equal(resumed[key][name], t.half().float() if t.is_floating_point() else t), (key, name)
+    assert (fresh / "generator.pt").is_file()
+    train(TINY, fresh, resume_from=state_file, log=lambda m: None)  # checkpoint.pt wins over resume_from
+    assert torch.load(fresh / "checkpoint.pt", weights_only=False)["step"] == TINY.total_steps
+    with pytest.raises(ValueError, match="not a compact training state"):
+        train(TINY, tmp_path / "other", resume_from=first / "checkpoint.pt", log=lambda m: None)
+    with pytest.raises(ValueError, match="trained with"):
+        train(TrainConfig(**{**TINY.__dict__, "r1_gamma": 1.0}), tmp_path / "third", resume_from=state_file,
+              log=lambda m: None)
+
+
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     train(TINY, tmp_path, max_steps=2, log=lambda m: None)
     other = TrainConfig(**{**TINY.__dict__, "r1_gamma": 1.0})
@@ -117,6 +144,7 @@ def test_cli_train_help() -> None:
 
     result = CliRunner().invoke(app, ["train", "--help"])
     assert result.exit_code == 0 and "resume" in result.output.lower()
+    assert "--resume-from" in result.output and "--export-state" in result.output
 
 
 def test_path_length_regularisation_runs_lazily_and_tracks_its_mean(tiny_data: torch.Tensor) -> None:
