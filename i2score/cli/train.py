@@ -36,9 +36,9 @@ def train_cmd(
     resume_from: Annotated[Path | None, typer.Option(help="Start from this compact training state (written by "
                                                          "--export-state) when OUT has no checkpoint.pt yet: how a "
                                                          "fresh clone continues a committed run.")] = None,
-    export_state: Annotated[Path | None, typer.Option(help="Keep the run's compact state (float16 networks, random "
-                                                           "streams, no Adam moments; small enough to commit) here, "
-                                                           "rewritten at every snapshot and at the stop.")] = None,
+    export_state: Annotated[Path | None, typer.Option(
+        help="Keep the run's compact state (float16 networks, bfloat16 Adam moments, random streams; small "
+             "enough to commit) here, rewritten at every snapshot and at the stop.")] = None,
     export: Annotated[Path | None, typer.Option(help="Also write the final EMA generator here, in "
                                                      "float16 (how the bundled model was made).")] = None,
 ) -> None:

@@ -15,11 +15,10 @@ a given device and thread count, and resumable: ``train`` continues from ``check
 its output folder with the optimiser states and every random stream, so a run interrupted and
 resumed produces the same weights as an uninterrupted one. ``checkpoint.pt`` is large (74 MB for
 the demo model) and lives in an ignored run folder, which a fresh clone does not have; a
-*compact* state (:func:`compact_state`: the three networks in float16 and the random streams,
-without the Adam moments; 17 MB) is small enough to commit, and ``train(resume_from=...)``
-continues a run from it on another machine: same step, networks, data order and random
-streams, with the weights rounded to float16 and fresh Adam moments (so not bit-identical to an
-uninterrupted run).
+*compact* state (:func:`compact_state`: the three networks in float16, Adam's second moments in
+bfloat16, the random streams; 27 MB) is small enough to commit, and ``train(resume_from=...)``
+continues a run from it on another machine: same step, data order and random streams, weights
+and moments rounded (so close to, not bit-identical with, an uninterrupted run).
 """
 
 from __future__ import annotations
@@ -367,7 +366,7 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state` (exactly) or from a :func:`compact_state` (fresh Adam moments)."""
+        """Continue from :meth:`state` (exactly) or from a :func:`compact_state` (rounded)."""
         saved = TrainConfig(**state["config"])
         # The run length and the logging cadence may change on resume (train longer, or stop
         # at an earlier snapshot); everything that shapes the weights must not.
@@ -383,9 +382,10 @@ class Trainer:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
         self.G_ema.load_state_dict(state["G_ema"])
-        # A compact state has no Adam moments: the optimisers start fresh (with betas
-        # (0, 0.99) the second moments re-estimate within a few hundred steps).
-        if "opt_G" in state:
+        if "compact_dtype" in state:
+            self.opt_G.load_state_dict(_expand_adam(state["compact_opt_G"]))
+            self.opt_D.load_state_dict(_expand_adam(state["compact_opt_D"]))
+        else:
             self.opt_G.load_state_dict(state["opt_G"])
             self.opt_D.load_state_dict(state["opt_D"])
         self.gen.set_state(state["gen"])
@@ -402,8 +402,30 @@ class Trainer:
         return G
 
 
+def _compact_adam(opt_state: dict[str, Any]) -> dict[str, Any]:
+    # The second moments go in bfloat16 (float16 would flush the small ones to 0). With
+    # beta1 = 0 the first moment is just the newest gradient and the next step overwrites it
+    # before reading it, so it is dropped; any other beta1 keeps it (in bfloat16 too).
+    keep_first = any(group["betas"][0] != 0 for group in opt_state["param_groups"])
+    state = {}
+    for idx, st in opt_state["state"].items():
+        state[idx] = {"step": st["step"], "exp_avg_sq": st["exp_avg_sq"].detach().cpu().to(torch.bfloat16)}
+        if keep_first:
+            state[idx]["exp_avg"] = st["exp_avg"].detach().cpu().to(torch.bfloat16)
+    return {"state": state, "param_groups": opt_state["param_groups"]}
+
+
+def _expand_adam(compact: dict[str, Any]) -> dict[str, Any]:
+    state = {}
+    for idx, st in compact["state"].items():
+        sq = st["exp_avg_sq"].float()
+        state[idx] = {"step": st["step"], "exp_avg_sq": sq,
+                      "exp_avg": st["exp_avg"].float() if "exp_avg" in st else torch.zeros_like(sq)}
+    return {"state": state, "param_groups": compact["param_groups"]}
+
+
 def compact_state(state: dict[str, Any], dtype: torch.dtype = torch.float16) -> dict[str, Any]:
-    """A :meth:`Trainer.state` small enough to commit: networks in ``dtype``, no Adam moments.
+    """A :meth:`Trainer.state` small enough to commit: networks in ``dtype``, Adam moments in bfloat16.
 
     Keeps the step, config, random streams, data order and path-length mean exactly, so
     :meth:`Trainer.load_state` continues the same run (see the module docstring for what is lost).
@@ -412,6 +434,8 @@ def compact_state(state: dict[str, Any], dtype: torch.dtype = torch.float16) -> 
     for key in ("G", "D", "G_ema"):
         out[key] = {name: t.detach().cpu().to(dtype) if t.is_floating_point() else t.detach().cpu()
                     for name, t in state[key].items()}
+    out["compact_opt_G"] = _compact_adam(state["opt_G"])
+    out["compact_opt_D"] = _compact_adam(state["opt_D"])
     out["compact_dtype"] = str(dtype).removeprefix("torch.")
     return out
 
@@ -461,7 +485,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
                                  f"a full checkpoint.pt resumes by being the run folder's checkpoint.pt")
             trainer.load_state(state)
             log(f"resumed from the compact state {resume_from} at step {trainer.step} "
-                f"(weights rounded to {state['compact_dtype']}, fresh Adam moments)")
+                f"(weights rounded to {state['compact_dtype']}, Adam moments to bfloat16)")
         elif cfg.init_from:
             from i2score.generator.checkpoints import load_generator
 

@@ -88,6 +88,7 @@ def test_compact_state_continues_the_run_in_a_fresh_folder(tmp_path: Path) -> No
     full = torch.load(first / "checkpoint.pt", weights_only=False)
     compact = torch.load(state_file, weights_only=False)
     assert compact["step"] == 4 and "opt_G" not in compact and compact["compact_dtype"] == "float16"
+    assert compact["compact_opt_G"]["state"][0]["exp_avg_sq"].dtype == torch.bfloat16
     assert state_file.stat().st_size < 0.5 * (first / "checkpoint.pt").stat().st_size
     # Nothing left to train: the fresh folder still gets its checkpoint and generator.
     train(TINY, fresh, max_steps=0, resume_from=state_file, log=lambda m: None)
@@ -98,6 +99,10 @@ def test_compact_state_continues_the_run_in_a_fresh_folder(tmp_path: Path) -> No
         for name, t in full[key].items():
             assert resumed[key][name].dtype == t.dtype
             assert torch.equal(resumed[key][name], t.half().float() if t.is_floating_point() else t), (key, name)
+    for opt in ("opt_G", "opt_D"):
+        for idx, st in full[opt]["state"].items():
+            assert torch.equal(resumed[opt]["state"][idx]["exp_avg_sq"], st["exp_avg_sq"].bfloat16().float())
+            assert torch.equal(resumed[opt]["state"][idx]["step"], st["step"])
     assert (fresh / "generator.pt").is_file()
     train(TINY, fresh, resume_from=state_file, log=lambda m: None)  # checkpoint.pt wins over resume_from
     assert torch.load(fresh / "checkpoint.pt", weights_only=False)["step"] == TINY.total_steps
@@ -106,6 +111,25 @@ def test_compact_state_continues_the_run_in_a_fresh_folder(tmp_path: Path) -> No
     with pytest.raises(ValueError, match="trained with"):
         train(TrainConfig(**{**TINY.__dict__, "r1_gamma": 1.0}), tmp_path / "third", resume_from=state_file,
               log=lambda m: None)
+
+
+def test_adam_with_beta1_zero_never_reads_its_first_moment() -> None:
+    # Why a compact state may drop exp_avg: the next step overwrites it before using it.
+    torch.manual_seed(0)
+    p1 = torch.nn.Parameter(torch.randn(5))
+    p2 = torch.nn.Parameter(p1.detach().clone())
+    opt1 = torch.optim.Adam([p1], lr=0.01, betas=(0.0, 0.99))
+    opt2 = torch.optim.Adam([p2], lr=0.01, betas=(0.0, 0.99))
+    grads = torch.randn(3, 5)
+    for g in grads[:2]:
+        for p, opt in ((p1, opt1), (p2, opt2)):
+            p.grad = g.clone()
+            opt.step()
+    opt2.state[p2]["exp_avg"].zero_()
+    for p, opt in ((p1, opt1), (p2, opt2)):
+        p.grad = grads[2].clone()
+        opt.step()
+    assert torch.equal(p1, p2)
 
 
 def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
