@@ -479,6 +479,9 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
             trainer.load_state(torch.load(ckpt, map_location=trainer.device, weights_only=False))
             log(f"resumed from {ckpt} at step {trainer.step}")
         elif resume_from is not None:
+            if not Path(resume_from).is_file():
+                raise FileNotFoundError(f"resume_from {resume_from}: no such file (a compact state written "
+                                        f"by export_state)")
             state = torch.load(resume_from, map_location=trainer.device, weights_only=False)
             if "compact_dtype" not in state:
                 raise ValueError(f"{resume_from} is not a compact training state (see compact_state); "
@@ -495,6 +498,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
             trainer.init_generator(G0)
             log(f"generator initialised from {cfg.init_from}")
         saved_step = trainer.step if ckpt.is_file() else -1
+        exported_step = -1
         end = cfg.total_steps if max_steps is None else min(cfg.total_steps, trainer.step + max_steps)
         t_last, step_last = time.perf_counter(), trainer.step
         with open(out / "log.jsonl", "a") as logf:
@@ -520,6 +524,7 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
                     saved_step = trainer.step
                     if export_state is not None:
                         atomic_torch_save(compact_state(state), Path(export_state))
+                        exported_step = trainer.step
                     G = trainer.export_generator()
                     save_generator(G, out / "generator.pt")
                     Image.fromarray(sample_grid(G, 64, seed=cfg.seed)).save(out / "samples.png")
@@ -527,6 +532,6 @@ def train(cfg: TrainConfig, out_dir: str | os.PathLike[str], *, device: str = "c
         if saved_step != trainer.step:
             atomic_torch_save(trainer.state(), ckpt)
             save_generator(trainer.export_generator(), out / "generator.pt")
-        if export_state is not None:
+        if export_state is not None and exported_step != trainer.step:
             atomic_torch_save(compact_state(trainer.state()), Path(export_state))
     return out / "generator.pt"

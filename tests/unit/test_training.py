@@ -106,6 +106,8 @@ def test_compact_state_continues_the_run_in_a_fresh_folder(tmp_path: Path) -> No
     assert (fresh / "generator.pt").is_file()
     train(TINY, fresh, resume_from=state_file, log=lambda m: None)  # checkpoint.pt wins over resume_from
     assert torch.load(fresh / "checkpoint.pt", weights_only=False)["step"] == TINY.total_steps
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        train(TINY, tmp_path / "other", resume_from=tmp_path / "missing.pt", log=lambda m: None)
     with pytest.raises(ValueError, match="not a compact training state"):
         train(TINY, tmp_path / "other", resume_from=first / "checkpoint.pt", log=lambda m: None)
     with pytest.raises(ValueError, match="trained with"):
