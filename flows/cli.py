@@ -309,11 +309,12 @@ def _heldout_reference(root: str, model: str | None, n: int) -> str:
     """``--realism-heldout N``: render held-out demo portraits (seeds ``1_000_016`` on) into
     ``<root>/realism-reference/demo-heldout-<n>/`` once, and return that folder's URL."""
     from i2score.demo.portraits import HELDOUT_SEED_BASE, render_portrait
-    from i2score.generator.registry import DEFAULT_MODEL
+    from i2score.generator.registry import DEMO_MODELS
 
-    if model not in (None, DEFAULT_MODEL):
+    if model not in (None, *DEMO_MODELS):
         raise typer.BadParameter(f"--realism-heldout adds demo portraits, which are real images only for the demo "
-                                 f"model ({DEFAULT_MODEL}), not for {model!r}; use --realism-reference FOLDER")
+                                 f"models ({', '.join(DEMO_MODELS)}), not for {model!r}; "
+                                 f"use --realism-reference FOLDER")
     if not 1 <= n <= 1024:
         raise typer.BadParameter(f"--realism-heldout must be in 1..1024, got {n}")
     import io

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from i2score.generator.registry import DEFAULT_MODEL
+
 bench_app = typer.Typer(help="Benchmarks (measured, never assumed): embedding throughput.",
                         no_args_is_help=True)
 
@@ -145,7 +147,7 @@ def bench_ladder_cmd(
 
 @bench_app.command("quality")
 def bench_quality_cmd(
-    model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = "demo-faces-64",
+    model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = DEFAULT_MODEL,
     data: Annotated[Path, typer.Option(
         help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
     n_images: Annotated[int, typer.Option(help="Held-out images to use.")] = 16,
@@ -188,7 +190,7 @@ def bench_quality_cmd(
 @bench_app.command("edits")
 def bench_edits_cmd(
     out: Annotated[Path, typer.Option(help="Folder for the contact sheets and edits.json.")] = Path("bench-out/edits"),
-    model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = "demo-faces-64",
+    model: Annotated[str, typer.Option(help="Registry name, path or URL.")] = DEFAULT_MODEL,
     data: Annotated[Path, typer.Option(
         help="Sample data folder (layout of i2score.demo.sample_data).")] = Path("manifests/demo"),
     embed_steps_w: Annotated[int, typer.Option(help="W+ steps of the initial embedding.")] = 1000,
@@ -249,7 +251,7 @@ def bench_cache_cmd(
 
 @bench_app.command("frontier")
 def bench_frontier_cmd(
-    model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = "demo-faces-64",
+    model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = DEFAULT_MODEL,
     encoder: Annotated[str | None, typer.Option(help="Encoder (default: the generator's).")] = None,
     data: Annotated[Path, typer.Option(help="Sample data folder (images/heldout-NN.png, photos/*.png).")] = Path(
         "manifests/demo"),
@@ -318,7 +320,7 @@ def bench_frontier_cmd(
 
 @bench_app.command("editability")
 def bench_editability_cmd(
-    model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = "demo-faces-64",
+    model: Annotated[str, typer.Option(help="Generator: registry name, path or URL.")] = DEFAULT_MODEL,
     n_pairs: Annotated[int, typer.Option(help="Held-out (source, donor) pairs (>= 2).")] = 4,
     schedule: Annotated[str, typer.Option(help="Embedding schedule: a name or 'W+N' (a setting's 'embed' "
                                                "overrides it).")] = "40+40/10+10",
@@ -415,7 +417,7 @@ def bench_editability_cmd(
 def bench_generator_cmd(
     model: Annotated[list[str] | None, typer.Option(
         "--model", help="Generator (registry name, path or URL) trained on the procedural portraits; repeat to "
-                        "compare (default: demo-faces-64).")] = None,
+                        "compare (default: the default model).")] = None,
     n_samples: Annotated[int, typer.Option(help="Random samples per model for KID.")] = 256,
     n_reference: Annotated[int, typer.Option(help="Held-out portraits of KID's reference set.")] = 256,
     n_ppl: Annotated[int, typer.Option(help="Pairs of the perceptual path length.")] = 500,
@@ -433,7 +435,7 @@ def bench_generator_cmd(
     from i2score.features.kid import KID_NOTE
     from i2score.generator.checkpoints import load_generator
 
-    models = model or ["demo-faces-64"]
+    models = model or [DEFAULT_MODEL]
     vgg, lpips = load_vgg16(device=device), load_lpips(device=device)
     rows = []
     for name in models:

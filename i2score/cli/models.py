@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from i2score.generator.registry import DEFAULT_MODEL
+
 models_app = typer.Typer(
     help="Pretrained generator checkpoints: list the registry, fetch into the local cache.",
     no_args_is_help=True,
@@ -26,7 +28,7 @@ CacheDirOption = Annotated[
 @models_app.command("list")
 def models_list(cache_dir: CacheDirOption = None) -> None:
     """Show the registered models and whether each is already in the local cache."""
-    from i2score.generator.registry import DEFAULT_MODEL, MODELS, model_cache_path
+    from i2score.generator.registry import MODELS, model_cache_path
 
     console = Console()
     rows = [(spec, model_cache_path(spec.name, cache_dir).is_file()) for spec in MODELS.values()]
@@ -104,7 +106,7 @@ def models_fetch(
 @models_app.command("samples")
 def models_samples(
     out: Annotated[Path, typer.Argument(help="PNG file to write.")],
-    model: Annotated[str, typer.Option(help="Registry name, local path or fsspec URL.")] = "demo-faces-64",
+    model: Annotated[str, typer.Option(help="Registry name, local path or fsspec URL.")] = DEFAULT_MODEL,
     n: Annotated[int, typer.Option(help="Number of samples (a square number).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of z and noise.")] = 0,
     device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",

@@ -8,11 +8,13 @@ from typing import Annotated
 
 import typer
 
+from i2score.generator.registry import DEFAULT_MODEL
+
 
 def train_encoder_cmd(
     out: Annotated[Path, typer.Argument(help="Run folder: checkpoint.pt, log.jsonl, data/. An existing run "
                                              "is resumed.")],
-    generator: Annotated[str, typer.Option(help="Registry name or file of the generator.")] = "demo-faces-64",
+    generator: Annotated[str, typer.Option(help="Registry name or file of the generator.")] = DEFAULT_MODEL,
     arch: Annotated[str, typer.Option(help="psp, e4e, restyle-psp or restyle-e4e.")] = "e4e",
     backbone: Annotated[str, typer.Option(help="small (the light CPU backbone) or ir_se50.")] = "small",
     width: Annotated[int, typer.Option(help="Base channels of the small backbone.")] = 32,

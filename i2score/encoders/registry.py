@@ -125,6 +125,8 @@ def _view(file_id: str) -> str:
 
 #: sha256 of the bundled demo encoder (checked whenever it is resolved).
 DEMO_ENCODER_SHA256 = "37bed10cab1e7f3ad0dc53faf78066b8079e0b20645164b610df870e094e0504"
+#: sha256 of the bundled encoder of demo-faces-64-v2.
+DEMO_V2_ENCODER_SHA256 = "3fc22aca7c303b90058d8909a87ca44b1b6feaa12614aee32048aff2a9f5b956"
 
 _PSP_ID = "1bMTNWkh5LArlaWSc_wa8VKyq2V42T2z0"
 _E4E_ID = "1cUv_reLE6k3604or78EranS7XzuVMWeO"
@@ -140,6 +142,13 @@ _SPECS: tuple[EncoderSpec, ...] = (
         filename="demo-faces-64-e4e.pt", sha256=DEMO_ENCODER_SHA256, arch="e4e", backbone="small",
         generator="demo-faces-64", resolution=64,
         description="demo: e4e (small backbone) for demo-faces-64, trained by i2score, bundled",
+        reference="i2score README, 'Demo encoder'"),
+    # The same recipe and command for the default demo generator, demo-faces-64-v2.
+    EncoderSpec(
+        name="demo-faces-64-v2-e4e", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64-v2-e4e.pt",
+        filename="demo-faces-64-v2-e4e.pt", sha256=DEMO_V2_ENCODER_SHA256, arch="e4e", backbone="small",
+        generator="demo-faces-64-v2", resolution=64,
+        description="demo: e4e (small backbone) for demo-faces-64-v2, trained by i2score, bundled",
         reference="i2score README, 'Demo encoder'"),
     # --- FFHQ (the authors' checkpoints) ----------------------------------------------------------
     EncoderSpec(
@@ -180,6 +189,7 @@ ENCODERS: dict[str, EncoderSpec] = {spec.name: spec for spec in _SPECS}
 #: costs five generator passes). ``ffhq-1024-tf`` is the same network as ``ffhq-1024``.
 DEFAULT_ENCODER: dict[str, str] = {
     "demo-faces-64": "demo-faces-64-e4e",
+    "demo-faces-64-v2": "demo-faces-64-v2-e4e",
     "ffhq-1024": "psp-ffhq",
     "ffhq-1024-tf": "psp-ffhq",
 }

@@ -59,6 +59,7 @@ __all__ = [
     "RegistryEntry",
     "UnknownModelError",
     "DEFAULT_MODEL",
+    "DEMO_MODELS",
     "bundled_path",
     "cache_path_for_url",
     "default_cache_dir",
@@ -222,9 +223,10 @@ class ModelSpec:
         return self.file_name or _url_basename(self.url)
 
 
-DEFAULT_MODEL = "demo-faces-64"
+DEFAULT_MODEL = "demo-faces-64-v2"
 """The model used when none is named: bundled, so it works offline."""
 DEMO_SHA256 = "e7ca94f73a6c1b5695e50da952c94ac51bc6eb6a897954846ae8bc0d1c6d4756"
+DEMO_V2_SHA256 = "b4001c8565fd2e40fcb3d3c1e5cecd5ad7045e618c6e5c4942b6c0f56028dfb6"
 
 _ADA = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained"
 _ADA_TL = f"{_ADA}/transfer-learning-source-nets"
@@ -271,7 +273,14 @@ _SPECS: tuple[ModelSpec, ...] = (
         name="demo-faces-64", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64.pt",
         sha256=DEMO_SHA256, format="i2score-pt", resolution=64, domain="face",
         channel_multiplier=0.125, description="demo: procedural portraits 64x64, trained by "
-        "i2score (`i2s train`), bundled", reference="i2score README, 'Demo model'"),
+        "i2score (`i2s train`, 64 kimg), bundled", reference="i2score README, 'Demo model'"),
+    # The same recipe with path-length regularisation, trained 244 kimg: far more real samples
+    # (README "Demo generator v2"); the default since issue 19.
+    ModelSpec(
+        name="demo-faces-64-v2", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64-v2.pt",
+        sha256=DEMO_V2_SHA256, format="i2score-pt", resolution=64, domain="face",
+        channel_multiplier=0.125, description="demo v2: procedural portraits 64x64, path-length "
+        "regularised, 244 kimg (`i2s train`), bundled", reference="i2score README, 'Demo generator v2'"),
     # --- faces ------------------------------------------------------------------------------
     # README: "ffhq.pkl | FFHQ at 1024x1024, trained using original StyleGAN2", i.e. the
     # StyleGAN2 paper's config-f network re-saved as a PyTorch pickle.
@@ -396,6 +405,10 @@ _SPECS += (
 
 MODELS: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}
 """Registry of named pretrained generators, keyed by :attr:`ModelSpec.name`."""
+
+DEMO_MODELS: tuple[str, ...] = tuple(name for name, spec in MODELS.items() if spec.url.startswith(BUNDLED_SCHEME))
+"""The bundled models: trained by i2score on the procedural portraits (``i2score.demo``), so
+held-out portraits are real images for them (realism references, ground-truth benchmarks)."""
 
 
 def get_model_spec(name: str) -> ModelSpec:

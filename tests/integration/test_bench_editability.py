@@ -25,8 +25,8 @@ def test_bench_editability_cli_tiny(tmp_path):
     for suffix in (".json", ".md", "-curve.png", "-mean-w-only.png"):
         assert (tmp_path / f"eb{suffix}").stat().st_size > 0, suffix
     report = json.loads((tmp_path / "eb.json").read_text())
-    assert report["command"].startswith("i2s bench editability --model demo-faces-64 --n-pairs 2 --schedule 2+2/1+1")
-    assert "Inception" in report["kid_note"] and report["model"] == "demo-faces-64"
+    assert report["command"].startswith("i2s bench editability --model demo-faces-64-v2 --n-pairs 2 --schedule 2+2/1+1")
+    assert "Inception" in report["kid_note"] and report["model"] == "demo-faces-64-v2"
     r = report["settings"]["mean-w-only"]
     assert r["embed"] == {"steps_w": 2, "steps_n": 0, "lr_w": 0.01, "lr_n": 5.0, "init": "mean"}
     assert set(r["edits"]) == {f"{e}/{m}" for e, m in METHODS} and set(r["augment"]) == set(AUGMENT_OPS)

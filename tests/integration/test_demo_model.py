@@ -1,5 +1,6 @@
-"""The bundled demo generator (demo-faces-64): registry entry, load time, samples, and that its
-latent space is meaningful for held-out portraits (what the demo and the edit tests rely on)."""
+"""The bundled demo generators (demo-faces-64-v2, the default, and demo-faces-64): registry
+entries, load time, samples, and that the default's latent space is meaningful for held-out
+portraits (what the demo and the edit tests rely on)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from i2score.generator.checkpoints import load_generator
 from i2score.generator.network import StyleGAN2
 from i2score.generator.registry import (
     DEFAULT_MODEL,
+    DEMO_MODELS,
     MODELS,
     ChecksumMismatchError,
     resolve_model_file,
@@ -42,18 +44,23 @@ def _heldout(n: int) -> torch.Tensor:
 
 
 def test_demo_model_is_the_registered_default() -> None:
-    spec = MODELS[DEFAULT_MODEL]
-    assert DEFAULT_MODEL == "demo-faces-64"
-    assert spec.domain == "face" and spec.resolution == 64 and spec.format == "i2score-pt"
-    path = resolve_model_file(DEFAULT_MODEL)
-    assert path.is_file() and path.stat().st_size <= 20 * 2**20
-    assert spec.sha256 == sha256_file(path)
-    with pytest.raises(ChecksumMismatchError):
-        resolve_model_file(DEFAULT_MODEL, sha256="0" * 64)
+    assert DEFAULT_MODEL == "demo-faces-64-v2"
+    # v1 stays registered and loadable (cached latents and recorded runs name it).
+    assert DEMO_MODELS == ("demo-faces-64", "demo-faces-64-v2")
+    for name in DEMO_MODELS:
+        spec = MODELS[name]
+        assert spec.domain == "face" and spec.resolution == 64 and spec.format == "i2score-pt"
+        path = resolve_model_file(name)
+        assert path.is_file() and path.stat().st_size <= 20 * 2**20
+        assert spec.sha256 == sha256_file(path)
+        with pytest.raises(ChecksumMismatchError):
+            resolve_model_file(name, sha256="0" * 64)
+    assert MODELS["demo-faces-64"].sha256 != MODELS["demo-faces-64-v2"].sha256
     result = CliRunner().invoke(app, ["models", "list"])
     assert result.exit_code == 0
-    line = next(ln for ln in result.output.splitlines() if "demo-faces-64" in ln)
-    assert "bundled" in line and "*" in line
+    lines = {ln.split()[0]: ln for ln in result.output.splitlines() if "demo-faces-64" in ln and "stylegan2" in ln}
+    assert "*" in lines["demo-faces-64-v2"] and "*" not in lines["demo-faces-64"], lines
+    assert all("bundled" in ln for ln in lines.values())
 
 
 def test_load_and_sample_eight_under_five_seconds() -> None:

@@ -291,7 +291,7 @@ def test_the_encoder_schedule_and_engine_options_through_the_flow(storage_root):
                       precision="fp32")
     assert res["outputs"] == 2 and res["failed"] == 0 and res["embedding_steps"] == 0
     summary = _summary(res)
-    assert summary["init"] == "encoder" and summary["encoder"]["id"] == "demo-faces-64-e4e"
+    assert summary["init"] == "encoder" and summary["encoder"]["id"] == "demo-faces-64-v2-e4e"
     assert summary["engine"] == {"precision": "fp32", "channels_last": False, "compile": False,
                                  "bit_reproducible": True}
     # The encoder's codes alone: far from the targets, but far better than the mean latent.

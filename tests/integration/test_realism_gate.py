@@ -102,5 +102,5 @@ def test_realism_heldout_renders_demo_portraits_past_the_sample_data_once(tmp_pa
     mtime = (Path(folder) / files[0]).stat().st_mtime_ns
     assert _heldout_reference(str(tmp_path / "root"), "demo-faces-64", 2) == folder
     assert (Path(folder) / files[0]).stat().st_mtime_ns == mtime  # not rewritten
-    with pytest.raises(typer.BadParameter, match="only for the demo model"):
+    with pytest.raises(typer.BadParameter, match="only for the demo models"):
         _heldout_reference(str(tmp_path / "root"), "ffhq-1024", 2)

@@ -16,8 +16,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 #: What infra/setup.sh installs when the venv has no torch (a CPU build on these machines).
 TORCH_SPEC = os.environ.get("I2S_TORCH_SPEC", "torch==2.13.0")
-#: The wheel is the code, the demo data and the two bundled demo models (13 MB of weights).
-MAX_WHEEL_MB = 20
+#: The wheel is the code, the demo data and the bundled demo models (two generators and their
+#: encoders: 27 MB of weights, 13 MB of it the old demo-faces-64 pair kept loadable).
+MAX_WHEEL_MB = 32
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:

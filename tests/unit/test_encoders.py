@@ -198,8 +198,9 @@ def test_native_round_trip(tmp_path: Path) -> None:
 
 
 def test_registry_entries() -> None:
-    assert set(ENCODERS) == {"demo-faces-64-e4e", "psp-ffhq", "e4e-ffhq", "restyle-psp-ffhq", "restyle-e4e-ffhq"}
-    official = {k: s for k, s in ENCODERS.items() if k != "demo-faces-64-e4e"}
+    assert set(ENCODERS) == {"demo-faces-64-e4e", "demo-faces-64-v2-e4e", "psp-ffhq", "e4e-ffhq", "restyle-psp-ffhq",
+                             "restyle-e4e-ffhq"}
+    official = {k: s for k, s in ENCODERS.items() if not k.startswith("demo-")}
     assert {s.filename for s in official.values()} == {
         "psp_ffhq_encode.pt", "e4e_ffhq_encode.pt", "restyle_psp_ffhq_encode.pt", "restyle_e4e_ffhq_encode.pt"}
     for spec in ENCODERS.values():
@@ -208,12 +209,17 @@ def test_registry_entries() -> None:
     for spec in official.values():
         assert spec.n_styles == 18
         assert spec.page.startswith("https://drive.google.com/file/d/") and spec.reference
-    assert DEFAULT_ENCODER["ffhq-1024"] in ENCODERS and DEFAULT_ENCODER["demo-faces-64"] == "demo-faces-64-e4e"
-    # The bundled one resolves offline, checked against its sha256.
-    demo = load_encoder("demo-faces-64-e4e")
-    assert demo.weights_sha256 == ENCODERS["demo-faces-64-e4e"].sha256 and demo.config.n_styles == 10
+    assert DEFAULT_ENCODER["ffhq-1024"] in ENCODERS
+    # Each bundled demo model has its own encoder (the old one stays for the old model), and each
+    # resolves offline, checked against its sha256.
+    for generator in ("demo-faces-64", "demo-faces-64-v2"):
+        name = DEFAULT_ENCODER[generator]
+        assert name == f"{generator}-e4e" and ENCODERS[name].generator == generator
+        demo = load_encoder(name)
+        assert demo.weights_sha256 == ENCODERS[name].sha256 and demo.config.n_styles == 10
     assert get_encoder_spec("e4e-ffhq").arch == "e4e"
-    with pytest.raises(UnknownEncoderError, match="known encoders: demo-faces-64-e4e, e4e-ffhq, psp-ffhq"):
+    with pytest.raises(UnknownEncoderError,
+                       match="known encoders: demo-faces-64-e4e, demo-faces-64-v2-e4e, e4e-ffhq, psp-ffhq"):
         get_encoder_spec("nope")
 
 

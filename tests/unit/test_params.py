@@ -270,7 +270,7 @@ def test_a_run_rejects_bad_params_before_running_and_runs_the_rest(tmp_path):
     errors = {e["id"]: e for e in read_table(summary["files"]["errors"]).to_pylist()}
     assert set(errors) == {"big-seed", "layer-99", "huge"}
     assert all(e["reason_code"] == "invalid_params" for e in errors.values())
-    assert "[0, 8] (generator demo-faces-64 has 9 synthesis layers" in errors["layer-99"]["message"]
+    assert "[0, 8] (generator demo-faces-64-v2 has 9 synthesis layers" in errors["layer-99"]["message"]
     assert sorted(read_table(summary["files"]["manifest"]).column("id").to_pylist()) == ["neutral", "top-seed-k0"]
 
 

@@ -42,6 +42,15 @@ def old_root(tmp_path: Path):
     fs.rm(BASE, recursive=True)
 
 
+@pytest.fixture(autouse=True)
+def _default_model_of_the_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The fixture's runs named no model, so they ran on the default of their day, demo-faces-64
+    # (since issue 19 the same command plans a new run on demo-faces-64-v2).
+    assert all(run["config"]["model"] is None for run in EXPECTED["runs"].values())
+    for module in ("i2score.runs.plan", "i2score.runs.context", "i2score.generator.registry"):
+        monkeypatch.setattr(f"{module}.DEFAULT_MODEL", "demo-faces-64")
+
+
 def _config(kind: str, root: str) -> JobConfig:
     return JobConfig.from_json({**EXPECTED["runs"][kind]["config"], "root": root})
 

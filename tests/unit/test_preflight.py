@@ -37,7 +37,7 @@ def test_the_demo_jobs_pass_and_write_nothing(tmp_path):
         report = preflight(kind, _params(tmp_path, manifest=str(DEMO / manifest), schedule="fast"))
         assert report.config.kind == kind
         assert set(report.found) >= {"device", "root", "manifest", "model", "encoder", "vgg16"}
-        assert report.found["encoder"] == "demo-faces-64-e4e"  # the fast schedule starts from the encoder
+        assert report.found["encoder"] == "demo-faces-64-v2-e4e"  # the fast schedule starts from the encoder
     assert list(tmp_path.iterdir()) == []  # the root is not created
     # Flow parameters that do not define the run pass through (wait_for_lease, a later one).
     extra = _params(tmp_path, wait_for_lease=True, some_future_flow_option=1)

@@ -101,7 +101,7 @@ def test_open_run_gives_the_outputs_failures_and_the_exact_latents_the_run_used(
     run = i2score.open_run(root, ids["reconstruct"])
     assert isinstance(run, i2score.RunView)
     assert run.kind == "reconstruct" and run.finished and run.state == COMPLETED_WITH_FAILURES
-    assert run.config["schedule"] == "2+2" and run.generator["id"] == "demo-faces-64"
+    assert run.config["schedule"] == "2+2" and run.generator["id"] == "demo-faces-64-v2"
     assert [o.id for o in run.outputs] == ["p0", "p1", "p2"]
     assert [(f.row, f.id, f.reason, f.field) for f in run.failed] == [(4, "bad", "missing_file", "image")]
     assert "missing.png" in run.failed[0].message
@@ -165,7 +165,7 @@ def test_open_cache_lists_entries_and_returns_latents_by_source_id(runs):
     rec = open_run(root, ids["reconstruct"])
     for sid in ("p0", "p1", "p2"):
         (e,) = cache.entries(sid)
-        assert e.key == rec.sources[sid] and e.generator_id == "demo-faces-64"
+        assert e.key == rec.sources[sid] and e.generator_id == "demo-faces-64-v2"
         assert settings_label(e.params) == "2+2" and e.timings["steps"] == 4 and (e.metrics["psnr_wn"] or 0) > 0
         assert _same(cache.latents(sid), _npz_latents(root, e.key))
         assert _same(cache.latents(key=e.key[:8]), rec.latents(sid))
@@ -273,7 +273,7 @@ def test_list_runs_newest_first_with_states(runs):
     assert (ed.kind, ed.state, ed.outputs, ed.failed) == ("edit", COMPLETED, 7, 0)
     assert (planned.state, planned.outputs, planned.failed) == (INTERRUPTED, None, None)
     assert listed["stray"].state == NOT_PLANNED
-    assert rec.generator == "demo-faces-64" and rec.schedule == "2+2"
+    assert rec.generator == "demo-faces-64-v2" and rec.schedule == "2+2"
     order = [r.run_id for r in list_runs(root)]
     assert order[:4] == [ids["planned"], ids["augment"], ids["edit"], ids["reconstruct"]]
     assert list_runs(str(Path(root) / "nothing-here")) == []
@@ -338,7 +338,7 @@ def test_i2s_runs_ls_and_show_fit_80_columns(runs):
     assert res.exit_code == 0, res.output
     _fits(res.output)
     out = " ".join(res.output.split())
-    for text in ("state completed with failures", "model demo-faces-64 (64 px", "schedule 2+2: 2+2 steps",
+    for text in ("state completed with failures", "model demo-faces-64-v2 (64 px", "schedule 2+2: 2+2 steps",
                  "failed rows 1 (missing_file 1)", "medians psnr", "embedding 3 images, 12 steps, 0 cache hits",
                  "4 bad missing_file"):
         assert text in out, (text, res.output)
@@ -364,7 +364,7 @@ def test_i2s_cache_ls_fits_80_columns_with_the_source_id(runs, tmp_path, small_G
     rows = {ln.split()[0]: ln.split() for ln in _lines(res.output) if ln.split() and ln.split()[0] in
             ("p0", "p1", "p2", "inp")}
     key = open_run(root, runs[1]["reconstruct"]).sources["p0"]
-    assert rows["p0"][1:5] == [key[:8], "demo-faces-64", "2+2", "4"]
+    assert rows["p0"][1:5] == [key[:8], "demo-faces-64-v2", "2+2", "4"]
     assert rows["inp"][3:6] == ["inpaint", "2+2", "#1"] or rows["inp"][3:6] == ["inpaint", "2+2", "#0"]
     res = runner.invoke(app, ["cache", "ls", root, "--source", "p1"], env=env)
     assert res.exit_code == 0 and "1 entries of source 'p1'" in " ".join(res.output.split())
