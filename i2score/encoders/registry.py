@@ -133,23 +133,24 @@ _E4E_ID = "1cUv_reLE6k3604or78EranS7XzuVMWeO"
 _RESTYLE_PSP_ID = "1sw6I2lRIB0MpuJkpc8F5BJiSZrc0hjfE"
 _RESTYLE_E4E_ID = "1e2oXVeBPXMQoUoC_4TNwAWpOPpSEhE_e"
 
+
+
+def _bundled_demo_encoder(generator: str, sha256: str) -> EncoderSpec:
+    """The e4e encoder ``<generator>-e4e`` that i2score trained for a bundled demo generator."""
+    name = f"{generator}-e4e"
+    return EncoderSpec(
+        name=name, url=f"{BUNDLED_SCHEME}i2score/models/{name}.pt", filename=f"{name}.pt", sha256=sha256,
+        arch="e4e", backbone="small", generator=generator, resolution=64,
+        description=f"demo: e4e (small backbone) for {generator}, trained by i2score, bundled",
+        reference="i2score README, 'Demo encoder'")
+
+
 _SPECS: tuple[EncoderSpec, ...] = (
     # --- bundled with the package ---------------------------------------------------------------
-    # Trained by this project for the bundled demo generator (``i2s train-encoder``; README
-    # "Demo encoder"): e4e-style, small backbone, 6.4 MiB.
-    EncoderSpec(
-        name="demo-faces-64-e4e", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64-e4e.pt",
-        filename="demo-faces-64-e4e.pt", sha256=DEMO_ENCODER_SHA256, arch="e4e", backbone="small",
-        generator="demo-faces-64", resolution=64,
-        description="demo: e4e (small backbone) for demo-faces-64, trained by i2score, bundled",
-        reference="i2score README, 'Demo encoder'"),
-    # The same recipe and command for the default demo generator, demo-faces-64-v2.
-    EncoderSpec(
-        name="demo-faces-64-v2-e4e", url=f"{BUNDLED_SCHEME}i2score/models/demo-faces-64-v2-e4e.pt",
-        filename="demo-faces-64-v2-e4e.pt", sha256=DEMO_V2_ENCODER_SHA256, arch="e4e", backbone="small",
-        generator="demo-faces-64-v2", resolution=64,
-        description="demo: e4e (small backbone) for demo-faces-64-v2, trained by i2score, bundled",
-        reference="i2score README, 'Demo encoder'"),
+    # Trained by this project for the bundled demo generators (``i2s train-encoder``; README
+    # "Demo encoder"): e4e-style, small backbone, 6.4 MiB, one per generator, same recipe.
+    _bundled_demo_encoder("demo-faces-64", DEMO_ENCODER_SHA256),
+    _bundled_demo_encoder("demo-faces-64-v2", DEMO_V2_ENCODER_SHA256),
     # --- FFHQ (the authors' checkpoints) ----------------------------------------------------------
     EncoderSpec(
         name="psp-ffhq", url=_drive(_PSP_ID), filename="psp_ffhq_encode.pt", sha256=None, arch="psp",

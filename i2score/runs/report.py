@@ -235,7 +235,7 @@ def _write_dataset(paths: RunPaths, outs: Sequence[Mapping[str, Any]], config: M
     import io
 
     def score(i: str) -> str:
-        return f"{gate.scores[i]:.6g}" if i in gate.scores else ""
+        return f"{gate.scores[i]:.6f}" if i in gate.scores else ""
 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
