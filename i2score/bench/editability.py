@@ -10,14 +10,19 @@ edit       truth: A with B's                              methods
 ========== ============================================== ==========================================
 expression ``mouth`` (A neutral, B smiling)               expression transfer
                                                           ``w_A + (w_B,smile − w_B,neutral)``;
-                                                          attribute transfer (mouth box)
-hair       ``hair_style``, ``hair_color``, ``hair_volume`` attribute transfer (hair mask)
+                                                          attribute transfer (mouth box); crossover
+hair       ``hair_style``, ``hair_color``, ``hair_volume`` attribute transfer (hair mask); crossover
            (the eyebrows take the hair colour too)
-eyes       iris, gaze, eye size, glasses (all of them)     attribute transfer (eye band)
+eyes       iris, gaze, eye size, glasses (all of them)     attribute transfer (eye band); crossover
 background ``bg_top``, ``bg_bottom``, ``bg_angle``         style mixing (B's fine rows); attribute
-                                                          transfer (background mask)
+                                                          transfer (background mask); crossover
 morph      none                                            morph at t = 0.5: realism only
 ========== ============================================== ==========================================
+
+Attribute transfer (Sec. 7.6) is forward only: B's activations at one layer inside the region,
+then A's styles and noise. Crossover (Alg. 3) puts B's *pixels* inside the region on A's and
+optimises from A's code for the schedule's edit steps, so the generator harmonises the seam.
+Both take the same region; they are the paper's two answers to "A with B's hair".
 
 A morph midpoint has no true render: hair style, mouth and glasses are categorical (no midpoint
 exists), and a lerp of the continuous factors is one arbitrary path among many, not what a
@@ -34,7 +39,7 @@ samples, the reconstructions, each edit method, and each augmentation op of
 **Settings.** The benchmark runs a list of named settings (:data:`SETTINGS`), each a plain dict:
 ``embed`` (keyword overrides of :func:`~i2score.method.applications.reconstruct`, on top of the
 schedule's steps and learning rates), ``ops`` (per edit op, keyword overrides of its call:
-``morph``, ``style_mix``, ``expression_transfer``, ``attribute_transfer``) and ``augment`` (per
+``morph``, ``style_mix``, ``expression_transfer``, ``attribute_transfer``, ``crossover``) and ``augment`` (per
 augmentation op, values merged into every drawn parameter dict). A new embedding option or op
 parameter is one line in :data:`SETTINGS`, e.g. ``"e4e-0.1": {"embed": {"w_offset_weight":
 0.1}}`` or ``"noise-resample": noise_policy_setting("resample")``; nothing else changes.
@@ -60,7 +65,14 @@ from i2score.encoders import Encoder
 from i2score.features import LPIPS, VGG16Features
 from i2score.features.kid import KID_NOTE, KIDFeatures, kid
 from i2score.generator.network import StyleGAN2
-from i2score.method.applications import attribute_transfer, expression_transfer, morph, reconstruct, style_mix
+from i2score.method.applications import (
+    attribute_transfer,
+    crossover,
+    expression_transfer,
+    morph,
+    reconstruct,
+    style_mix,
+)
 from i2score.method.masks import dilate
 from i2score.method.metrics import psnr
 from i2score.runs.config import Schedule
@@ -88,17 +100,22 @@ class EditSpec:
 
 
 EDITS: dict[str, EditSpec] = {e.name: e for e in [
-    EditSpec("expression", ("mouth",), ("expression_transfer", "attribute_transfer")),
-    EditSpec("hair", ("hair_style", "hair_color", "hair_volume"), ("attribute_transfer",)),
+    EditSpec("expression", ("mouth",), ("expression_transfer", "attribute_transfer", "crossover")),
+    EditSpec("hair", ("hair_style", "hair_color", "hair_volume"), ("attribute_transfer", "crossover")),
     EditSpec("eyes", ("iris", "gaze", "eye_w", "eye_h", "glasses", "glasses_round", "glasses_color"),
-             ("attribute_transfer",)),
-    EditSpec("background", ("bg_top", "bg_bottom", "bg_angle"), ("style_mix", "attribute_transfer")),
+             ("attribute_transfer", "crossover")),
+    EditSpec("background", ("bg_top", "bg_bottom", "bg_angle"), ("style_mix", "attribute_transfer", "crossover")),
 ]}
 
 #: Every (edit, method) row of the benchmark; ``morph`` has no truth.
 METHODS: tuple[tuple[str, str], ...] = (*((e.name, m) for e in EDITS.values() for m in e.methods), ("morph", "morph"))
 
 MORPH_T = 0.5
+
+#: The forward edit methods whose pooled median is the summary's ``edit_lpips`` (issue 19's
+#: target metric, comparable across versions of the benchmark). Crossover optimises for the
+#: schedule's edit steps, so it has its own median (``summary["lpips_by_method"]``).
+SUMMARY_METHODS = ("expression_transfer", "attribute_transfer", "style_mix")
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,6 +233,17 @@ def edit_metrics(out: Tensor, truth: Tensor, source: Tensor, recon: Tensor, regi
              "leak_outside": float(leak[i])} for i in range(out.shape[0])]
 
 
+def region_floor(recon: Tensor, truth: Tensor, region: Tensor, lpips: LPIPS) -> list[float]:
+    """Per image, LPIPS to ``truth`` of the truth pasted into the (dilated) region of ``recon``:
+    what a perfect edit of that region scores when everything else is A's reconstruction, so
+    the part of an edit's error that no region edit from this embedding can remove. Images
+    ``[B, 3, R, R]`` in [-1, 1], region ``[B, 1, R, R]`` in {0, 1}."""
+    inside = 1 - outside_mask(region.to(recon.device))
+    pasted = inside * truth + (1 - inside) * recon.clamp(-1, 1)
+    with torch.no_grad():
+        return [float(v) for v in lpips(pasted, truth)]
+
+
 def _median(values: Sequence[float]) -> float:
     return float(np.median(np.asarray(values, dtype=np.float64)))
 
@@ -236,16 +264,23 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "encoder-offset-3e-3": {"embed": {"init": "encoder", "w_offset_weight": 3e-3}},
     "encoder-pnorm-3e-4": {"embed": {"init": "encoder", "pnorm_weight": 3e-4}},
     "encoder-pnorm-1e-3": {"embed": {"init": "encoder", "pnorm_weight": 1e-3}},
+    # Attribute transfer at the first 64x64 conv of the demo models instead of the default conv4.
+    "encoder-attribute-conv7": {"embed": {"init": "encoder"}, "ops": {"attribute_transfer": {"layer": 7}}},
 }
 """Named settings of the sweep: ``embed`` (overrides of ``reconstruct``'s keyword arguments),
 ``ops`` ({op: keyword overrides}) and ``augment`` ({augmentation op: params merged into every
 draw}). Add a setting here in one line (see the module docstring)."""
 
 SETTING_KEYS = ("embed", "ops", "augment")
-EDIT_OPS = ("morph", "style_mix", "expression_transfer", "attribute_transfer")
+EDIT_OPS = ("morph", "style_mix", "expression_transfer", "attribute_transfer", "crossover")
 #: Ops that take a ``noise_policy`` (issue 19): the global edits and the augmentation partner ops.
 NOISE_POLICY_OPS = ("morph", "style_mix", "expression_transfer")
 NOISE_POLICY_AUGMENTS = ("style_mix", "interpolate")
+
+
+#: What ``i2s bench editability`` runs without ``--settings``: the three embeddings of the
+#: distortion-editability curve (``encoder`` only when the model has an encoder).
+DEFAULT_SETTINGS = ("mean", "encoder", "mean-w-only")
 
 
 def noise_policy_setting(policy: str, **embed: Any) -> dict[str, Any]:
@@ -295,16 +330,19 @@ class _Embedded:
     seconds: float
 
 
-def _run_edits(G: StyleGAN2, lat: Latents, n: int, regions: Mapping[str, Tensor],
-               ops: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], Tensor]:
-    """Every (edit, method) output ``[n, 3, R, R]``; latents hold A at 0..n-1, B smiling at
-    n..2n-1, B neutral at 2n..3n-1."""
+def _run_edits(G: StyleGAN2, vgg: VGG16Features, lat: Latents, x: Tensor, n: int, regions: Mapping[str, Tensor],
+               schedule: Schedule, ops: Mapping[str, Mapping[str, Any]]) -> dict[tuple[str, str], Tensor]:
+    """Every (edit, method) output ``[n, 3, R, R]``; latents and images ``x`` hold A at 0..n-1,
+    B smiling at n..2n-1, B neutral at 2n..3n-1. Crossover runs the schedule's edit steps."""
     a, bs, bn = list(range(n)), list(range(n, 2 * n)), list(range(2 * n, 3 * n))
     la, lbs, lbn = lat[a], lat[bs], lat[bn]
     att = dict(ops.get("attribute_transfer", {}))
+    cross = {"steps_w": schedule.edit_steps_w, "steps_n": schedule.edit_steps_n, **ops.get("crossover", {})}
     mix = dict(ops.get("style_mix", {}))
     k = int(mix.pop("k", max(1, G.num_ws - 4)))
     out: dict[tuple[str, str], Tensor] = {}
+    for edit in ("expression", "hair", "eyes", "background"):
+        out[edit, "crossover"] = crossover(x[bs], x[a], regions[edit], la, G, vgg=vgg, **cross).images.detach()
     with torch.no_grad():
         out["expression", "expression_transfer"] = expression_transfer(
             la, lbn, lbs, 1.0, G, **ops.get("expression_transfer", {})).images
@@ -411,9 +449,9 @@ def editability_report(G: StyleGAN2, *, settings: Mapping[str, Mapping[str, Any]
                                       time.perf_counter() - t0)
         emb = embedded[key]
         recon_a = emb.images[:n]
-        outs = _run_edits(G, emb.latents, n, regions, setting.get("ops", {}))
+        outs = _run_edits(G, vgg, emb.latents, x, n, regions, schedule, setting.get("ops", {}))
         rows: dict[str, Any] = {}
-        lpips_all: list[float] = []
+        lpips_by_method: dict[str, list[float]] = {}
         for edit, method in METHODS:
             out = outs[edit, method]
             row: dict[str, Any] = {"edit": edit, "method": method}
@@ -421,13 +459,19 @@ def editability_report(G: StyleGAN2, *, settings: Mapping[str, Mapping[str, Any]
                 per = edit_metrics(out, truths[edit], x[:n], recon_a, regions[edit], lpips)
                 row.update({k: _median([p[k] for p in per]) for k in per[0]})
                 row["per_pair"] = per
-                lpips_all += [p["lpips"] for p in per]
+                lpips_by_method.setdefault(method, []).extend(p["lpips"] for p in per)
             row.update(realism(out))
             rows[f"{edit}/{method}"] = row
         no_edit = {e: {k: _median([p[k] for p in per]) for k in ("lpips", "psnr", "psnr_region")}
                    for e in EDITS for per in [edit_metrics(recon_a, truths[e], x[:n], recon_a, regions[e], lpips)]}
+        floors = {e: region_floor(recon_a, truths[e], regions[e], lpips) for e in EDITS}
+        for e in EDITS:
+            no_edit[e]["lpips_floor"] = _median(floors[e])
         augs = _run_augmentations(G, vgg, emb.latents, x, n, schedule, setting.get("augment", {}), seed)
-        summary = {"recon_psnr": _median(emb.psnr), "edit_lpips": _median(lpips_all),
+        summary = {"recon_psnr": _median(emb.psnr),
+                   "edit_lpips": _median([v for m in SUMMARY_METHODS for v in lpips_by_method.get(m, [])]),
+                   "edit_lpips_floor": _median([f for e, m in METHODS if m in SUMMARY_METHODS for f in floors[e]]),
+                   "lpips_by_method": {m: _median(v) for m, v in lpips_by_method.items()},
                    "kid_edits": realism(torch.cat(list(outs.values())))["kid"],
                    "kid_augment": realism(torch.cat(list(augs.values())))["kid"]}
         result: dict[str, Any] = {
@@ -449,6 +493,10 @@ def editability_report(G: StyleGAN2, *, settings: Mapping[str, Mapping[str, Any]
 # Output
 
 
+#: The methods with a truth, in table order.
+_LPIPS_METHODS = tuple(dict.fromkeys(m for e, m in METHODS if e in EDITS))
+
+
 def to_markdown(report: Mapping[str, Any]) -> str:
     """The curve table (one row per setting), the per-method table and the realism table."""
     lines = [f"`{report['command']}`" if report.get("command") else "",
@@ -458,25 +506,36 @@ def to_markdown(report: Mapping[str, Any]) -> str:
              f"(lr {report['schedule']['lr_w']}/{report['schedule']['lr_n']}); KID vs {report['n_reference']} "
              f"held-out portraits. {report['kid_note']}",
              "",
-             "| setting | embedding | recon PSNR (dB) | edit LPIPS (median) | KID recon | KID edits | KID augment |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             f"Edit LPIPS: the median over the pairs' rows of {', '.join(SUMMARY_METHODS)} (the forward edits); "
+             "its floor: the same rows with the truth pasted into each region of A's reconstruction (a perfect "
+             "region edit from this embedding); then each method's own median.",
+             "",
+             "| setting | embedding | recon PSNR (dB) | edit LPIPS (median) | its floor | "
+             + " | ".join(f"LPIPS {m}" for m in _LPIPS_METHODS) + " | KID recon | KID edits | KID augment |",
+             "|---|---|---:|---:|---:|" + "---:|" * len(_LPIPS_METHODS) + "---:|---:|---:|"]
     for name, r in report["settings"].items():
         s = r["summary"]
         emb = ", ".join(f"{k}={v}" for k, v in r["embed"].items())
-        lines.append(f"| {name} | {emb} | {s['recon_psnr']:.2f} | {s['edit_lpips']:.4f} | "
+        by_method = " | ".join(f"{s['lpips_by_method'][m]:.4f}" if m in s.get("lpips_by_method", {}) else "-"
+                               for m in _LPIPS_METHODS)
+        floor = f"{s['edit_lpips_floor']:.4f}" if "edit_lpips_floor" in s else "-"
+        lines.append(f"| {name} | {emb} | {s['recon_psnr']:.2f} | {s['edit_lpips']:.4f} | {floor} | {by_method} | "
                      f"{r['reconstruction']['kid']:.4f} | {s['kid_edits']:.4f} | {s['kid_augment']:.4f} |")
     lines += ["", "| setting | edit | method | LPIPS | PSNR (dB) | PSNR in region (dB) | change outside (levels) "
-                  "| leak outside (levels) | without edit: LPIPS, PSNR in region | KID |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| leak outside (levels) | without edit: LPIPS, PSNR in region "
+                  "| floor: truth in region (LPIPS) | KID |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report["settings"].items():
         for row in r["edits"].values():
             if row["edit"] in r["no_edit"]:
                 base = r["no_edit"][row["edit"]]
                 lines.append(f"| {name} | {row['edit']} | {row['method']} | {row['lpips']:.4f} | {row['psnr']:.2f} | "
                              f"{row['psnr_region']:.2f} | {row['change_outside']:.2f} | {row['leak_outside']:.2f} | "
-                             f"{base['lpips']:.4f}, {base['psnr_region']:.2f} | {row['kid']:.4f} |")
+                             f"{base['lpips']:.4f}, {base['psnr_region']:.2f} | {base['lpips_floor']:.4f} | "
+                             f"{row['kid']:.4f} |")
             else:
-                lines.append(f"| {name} | {row['edit']} | {row['method']} | - | - | - | - | - | - | {row['kid']:.4f} |")
+                dashes = " | ".join("-" * 7)
+                lines.append(f"| {name} | {row['edit']} | {row['method']} | {dashes} | {row['kid']:.4f} |")
     fixed = report["kid_fixed"]
     head = ["held-out portraits", "truth renders", "random samples"]
     vals = [fixed["heldout"], fixed["truths"], fixed["samples"]]

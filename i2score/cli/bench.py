@@ -326,7 +326,8 @@ def bench_editability_cmd(
                                                "overrides it).")] = "40+40/10+10",
     settings: Annotated[list[str] | None, typer.Option(
         "--settings", help="Named settings of i2score.bench.editability.SETTINGS (repeat, or comma-separated); "
-                           "default: mean, encoder (when the model has one), mean-w-only.")] = None,
+                           "default: mean, encoder (when the model has one), mean-w-only "
+                           "(DEFAULT_SETTINGS).")] = None,
     define: Annotated[list[str] | None, typer.Option(
         "--define", help="An ad-hoc setting NAME=JSON (repeat), run after the --settings ones (alone when "
                          "--settings is not given; --settings may name it to set the order), e.g. "
@@ -346,7 +347,14 @@ def bench_editability_cmd(
     import json
     import shlex
 
-    from i2score.bench.editability import SETTINGS, check_setting, editability_report, to_markdown, write_outputs
+    from i2score.bench.editability import (
+        DEFAULT_SETTINGS,
+        SETTINGS,
+        check_setting,
+        editability_report,
+        to_markdown,
+        write_outputs,
+    )
     from i2score.encoders.registry import default_encoder_for
     from i2score.features import load_lpips, load_vgg16
     from i2score.generator.checkpoints import load_generator
@@ -378,7 +386,7 @@ def bench_editability_cmd(
     elif defined:
         names = []
     else:
-        names = [n for n in SETTINGS if n != "encoder" or enc_source is not None]
+        names = [n for n in DEFAULT_SETTINGS if n != "encoder" or enc_source is not None]
     # A --settings name may be one of the --define names (it then runs in that order).
     unknown = [n for n in names if n not in SETTINGS and n not in defined]
     if unknown:

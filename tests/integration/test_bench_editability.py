@@ -36,10 +36,14 @@ def test_bench_editability_cli_tiny(tmp_path):
             assert 0 < row["lpips"] < 1 and 5 < row["psnr"] < 40 and row["change_outside"] > 0
             assert r["no_edit"][row["edit"]]["lpips"] > 0
     assert r["reconstruction"]["psnr"] > 5 and r["summary"]["kid_edits"] > report["kid_fixed"]["heldout"]["kid"]
-    assert "| mean-w-only | hair | attribute_transfer |" in result.output
+    assert "| mean-w-only | hair | attribute_transfer |" in result.output and "| mean-w-only | hair | crossover |" in \
+        result.output
+    assert set(r["summary"]["lpips_by_method"]) == {"expression_transfer", "attribute_transfer", "crossover",
+                                                    "style_mix"}
     # The defined setting shares the embedding and differs in the style mix alone.
     k2 = report["settings"]["k2"]
     assert k2["reconstruction"] == r["reconstruction"] and k2["edits"]["hair/attribute_transfer"] == \
         r["edits"]["hair/attribute_transfer"]
+    assert k2["edits"]["hair/crossover"] == r["edits"]["hair/crossover"]
     assert k2["edits"]["background/style_mix"]["lpips"] != r["edits"]["background/style_mix"]["lpips"]
     assert '--define \'k2={"embed"' in report["command"]

@@ -65,6 +65,11 @@ def test_edit_metrics_zero_for_the_truth_and_positive_for_another_image():
     # region's PSNR is the lower one.
     base = eb.edit_metrics(src, truth, src, src, region, lp)
     assert all(m["lpips"] > 0 and m["change_outside"] == 0 and m["psnr_region"] < m["psnr"] for m in base)
+    # The source differs from the truth only inside the region, so pasting the truth there gives
+    # the truth exactly (floor 0); another person's image keeps its error outside the region.
+    assert eb.region_floor(src, truth, region, lp) == [0.0, 0.0]
+    floor = eb.region_floor(src.flip(0), truth, region, lp)
+    assert all(0.01 < f < m["lpips"] for f, m in zip(floor, other, strict=True))
 
 
 def test_poly_mmd2_matches_torchmetrics_and_separates_distributions():
@@ -107,6 +112,7 @@ def test_settings_are_checked_and_passed_through():
         "steps_w": 3, "steps_n": 0, "lr_w": 0.01, "lr_n": 5.0, "init": "mean"}
     for name, setting in eb.SETTINGS.items():
         eb.check_setting(name, setting)
+    assert eb.DEFAULT_SETTINGS == ("mean", "encoder", "mean-w-only") and set(eb.DEFAULT_SETTINGS) <= set(eb.SETTINGS)
     eb.check_setting("np", eb.noise_policy_setting("resample", w_offset_weight=0.1))
     with pytest.raises(ValueError, match="unknown key"):
         eb.check_setting("bad", {"embedding": {}})
@@ -137,12 +143,25 @@ def test_tiny_run_reports_every_field(small_G, vgg, tmp_path):
                 assert row["lpips"] > 0 and np.isfinite(row["psnr"]) and len(row["per_pair"]) == 2
         assert set(r["augment"]) == set(eb.AUGMENT_OPS)
         assert {"recon_psnr", "edit_lpips", "kid_edits", "kid_augment"} <= set(r["summary"])
+        # edit_lpips pools the forward methods' pairs; crossover (optimised) has its own median only.
+        pooled = [p["lpips"] for row in r["edits"].values() if row["method"] in eb.SUMMARY_METHODS
+                  for p in row["per_pair"]]
+        assert r["summary"]["edit_lpips"] == pytest.approx(float(np.median(pooled)))
+        assert 0 < r["summary"]["edit_lpips_floor"] < r["summary"]["edit_lpips"]
+        cross = [p["lpips"] for row in r["edits"].values() if row["method"] == "crossover" for p in row["per_pair"]]
+        assert len(cross) == 2 * 4 and r["summary"]["lpips_by_method"]["crossover"] == pytest.approx(
+            float(np.median(cross)))
+        assert set(r["summary"]["lpips_by_method"]) == {m for e, m in eb.METHODS if e in eb.EDITS}
+        for e, base in r["no_edit"].items():
+            # Pasting the truth into the region can only bring the reconstruction closer to it.
+            assert 0 <= base["lpips_floor"] < base["lpips"], e
     assert report["settings"]["b"]["embed"]["steps_n"] == 0
     paths = eb.write_outputs(report, pictures, tmp_path / "eb")
     assert [p.name for p in paths] == ["eb.json", "eb.md", "eb-curve.png", "eb-a.png", "eb-b.png"]
     assert json.loads(paths[0].read_text())["settings"]["a"]["summary"]["edit_lpips"] > 0
     md = paths[1].read_text()
     assert md.startswith("`test`") and "| b | expression | expression_transfer |" in md
+    assert "| b | hair | crossover |" in md and "LPIPS crossover" in md
 
 
 def test_settings_with_one_embedding_share_it(small_G, vgg):
