@@ -341,12 +341,12 @@ def _run_edits(G: StyleGAN2, vgg: VGG16Features, lat: Latents, x: Tensor, n: int
     mix = dict(ops.get("style_mix", {}))
     k = int(mix.pop("k", max(1, G.num_ws - 4)))
     out: dict[tuple[str, str], Tensor] = {}
-    for edit in ("expression", "hair", "eyes", "background"):
+    for edit in (e for e, m in METHODS if m == "crossover"):
         out[edit, "crossover"] = crossover(x[bs], x[a], regions[edit], la, G, vgg=vgg, **cross).images.detach()
     with torch.no_grad():
         out["expression", "expression_transfer"] = expression_transfer(
             la, lbn, lbs, 1.0, G, **ops.get("expression_transfer", {})).images
-        for edit in ("expression", "hair", "eyes", "background"):
+        for edit in (e for e, m in METHODS if m == "attribute_transfer"):
             out[edit, "attribute_transfer"] = attribute_transfer(la, lbs, regions[edit].float(), G, **att).images
         out["background", "style_mix"] = style_mix(la, lbs, k, G, **mix).images
         out["morph", "morph"] = morph(la, lbs, MORPH_T, G, **ops.get("morph", {})).images
