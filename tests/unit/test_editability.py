@@ -164,19 +164,32 @@ def test_tiny_run_reports_every_field(small_G, vgg, tmp_path):
     assert "| b | hair | crossover |" in md and "LPIPS crossover" in md
 
 
-def test_settings_with_one_embedding_share_it(small_G, vgg):
+def test_settings_with_one_embedding_share_it(small_G, vgg, monkeypatch):
     from i2score.features import load_lpips
     from i2score.runs.config import Schedule
 
+    calls: list[dict[str, Any]] = []
+    run_crossovers = eb._run_crossovers
+
+    def counted(*args: Any) -> Any:
+        calls.append(dict(args[-1]))
+        return run_crossovers(*args)
+
+    monkeypatch.setattr(eb, "_run_crossovers", counted)
     emb = {"init": "mean", "mean_w_samples": 64}
     settings = {"k2": {"embed": emb, "ops": {"style_mix": {"k": 2}}},
-                "k6": {"embed": emb, "ops": {"style_mix": {"k": 6}}}}
-    report, pictures = eb.editability_report(small_G, settings=settings, schedule=Schedule.parse("1+1/0+0"),
+                "k6": {"embed": emb, "ops": {"style_mix": {"k": 6}}},
+                "blur": {"embed": emb, "ops": {"crossover": {"blur_sigma": 0.5}}}}
+    report, pictures = eb.editability_report(small_G, settings=settings, schedule=Schedule.parse("1+1/1+1"),
                                              n_pairs=2, n_reference=2, n_samples=2, vgg=vgg, lpips=load_lpips(),
                                              log=lambda m: None)
     assert torch.equal(pictures["k2"]["recon"], pictures["k6"]["recon"])
     assert torch.equal(pictures["k2"]["morph/morph"], pictures["k6"]["morph/morph"])
     assert not torch.equal(pictures["k2"]["background/style_mix"], pictures["k6"]["background/style_mix"])
+    # The crossover (optimised) runs once per embedding and argument set: k2 and k6 share it.
+    assert calls == [{"steps_w": 1, "steps_n": 1}, {"steps_w": 1, "steps_n": 1, "blur_sigma": 0.5}]
+    assert torch.equal(pictures["k2"]["hair/crossover"], pictures["k6"]["hair/crossover"])
+    assert not torch.equal(pictures["k2"]["hair/crossover"], pictures["blur"]["hair/crossover"])
     with pytest.raises(ValueError, match="n_pairs must be >= 2"):
         eb.editability_report(small_G, settings=settings, schedule=Schedule.parse("1+1"), n_pairs=1, vgg=vgg,
                               lpips=load_lpips())
